@@ -1,0 +1,1 @@
+//! Consistency check and repair.

@@ -1,0 +1,5 @@
+//! The zone emulation engine.
+
+pub mod store;
+
+pub use store::{StoreResult, ZoneStore};

@@ -1,0 +1,40 @@
+//! What the engine needs from the image underneath: geometry, the persistent
+//! write-pointer entries, data I/O, deallocation and a durability barrier.
+//!
+//! The zoned qcow2 image implements it (`qcow2_store.rs`); tests may use
+//! [`MemZoneStore`](super::MemZoneStore).
+
+use crate::format::FormatError;
+use crate::zone::ZoneGeometry;
+use std::fmt::Debug;
+
+/// Result alias for store operations.
+pub type StoreResult<T> = std::result::Result<T, FormatError>;
+
+/// Persistent backing of a zoned device.
+///
+/// Write-pointer entries use the on-disk encoding of `spec/zoned-qcow2.md`
+/// (bits 0–58 absolute wp, bit 59 conventional, bit 60 READ_ONLY, bit 61
+/// OFFLINE), already converted to native integers; see
+/// [`crate::format::zoned::WpEntry`].
+pub trait ZoneStore: Send + Sync + Debug {
+    /// The static geometry.
+    fn geometry(&self) -> ZoneGeometry;
+    /// Every zone's entry, as last written (at open: as on disk).
+    fn load_wp_entries(&self) -> StoreResult<Vec<u64>>;
+    /// Write the entries of zones `first..first+entries.len()` to the image.
+    /// Not durable until the next [`ZoneStore::sync`].
+    fn store_wp_entries(&self, first: u32, entries: &[u64]) -> StoreResult<()>;
+    /// Read guest bytes (unwritten space reads as zero).
+    fn read(&self, offset: u64, buf: &mut [u8]) -> StoreResult<()>;
+    /// Write guest bytes.
+    fn write(&self, offset: u64, data: &[u8]) -> StoreResult<()>;
+    /// Make a guest range read as zero and give back the space of every
+    /// cluster it covers whole.
+    fn deallocate(&self, offset: u64, len: u64) -> StoreResult<()>;
+    /// Make everything written so far durable, mapping metadata first and in
+    /// dependency order (refcounts, L2, L1), then the write-pointer entries.
+    fn sync(&self) -> StoreResult<()>;
+    /// Whether the image was opened read-only.
+    fn is_read_only(&self) -> bool;
+}

@@ -1,0 +1,1 @@
+//! The qemu-io command language of `zcow-io`.

@@ -1,0 +1,20 @@
+//! zcow: zoned storage emulated in qcow2 images.
+//!
+//! Layers, from the bottom: [`storage`] (byte stores), [`format`] (qcow2 with
+//! the zoned extension), [`engine`] (the zone state machine), [`check`]
+//! (consistency check and repair), [`nbd`] (protocol, server, client), and the
+//! [`device`] interface the front ends (`zcow-img`, `zcow-io`, `zcow-nbd`)
+//! drive. Data flows one way: front end → engine → format → storage.
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod device;
+pub mod engine;
+pub mod format;
+pub mod iocmd;
+pub mod nbd;
+pub mod open;
+pub mod raw;
+pub mod size;
+pub mod storage;
+pub mod zone;

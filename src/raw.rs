@@ -1,0 +1,96 @@
+//! A raw image (or any byte store) as a [`BlockDevice`].
+
+use crate::device::{check_range, BlockDevice, DevResult, DeviceError, Extent, ZeroFlags};
+use crate::format::FormatError;
+use crate::storage::Storage;
+use std::sync::Arc;
+
+/// Raw format: guest offset = byte offset in the store.
+#[derive(Debug)]
+pub struct RawDevice {
+    store: Arc<dyn Storage>,
+    size: u64,
+    read_only: bool,
+}
+
+impl RawDevice {
+    /// Wrap a store; the device size is the store's length now.
+    pub fn new(store: Arc<dyn Storage>, read_only: bool) -> DevResult<Self> {
+        let size = store.len().map_err(FormatError::from)?;
+        let read_only = read_only || store.is_read_only();
+        Ok(Self {
+            store,
+            size,
+            read_only,
+        })
+    }
+
+    /// An in-memory raw device of `size` zero bytes (tests).
+    pub fn memory(size: u64) -> DevResult<Self> {
+        let m = crate::storage::MemStorage::new();
+        m.set_len(size).map_err(FormatError::from)?;
+        Self::new(Arc::new(m), false)
+    }
+
+    fn writable(&self) -> DevResult<()> {
+        if self.read_only {
+            Err(DeviceError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn st<T>(r: crate::storage::Result<T>) -> DevResult<T> {
+    r.map_err(|e| DeviceError::Format(FormatError::from(e)))
+}
+
+impl BlockDevice for RawDevice {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> DevResult<()> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        st(self.store.read_at_zero_fill(offset, buf))
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
+        self.writable()?;
+        check_range(offset, data.len() as u64, self.size)?;
+        st(self.store.write_at(offset, data))?;
+        if fua {
+            st(self.store.sync())?;
+        }
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()> {
+        self.writable()?;
+        check_range(offset, len, self.size)?;
+        st(self.store.discard(offset, len))?;
+        if flags.fua {
+            st(self.store.sync())?;
+        }
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> DevResult<()> {
+        self.writable()?;
+        check_range(offset, len, self.size)?;
+        st(self.store.discard(offset, len))
+    }
+    fn flush(&self) -> DevResult<()> {
+        st(self.store.sync())
+    }
+    fn block_status(&self, offset: u64, len: u64) -> DevResult<Vec<Extent>> {
+        check_range(offset, len, self.size)?;
+        Ok(vec![Extent {
+            len,
+            hole: false,
+            zero: false,
+        }])
+    }
+    fn describe(&self) -> String {
+        "raw".into()
+    }
+}
