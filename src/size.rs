@@ -99,7 +99,7 @@ mod tests {
     fn formats_like_qemu() {
         assert_eq!(human_size(4 << 30), "4 GiB");
         assert_eq!(human_size(196 * 1024), "196 KiB");
-        assert_eq!(human_size(197120), "193 KiB");
+        assert_eq!(human_size(197120), "192 KiB");
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(3 << 29), "1.5 GiB");
     }

@@ -4,3 +4,17 @@ pub mod error;
 pub mod wp;
 
 pub use error::{FormatError, Result};
+pub mod cache;
+pub mod compress;
+pub mod create;
+pub mod features;
+pub mod header;
+pub mod image;
+pub mod l2;
+pub mod refcount;
+pub mod snapshot;
+pub mod types;
+pub mod zoned;
+
+pub use header::Header;
+pub use image::{BackingPolicy, OpenOptions, Qcow2};
