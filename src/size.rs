@@ -35,7 +35,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
     if num.contains('.') {
         let v: f64 = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
-        if !(v >= 0.0) {
+        if v.is_nan() || v < 0.0 {
             return Err(format!("invalid size '{s}'"));
         }
         let r = v * mult as f64;

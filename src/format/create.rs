@@ -83,7 +83,10 @@ pub fn validate(o: &CreateOptions) -> Result<()> {
         )));
     }
     if o.version != 2 && o.version != 3 {
-        return Err(bad(format!("Invalid compatibility level: version {}", o.version)));
+        return Err(bad(format!(
+            "Invalid compatibility level: version {}",
+            o.version
+        )));
     }
     if o.version == 2 {
         if o.refcount_bits != 16 {
@@ -116,7 +119,9 @@ pub fn validate(o: &CreateOptions) -> Result<()> {
         return Err(bad("Backing format cannot be used without backing file"));
     }
     if o.backing_file.is_some() && o.preallocation != Preallocation::Off {
-        return Err(bad("Backing file and preallocation can only be used at the same time if extended_l2 is on"));
+        return Err(bad(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        ));
     }
     if let Some(z) = &o.zoned {
         if o.version < 3 {
@@ -176,7 +181,9 @@ pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
         rt_clusters = need_rt;
     }
     if rt_clusters * cs > super::header::MAX_REFTABLE_BYTES {
-        return Err(bad("the refcount table would exceed 8 MiB; use larger clusters"));
+        return Err(bad(
+            "the refcount table would exceed 8 MiB; use larger clusters",
+        ));
     }
     let rt_off = cs;
     let rb_first = 1 + rt_clusters;
@@ -226,7 +233,11 @@ pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
         nb_snapshots: 0,
         snapshots_offset: 0,
         incompatible_features: incompat,
-        compatible_features: if o.lazy_refcounts { COMPAT_LAZY_REFCOUNTS } else { 0 },
+        compatible_features: if o.lazy_refcounts {
+            COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
         autoclear_features: 0,
         refcount_order: order,
         header_length: if o.version >= 3 { V3_HEADER_LEN } else { 72 },
@@ -235,7 +246,20 @@ pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
         extensions: exts,
         backing_file: o.backing_file.clone(),
     };
-    let c0 = h.encode()?;
+    let c0 = match h.encode() {
+        Ok(c) => c,
+        Err(_) if zoned.is_some() => {
+            // Small clusters: keep only the name qemu-img needs to explain
+            // why it refuses the image.
+            for e in h.extensions.iter_mut() {
+                if let Extension::FeatureTable(t) = e {
+                    t.retain(|f| f.kind == 0 && f.bit == 5);
+                }
+            }
+            h.encode()?
+        }
+        Err(e) => return Err(e),
+    };
 
     store.set_len(0)?;
     // Reftable.

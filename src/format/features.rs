@@ -116,8 +116,7 @@ pub fn unsupported_features_message(bits: u64, table: &[FeatureName]) -> String 
     let mut names = Vec::new();
     let mut rest = bits;
     for f in table {
-        if f.kind == FeatureType::Incompatible as u8 && f.bit < 64 && bits & (1u64 << f.bit) != 0
-        {
+        if f.kind == FeatureType::Incompatible as u8 && f.bit < 64 && bits & (1u64 << f.bit) != 0 {
             if rest & (1u64 << f.bit) != 0 {
                 names.push(f.name.clone());
             }

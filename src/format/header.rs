@@ -507,8 +507,7 @@ impl Header {
     /// Parse the extension area; returns the offset just past the end marker.
     fn parse_extensions(&mut self, c0: &[u8]) -> Result<usize> {
         let mut off = self.header_length as usize;
-        let limit = if self.backing_file_offset != 0 && self.backing_file_offset < c0.len() as u64
-        {
+        let limit = if self.backing_file_offset != 0 && self.backing_file_offset < c0.len() as u64 {
             self.backing_file_offset as usize
         } else {
             c0.len()
@@ -557,7 +556,9 @@ impl Header {
                             "bitmaps extension: invalid length {len} (expected 24)"
                         ));
                     }
-                    let be32 = |o: usize| u32::from_be_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]]);
+                    let be32 = |o: usize| {
+                        u32::from_be_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]])
+                    };
                     let be64 = |o: usize| {
                         let mut a = [0u8; 8];
                         a.copy_from_slice(&data[o..o + 8]);

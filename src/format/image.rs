@@ -195,9 +195,20 @@ impl GuestRead for Qcow2 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Piece {
     Zero(u64),
-    Unalloc { guest: u64, len: u64 },
-    Data { host: u64, len: u64 },
-    Compressed { offset: u64, size: u64, in_off: u64, len: u64 },
+    Unalloc {
+        guest: u64,
+        len: u64,
+    },
+    Data {
+        host: u64,
+        len: u64,
+    },
+    Compressed {
+        offset: u64,
+        size: u64,
+        in_off: u64,
+        len: u64,
+    },
 }
 
 /// Read the first cluster of a store (bounded by the file length).
@@ -276,9 +287,8 @@ impl Qcow2 {
         let data: Option<Arc<dyn Storage>> = match header.data_file() {
             Some(name) if opts.backing == BackingPolicy::Follow => {
                 let p = dir.join(name);
-                let s = FileStorage::open(&p, true).map_err(|e| {
-                    invalid!("Could not open data file '{}': {e}", p.display())
-                })?;
+                let s = FileStorage::open(&p, true)
+                    .map_err(|e| invalid!("Could not open data file '{}': {e}", p.display()))?;
                 Some(Arc::new(s))
             }
             _ => None,
@@ -326,11 +336,9 @@ impl Qcow2 {
                     Some(Arc::new(RawBacking::new(Arc::new(s))?))
                 }
             }
-            (Some(name), BackingPolicy::Refuse) => {
-                return Err(FormatError::Unsupported(format!(
-                    "the image names a backing file '{name}', which this caller does not allow opening"
-                )))
-            }
+            (Some(name), BackingPolicy::Refuse) => return Err(FormatError::Unsupported(format!(
+                "the image names a backing file '{name}', which this caller does not allow opening"
+            ))),
             _ => None,
         };
         let mut img = Self::open_parsed(store, header, data, backing, opts)?;
@@ -484,8 +492,7 @@ impl Qcow2 {
         if !read_only && !opts.check_mode && header.version >= 3 {
             let keep = header.autoclear_features & AUTOCLEAR_DATA_FILE_RAW;
             if header.autoclear_features != keep {
-                img.store
-                    .write_at(field::AUTOCLEAR, &keep.to_be_bytes())?;
+                img.store.write_at(field::AUTOCLEAR, &keep.to_be_bytes())?;
                 img.store.sync()?;
                 header.autoclear_features = keep;
                 lock(&img.meta).header.autoclear_features = keep;
@@ -690,20 +697,25 @@ impl Qcow2 {
 
     fn l2_get(&self, m: &mut Meta, off: HostOffset, idx: u64) -> Result<(u64, u64)> {
         self.load_l2(m, off)?;
-        let t = m.l2.get(off).ok_or_else(|| FormatError::Corrupt("L2 cache miss".into()))?;
+        let t =
+            m.l2.get(off)
+                .ok_or_else(|| FormatError::Corrupt("L2 cache miss".into()))?;
         let es = if self.p.extended { 16 } else { 8 };
         let i = (idx * es) as usize;
         let w0 = be64_at(t, i);
-        let w1 = if self.p.extended { be64_at(t, i + 8) } else { 0 };
+        let w1 = if self.p.extended {
+            be64_at(t, i + 8)
+        } else {
+            0
+        };
         Ok((w0, w1))
     }
 
     fn l2_set(&self, m: &mut Meta, off: HostOffset, idx: u64, val: u64) -> Result<()> {
         self.load_l2(m, off)?;
-        let t = m
-            .l2
-            .get_mut(off)
-            .ok_or_else(|| FormatError::Corrupt("L2 cache miss".into()))?;
+        let t =
+            m.l2.get_mut(off)
+                .ok_or_else(|| FormatError::Corrupt("L2 cache miss".into()))?;
         let i = (idx * 8) as usize;
         t[i..i + 8].copy_from_slice(&val.to_be_bytes());
         Ok(())
@@ -787,8 +799,14 @@ impl Qcow2 {
             return Ok(0);
         };
         self.load_rb(m, off)?;
-        let b = m.rb.get(off).ok_or_else(|| FormatError::Corrupt("refblock cache miss".into()))?;
-        Ok(refcount::get(b, self.p.refcount_order, (c % self.p.rb_entries) as usize))
+        let b =
+            m.rb.get(off)
+                .ok_or_else(|| FormatError::Corrupt("refblock cache miss".into()))?;
+        Ok(refcount::get(
+            b,
+            self.p.refcount_order,
+            (c % self.p.rb_entries) as usize,
+        ))
     }
 
     fn set_refcount(&self, m: &mut Meta, c: u64, v: u64) -> Result<()> {
@@ -803,11 +821,15 @@ impl Qcow2 {
             None => self.new_refblock(m, c / self.p.rb_entries, c)?,
         };
         self.load_rb(m, off)?;
-        let b = m
-            .rb
-            .get_mut(off)
-            .ok_or_else(|| FormatError::Corrupt("refblock cache miss".into()))?;
-        refcount::set(b, self.p.refcount_order, (c % self.p.rb_entries) as usize, v);
+        let b =
+            m.rb.get_mut(off)
+                .ok_or_else(|| FormatError::Corrupt("refblock cache miss".into()))?;
+        refcount::set(
+            b,
+            self.p.refcount_order,
+            (c % self.p.rb_entries) as usize,
+            v,
+        );
         Ok(())
     }
 
@@ -839,7 +861,9 @@ impl Qcow2 {
             b += 1;
         }
         if (b + 1) << self.p.cluster_bits > MAX_HOST_OFFSET {
-            return Err(FormatError::NoSpace("image file would exceed 2^56 bytes".into()));
+            return Err(FormatError::NoSpace(
+                "image file would exceed 2^56 bytes".into(),
+            ));
         }
         let off = HostCluster(b).offset(self.p.cluster_bits);
         let mut block = vec![0u8; self.p.cs as usize];
@@ -919,7 +943,9 @@ impl Qcow2 {
         }
         let nb = newblocks.len() as u64;
         if (t + k + nb) << self.p.cluster_bits > MAX_HOST_OFFSET {
-            return Err(FormatError::NoSpace("image file would exceed 2^56 bytes".into()));
+            return Err(FormatError::NoSpace(
+                "image file would exceed 2^56 bytes".into(),
+            ));
         }
         // Build the new refblocks: they count the new table and themselves.
         let mut table: Vec<u64> = m.reftable.clone();
@@ -996,7 +1022,9 @@ impl Qcow2 {
         }
         let _ = c;
         if (start + n) << self.p.cluster_bits > MAX_HOST_OFFSET {
-            return Err(FormatError::NoSpace("image file would exceed 2^56 bytes".into()));
+            return Err(FormatError::NoSpace(
+                "image file would exceed 2^56 bytes".into(),
+            ));
         }
         for i in 0..n {
             self.set_refcount(m, start + i, 1)?;
@@ -1021,10 +1049,8 @@ impl Qcow2 {
     fn queue_decrement(&self, m: &mut Meta, ct: ClusterType) {
         let cb = self.p.cluster_bits;
         match ct {
-            ClusterType::Normal(h) | ClusterType::ZeroAlloc(h) => {
-                if !self.p.has_data_file {
-                    m.pending_decrements.push((h.0 >> cb, 1));
-                }
+            ClusterType::Normal(h) | ClusterType::ZeroAlloc(h) if !self.p.has_data_file => {
+                m.pending_decrements.push((h.0 >> cb, 1));
             }
             ClusterType::Compressed { offset, size } => {
                 let first = offset >> cb;
@@ -1245,7 +1271,9 @@ impl Qcow2 {
         self.store.read_at_zero_fill(offset, &mut src)?;
         let mut out = vec![0u8; self.p.cs as usize];
         decompress(self.p.compression_type, &src, &mut out).map_err(|e| {
-            FormatError::Corrupt(format!("compressed cluster at host offset {offset:#x}: {e}"))
+            FormatError::Corrupt(format!(
+                "compressed cluster at host offset {offset:#x}: {e}"
+            ))
         })?;
         Ok(out)
     }
@@ -1492,7 +1520,7 @@ impl Qcow2 {
             let l2 = self.l2_for_write(m, gc)?;
             let idx = gc % self.p.l2_entries;
             let (w0, _) = self.l2_get(m, l2, idx)?;
-            if w0 & L2_RESERVED != 0 {
+            if w0 & COMPRESSED == 0 && w0 & L2_RESERVED != 0 {
                 return Err(FormatError::Corrupt(format!(
                     "L2 entry {idx} of the table at {l2} has reserved bits set ({w0:#x})"
                 )));
@@ -1541,7 +1569,9 @@ impl Qcow2 {
                     Some(b)
                 };
                 let old = match ct {
-                    ClusterType::Normal(_) | ClusterType::ZeroAlloc(_) | ClusterType::Compressed { .. } => Some(ct),
+                    ClusterType::Normal(_)
+                    | ClusterType::ZeroAlloc(_)
+                    | ClusterType::Compressed { .. } => Some(ct),
                     _ => None,
                 };
                 steps.push(Step {
@@ -1606,7 +1636,13 @@ impl Qcow2 {
     }
 
     /// How a range of whole clusters should end up.
-    fn set_whole_clusters(&self, m: &mut Meta, first_gc: u64, count: u64, mode: ClearMode) -> Result<()> {
+    fn set_whole_clusters(
+        &self,
+        m: &mut Meta,
+        first_gc: u64,
+        count: u64,
+        mode: ClearMode,
+    ) -> Result<()> {
         let cb = self.p.cluster_bits;
         for gc in first_gc..first_gc + count {
             let l2 = self.l2_offset(m, gc)?;
@@ -1673,12 +1709,7 @@ impl Qcow2 {
         }
         if first_full < last_full {
             let mut m = lock(&self.meta);
-            self.set_whole_clusters(
-                &mut m,
-                first_full / cs,
-                (last_full - first_full) / cs,
-                mode,
-            )?;
+            self.set_whole_clusters(&mut m, first_full / cs, (last_full - first_full) / cs, mode)?;
         }
         Ok(())
     }

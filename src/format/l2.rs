@@ -40,7 +40,12 @@ pub enum ClusterType {
 }
 
 /// Decode a standard L2 entry (or word 0 of an extended one).
-pub fn decode_l2(entry: u64, cluster_bits: u32, extended: bool, has_data_file: bool) -> ClusterType {
+pub fn decode_l2(
+    entry: u64,
+    cluster_bits: u32,
+    extended: bool,
+    has_data_file: bool,
+) -> ClusterType {
     if entry & COMPRESSED != 0 {
         let (offset, size) = compressed_range(entry, cluster_bits);
         return ClusterType::Compressed { offset, size };

@@ -85,9 +85,11 @@ pub fn read_table(s: &dyn Storage, offset: u64, count: u32) -> Result<(Vec<Snaps
         let mut v = vec![0u8; var as usize];
         s.read_at(pos + 40, &mut v)?;
         let extra = v[..extra_size as usize].to_vec();
-        let id = String::from_utf8_lossy(&v[extra_size as usize..(extra_size as u64 + id_len) as usize])
-            .into_owned();
-        let name = String::from_utf8_lossy(&v[(extra_size as u64 + id_len) as usize..]).into_owned();
+        let id =
+            String::from_utf8_lossy(&v[extra_size as usize..(extra_size as u64 + id_len) as usize])
+                .into_owned();
+        let name =
+            String::from_utf8_lossy(&v[(extra_size as u64 + id_len) as usize..]).into_owned();
         let vm_state_size = if extra.len() >= 8 {
             be64(&extra, 0)
         } else {

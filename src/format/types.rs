@@ -22,7 +22,7 @@ impl HostOffset {
         HostCluster(self.0 >> cluster_bits)
     }
     /// Offset `n` bytes further.
-    pub fn add(self, n: u64) -> HostOffset {
+    pub fn plus(self, n: u64) -> HostOffset {
         HostOffset(self.0 + n)
     }
     /// Whether the offset is a multiple of the cluster size.
@@ -40,7 +40,7 @@ impl HostCluster {
 
 impl GuestOffset {
     /// Offset `n` bytes further.
-    pub fn add(self, n: u64) -> GuestOffset {
+    pub fn plus(self, n: u64) -> GuestOffset {
         GuestOffset(self.0 + n)
     }
 }

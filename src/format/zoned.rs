@@ -190,8 +190,7 @@ impl ZonedExt {
                 self.max_active_zones
             ));
         }
-        if self.max_append_bytes % 512 != 0 || self.max_append_bytes as u64 >= self.zone_capacity
-        {
+        if self.max_append_bytes % 512 != 0 || self.max_append_bytes as u64 >= self.zone_capacity {
             return Err(invalid!(
                 "zoned extension: max_append_bytes {} must be a multiple of 512 below zone_capacity {}",
                 self.max_append_bytes,
@@ -287,10 +286,7 @@ pub fn entry_problem(geo: &ZoneGeometry, index: u32, e: WpEntry) -> Option<Strin
 /// Returns the entries as read big-endian when neither order is fully valid
 /// (the caller reports the bad entries).
 pub fn decode_wp_array(geo: &ZoneGeometry, raw: &[u8]) -> (Vec<WpEntry>, Option<WpByteOrder>) {
-    let be: Vec<WpEntry> = raw
-        .chunks_exact(8)
-        .map(|c| WpEntry(be64(c, 0)))
-        .collect();
+    let be: Vec<WpEntry> = raw.chunks_exact(8).map(|c| WpEntry(be64(c, 0))).collect();
     if be
         .iter()
         .enumerate()
@@ -370,9 +366,7 @@ impl ZonedCreateOptions {
             ));
         }
         if cap > zone_size {
-            return Err(format!(
-                "zone.capacity {cap} exceeds zone.size {zone_size}"
-            ));
+            return Err(format!("zone.capacity {cap} exceeds zone.size {zone_size}"));
         }
         if size == 0 {
             return Err("a zoned image needs a non-zero size".into());

@@ -1,0 +1,376 @@
+//! `zcow-img info`: qemu-img's fields, values and key order, plus a
+//! `zoned` section for zoned images.
+
+use crate::format::features::*;
+use crate::format::wp::WpEntry;
+use crate::format::{BackingPolicy, OpenOptions, Qcow2};
+use crate::qjson::to_qemu_json;
+use crate::size::human_size;
+use crate::zone::{ZoneCond, ZoneGeometry};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// Condition of a zone as reopen derives it from its entry (power cycle).
+pub fn cond_from_entry(geo: &ZoneGeometry, i: u32, e: WpEntry) -> ZoneCond {
+    let start = geo.zone_start(i);
+    if e.offline() {
+        ZoneCond::Offline
+    } else if e.read_only() {
+        ZoneCond::ReadOnly
+    } else if geo.is_conventional(i) {
+        ZoneCond::NotWp
+    } else if e.wp() == start {
+        ZoneCond::Empty
+    } else if e.wp() >= start + geo.zone_cap(i) {
+        ZoneCond::Full
+    } else {
+        ZoneCond::Closed
+    }
+}
+
+/// Everything `info` prints.
+#[derive(Debug)]
+pub struct ImageInfo {
+    json: Value,
+    human: String,
+}
+
+impl ImageInfo {
+    /// Human form (as `qemu-img info`).
+    pub fn human(&self) -> &str {
+        &self.human
+    }
+    /// JSON form (QEMU layout and key order), with a trailing newline.
+    pub fn json(&self) -> String {
+        to_qemu_json(&self.json) + "\n"
+    }
+    /// The JSON value.
+    pub fn value(&self) -> &Value {
+        &self.json
+    }
+}
+
+fn local_time(sec: u32) -> String {
+    let t = sec as libc::time_t;
+    // SAFETY: localtime_r writes into the struct we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if !ok {
+        return String::new();
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// Gather info about the image at `path` (opened read-only; backing files
+/// are named, not opened, as `qemu-img info` does).
+pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<ImageInfo> {
+    let img = Qcow2::open_path(
+        path,
+        &OpenOptions {
+            read_only: true,
+            backing: BackingPolicy::Skip,
+            ..Default::default()
+        },
+    )?;
+    let h = img.header();
+    let st = img.storage();
+    let file_len = st.len()?;
+    let rounded_len = file_len.div_ceil(512) * 512;
+    let actual = st.allocated_bytes().unwrap_or(file_len);
+    let v3 = h.version >= 3;
+    let compat = if v3 { "1.1" } else { "0.10" };
+    let ctype = if h.compression_type == 1 {
+        "zstd"
+    } else {
+        "zlib"
+    };
+    let lazy = h.compatible_features & COMPAT_LAZY_REFCOUNTS != 0;
+    let corrupt = h.incompatible_features & INCOMPAT_CORRUPT != 0;
+    let dirty = h.incompatible_features & INCOMPAT_DIRTY != 0;
+    let ext_l2 = h.extended_l2();
+
+    // format-specific data, inserted in QAPI order.
+    let mut data = Map::new();
+    data.insert("compat".into(), json!(compat));
+    if let Some(df) = h.data_file() {
+        data.insert("data-file".into(), json!(df));
+        data.insert(
+            "data-file-raw".into(),
+            json!(h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0),
+        );
+    }
+    data.insert("compression-type".into(), json!(ctype));
+    if v3 {
+        data.insert("lazy-refcounts".into(), json!(lazy));
+    }
+    data.insert("refcount-bits".into(), json!(h.refcount_bits()));
+    if v3 {
+        data.insert("corrupt".into(), json!(corrupt));
+        data.insert("extended-l2".into(), json!(ext_l2));
+    }
+
+    let mut top = Map::new();
+    top.insert("filename".into(), json!(display_name));
+    top.insert("format".into(), json!("qcow2"));
+    top.insert("dirty-flag".into(), json!(dirty));
+    top.insert("actual-size".into(), json!(actual));
+    top.insert("virtual-size".into(), json!(h.size));
+    top.insert("cluster-size".into(), json!(h.cluster_size()));
+    if h.crypt_method != 0 {
+        top.insert("encrypted".into(), json!(true));
+    }
+    let mut full_backing = None;
+    if let Some(b) = &h.backing_file {
+        top.insert("backing-filename".into(), json!(b));
+        let full = if Path::new(b).is_absolute() {
+            b.clone()
+        } else {
+            path.parent()
+                .map(|d| d.join(b))
+                .unwrap_or_else(|| b.into())
+                .to_string_lossy()
+                .into_owned()
+        };
+        top.insert("full-backing-filename".into(), json!(full));
+        full_backing = Some(full);
+        if let Some(f) = h.backing_format() {
+            top.insert("backing-filename-format".into(), json!(f));
+        }
+    }
+    if !img.snapshots().is_empty() {
+        let snaps: Vec<Value> = img
+            .snapshots()
+            .iter()
+            .map(|s| {
+                let mut m = Map::new();
+                m.insert("id".into(), json!(s.id));
+                m.insert("name".into(), json!(s.name));
+                m.insert("vm-state-size".into(), json!(s.vm_state_size));
+                m.insert("date-sec".into(), json!(s.date_sec));
+                m.insert("date-nsec".into(), json!(s.date_nsec));
+                m.insert(
+                    "vm-clock-sec".into(),
+                    json!(s.vm_clock_nsec / 1_000_000_000),
+                );
+                m.insert(
+                    "vm-clock-nsec".into(),
+                    json!(s.vm_clock_nsec % 1_000_000_000),
+                );
+                if let Some(ic) = s.icount {
+                    if ic != u64::MAX {
+                        m.insert("icount".into(), json!(ic));
+                    }
+                }
+                Value::Object(m)
+            })
+            .collect();
+        top.insert("snapshots".into(), Value::Array(snaps));
+    }
+    top.insert(
+        "format-specific".into(),
+        json!({"type": "qcow2", "data": Value::Object(data)}),
+    );
+    let mut child_info = Map::new();
+    child_info.insert("filename".into(), json!(display_name));
+    child_info.insert("format".into(), json!("file"));
+    child_info.insert("dirty-flag".into(), json!(false));
+    child_info.insert("actual-size".into(), json!(actual));
+    child_info.insert("virtual-size".into(), json!(rounded_len));
+    child_info.insert(
+        "format-specific".into(),
+        json!({"type": "file", "data": {}}),
+    );
+    child_info.insert("children".into(), json!([]));
+    top.insert(
+        "children".into(),
+        json!([{"name": "file", "info": Value::Object(child_info)}]),
+    );
+
+    // Zoned section.
+    let mut zoned_human = String::new();
+    if let Some(z) = img.zoned() {
+        let geo = z.geometry;
+        let entries = img.read_wp_entries().unwrap_or_default();
+        let mut counts = [0u64; 8];
+        for (i, e) in entries.iter().enumerate() {
+            let c = cond_from_entry(&geo, i as u32, *e);
+            if let Some(k) = ZoneCond::ALL.iter().position(|x| *x == c) {
+                counts[k] += 1;
+            }
+        }
+        let mut by = Map::new();
+        for (k, c) in ZoneCond::ALL.iter().enumerate() {
+            by.insert(
+                c.name().to_ascii_lowercase().replace('_', "-"),
+                json!(counts[k]),
+            );
+        }
+        let mut zm = Map::new();
+        zm.insert("model".into(), json!("host-managed"));
+        zm.insert("zone-size".into(), json!(geo.zone_size));
+        zm.insert("zone-capacity".into(), json!(geo.zone_capacity));
+        zm.insert("nr-zones".into(), json!(geo.nr_zones));
+        zm.insert("conventional-zones".into(), json!(geo.conventional_zones));
+        zm.insert("max-open-zones".into(), json!(geo.max_open_zones));
+        zm.insert("max-active-zones".into(), json!(geo.max_active_zones));
+        zm.insert("max-append-bytes".into(), json!(geo.max_append_bytes));
+        zm.insert("metadata-offset".into(), json!(z.ext.zonedmeta_offset));
+        zm.insert("metadata-size".into(), json!(z.ext.zonedmeta_size));
+        zm.insert("zones-by-condition".into(), Value::Object(by));
+        if let Some(p) = &z.problem {
+            zm.insert("problem".into(), json!(p));
+        }
+        top.insert("zoned".into(), Value::Object(zm));
+        let lim = |v: u32| {
+            if v == 0 {
+                "0 (unlimited)".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        zoned_human.push_str("Zoned information:\n");
+        zoned_human.push_str("    model: host-managed\n");
+        zoned_human.push_str(&format!(
+            "    zone size: {} ({} bytes)\n",
+            human_size(geo.zone_size),
+            geo.zone_size
+        ));
+        zoned_human.push_str(&format!(
+            "    zone capacity: {} ({} bytes)\n",
+            human_size(geo.zone_capacity),
+            geo.zone_capacity
+        ));
+        zoned_human.push_str(&format!("    zone count: {}\n", geo.nr_zones));
+        zoned_human.push_str(&format!(
+            "    conventional zones: {}\n",
+            geo.conventional_zones
+        ));
+        zoned_human.push_str(&format!(
+            "    max open zones: {}\n",
+            lim(geo.max_open_zones)
+        ));
+        zoned_human.push_str(&format!(
+            "    max active zones: {}\n",
+            lim(geo.max_active_zones)
+        ));
+        zoned_human.push_str(&format!(
+            "    max append bytes: {}\n",
+            if geo.max_append_bytes == 0 {
+                "0 (zone append unsupported)".to_string()
+            } else {
+                geo.max_append_bytes.to_string()
+            }
+        ));
+        zoned_human.push_str(&format!(
+            "    metadata offset: {:#x}\n    metadata size: {}\n",
+            z.ext.zonedmeta_offset, z.ext.zonedmeta_size
+        ));
+        let parts: Vec<String> = ZoneCond::ALL
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| counts[*k] > 0)
+            .map(|(k, c)| format!("{} {}", c.name(), counts[k]))
+            .collect();
+        zoned_human.push_str(&format!("    zones by condition: {}\n", parts.join(", ")));
+        if let Some(p) = &z.problem {
+            zoned_human.push_str(&format!("    problem: {p}\n"));
+        }
+    }
+
+    // Human form.
+    let mut s = String::new();
+    s.push_str(&format!("image: {display_name}\n"));
+    s.push_str("file format: qcow2\n");
+    s.push_str(&format!(
+        "virtual size: {} ({} bytes)\n",
+        human_size(h.size),
+        h.size
+    ));
+    s.push_str(&format!("disk size: {}\n", human_size(actual)));
+    if h.crypt_method != 0 {
+        s.push_str("encrypted: yes\n");
+    }
+    s.push_str(&format!("cluster_size: {}\n", h.cluster_size()));
+    if dirty {
+        s.push_str("cleanly shut down: no\n");
+    }
+    if let Some(b) = &h.backing_file {
+        match &full_backing {
+            Some(f) if f != b => s.push_str(&format!("backing file: {b} (actual path: {f})\n")),
+            _ => s.push_str(&format!("backing file: {b}\n")),
+        }
+        if let Some(f) = h.backing_format() {
+            s.push_str(&format!("backing file format: {f}\n"));
+        }
+    }
+    if !img.snapshots().is_empty() {
+        s.push_str("Snapshot list:\n");
+        s.push_str(&format!(
+            "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+            "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
+        ));
+        for sn in img.snapshots() {
+            let secs = sn.vm_clock_nsec / 1_000_000_000;
+            let clock = format!(
+                "{:04}:{:02}:{:02}.{:03}",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60,
+                (sn.vm_clock_nsec / 1_000_000) % 1000
+            );
+            let icount = match sn.icount {
+                Some(i) if i != u64::MAX => i.to_string(),
+                _ => String::new(),
+            };
+            s.push_str(&format!(
+                "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+                sn.id,
+                sn.name,
+                human_size(sn.vm_state_size),
+                local_time(sn.date_sec),
+                clock,
+                icount
+            ));
+        }
+    }
+    s.push_str("Format specific information:\n");
+    s.push_str(&format!("    compat: {compat}\n"));
+    if let Some(df) = h.data_file() {
+        s.push_str(&format!("    data file: {df}\n"));
+        s.push_str(&format!(
+            "    data file raw: {}\n",
+            h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0
+        ));
+    }
+    s.push_str(&format!("    compression type: {ctype}\n"));
+    if v3 {
+        s.push_str(&format!("    lazy refcounts: {lazy}\n"));
+    }
+    s.push_str(&format!("    refcount bits: {}\n", h.refcount_bits()));
+    if v3 {
+        s.push_str(&format!("    corrupt: {corrupt}\n"));
+        s.push_str(&format!("    extended l2: {ext_l2}\n"));
+    }
+    s.push_str(&zoned_human);
+    s.push_str("Child node '/file':\n");
+    s.push_str(&format!("    filename: {display_name}\n"));
+    s.push_str("    protocol type: file\n");
+    s.push_str(&format!(
+        "    file length: {} ({} bytes)\n",
+        human_size(rounded_len),
+        rounded_len
+    ));
+    s.push_str(&format!("    disk size: {}\n", human_size(actual)));
+    Ok(ImageInfo {
+        json: Value::Object(top),
+        human: s,
+    })
+}

@@ -1,0 +1,54 @@
+//! A non-zoned qcow2 image as a [`BlockDevice`].
+
+use crate::device::{BlockDevice, DevResult, DeviceError, Extent, ZeroFlags};
+use crate::format::Qcow2;
+
+impl BlockDevice for Qcow2 {
+    fn size(&self) -> u64 {
+        Qcow2::size(self)
+    }
+    fn is_read_only(&self) -> bool {
+        Qcow2::is_read_only(self)
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> DevResult<()> {
+        Ok(Qcow2::read(self, offset, buf)?)
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
+        Qcow2::write(self, offset, data)?;
+        if fua {
+            Qcow2::flush(self)?;
+        }
+        Ok(())
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()> {
+        Qcow2::write_zeroes(self, offset, len)?;
+        if flags.fua {
+            Qcow2::flush(self)?;
+        }
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> DevResult<()> {
+        Ok(Qcow2::discard(self, offset, len)?)
+    }
+    fn flush(&self) -> DevResult<()> {
+        Ok(Qcow2::flush(self)?)
+    }
+    fn block_status(&self, offset: u64, len: u64) -> DevResult<Vec<Extent>> {
+        if len == 0 {
+            return Err(DeviceError::Invalid(
+                "block status of an empty range".into(),
+            ));
+        }
+        Ok(Qcow2::block_status(self, offset, len)?
+            .into_iter()
+            .map(|(len, alloc, zero)| Extent {
+                len,
+                hole: !alloc,
+                zero,
+            })
+            .collect())
+    }
+    fn describe(&self) -> String {
+        "qcow2".into()
+    }
+}
