@@ -66,7 +66,12 @@ fn base_image(cluster_size: u64) -> Vec<u8> {
 /// Run `ops` until power is lost at storage write `cut`. Returns the
 /// storage, the guest contents as of the last completed flush, and which
 /// bytes were touched after it.
-fn run_until_cut(img_bytes: &[u8], ops: &[Op], cut: u64, cs: u64) -> (Arc<FaultStorage>, Vec<u8>, Vec<bool>) {
+fn run_until_cut(
+    img_bytes: &[u8],
+    ops: &[Op],
+    cut: u64,
+    cs: u64,
+) -> (Arc<FaultStorage>, Vec<u8>, Vec<bool>) {
     let st = Arc::new(FaultStorage::new(
         img_bytes.to_vec(),
         FaultConfig {
@@ -77,7 +82,14 @@ fn run_until_cut(img_bytes: &[u8], ops: &[Op], cut: u64, cs: u64) -> (Arc<FaultS
     let mut current = vec![0u8; SIZE as usize];
     let mut durable = current.clone();
     let mut touched = vec![false; SIZE as usize];
-    let img = match Qcow2::open(st.clone(), &OpenOptions { l2_cache_tables: 2, refblock_cache_tables: 2, ..Default::default() }) {
+    let img = match Qcow2::open(
+        st.clone(),
+        &OpenOptions {
+            l2_cache_tables: 2,
+            refblock_cache_tables: 2,
+            ..Default::default()
+        },
+    ) {
         Ok(i) => i,
         Err(_) => return (st, durable, touched),
     };
@@ -114,17 +126,31 @@ fn run_until_cut(img_bytes: &[u8], ops: &[Op], cut: u64, cs: u64) -> (Arc<FaultS
     (st, durable, touched)
 }
 
-fn verify_state(bytes: Vec<u8>, durable: &[u8], touched: &[bool], dir: &std::path::Path, qemu: bool, what: &str) {
+fn verify_state(
+    bytes: Vec<u8>,
+    durable: &[u8],
+    touched: &[bool],
+    dir: &std::path::Path,
+    qemu: bool,
+    what: &str,
+) {
     let img = Qcow2::open(
         Arc::new(MemStorage::from_bytes(bytes.clone())),
-        &OpenOptions { read_only: true, ..Default::default() },
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
     )
     .unwrap_or_else(|e| panic!("{what}: crash state does not open: {e}"));
     let mut got = vec![0u8; SIZE as usize];
-    img.read(0, &mut got).unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
+    img.read(0, &mut got)
+        .unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
     for i in 0..SIZE as usize {
         if !touched[i] && got[i] != durable[i] {
-            panic!("{what}: flushed byte {i:#x} lost: {:#x} != {:#x}", got[i], durable[i]);
+            panic!(
+                "{what}: flushed byte {i:#x} lost: {:#x} != {:#x}",
+                got[i], durable[i]
+            );
         }
     }
     if qemu {
@@ -173,7 +199,14 @@ fn power_loss_at_every_write_leaves_no_corruption() {
                 // qemu-img on a sample keeps the run short; zcow's own
                 // open+read checks every state.
                 let q = qemu && vi % 7 == 0 && cut % 3 == 0;
-                verify_state(bytes, &durable, &touched, d.path(), q, &format!("seed {seed} cut {cut} variant {vi}"));
+                verify_state(
+                    bytes,
+                    &durable,
+                    &touched,
+                    d.path(),
+                    q,
+                    &format!("seed {seed} cut {cut} variant {vi}"),
+                );
                 states += 1;
             }
         }
@@ -186,12 +219,24 @@ fn power_loss_at_every_write_leaves_no_corruption() {
 fn injected_errors_fail_cleanly_and_later_writes_work() {
     use zcow::storage::InjectedKind;
     let base = base_image(4096);
-    for (i, kind) in [(0u64, InjectedKind::Eio), (1, InjectedKind::Enospc), (3, InjectedKind::Eio)] {
-        let st = Arc::new(FaultStorage::new(base.clone(), FaultConfig { fail_write: Some((i, kind)), ..Default::default() }));
+    for (i, kind) in [
+        (0u64, InjectedKind::Eio),
+        (1, InjectedKind::Enospc),
+        (3, InjectedKind::Eio),
+    ] {
+        let st = Arc::new(FaultStorage::new(
+            base.clone(),
+            FaultConfig {
+                fail_write: Some((i, kind)),
+                ..Default::default()
+            },
+        ));
         let img = Qcow2::open(st.clone(), &OpenOptions::default()).unwrap();
         let mut failed = false;
         for k in 0..8u64 {
-            let r = img.write(k * 70_000, &vec![k as u8 + 1; 70_000]).and_then(|_| img.flush());
+            let r = img
+                .write(k * 70_000, &vec![k as u8 + 1; 70_000])
+                .and_then(|_| img.flush());
             if let Err(e) = r {
                 failed = true;
                 assert!(e.to_string().contains("injected"), "{e}");

@@ -608,3 +608,55 @@ proptest! {
         prop_assert_eq!(c.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&c.stdout), String::from_utf8_lossy(&c.stderr));
     }
 }
+
+#[test]
+fn refcount_table_grows_and_stays_consistent() {
+    if !have("qemu-img") {
+        return;
+    }
+    let d = tmp();
+    // 512-byte clusters with 64-bit refcounts: one refblock covers 32 KiB
+    // and one reftable cluster 2 MiB, so 6 MiB of data grows the table twice.
+    let p = d.path().join("g.qcow2");
+    make(
+        &p,
+        &CreateOptions {
+            size: 16 << 20,
+            cluster_size: 512,
+            refcount_bits: 64,
+            ..Default::default()
+        },
+    );
+    let mut model = vec![0u8; 16 << 20];
+    {
+        let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
+        for i in 0..48u64 {
+            let off = (i * 331_777) % (15 << 20);
+            let b = vec![(i + 1) as u8; 131_072];
+            img.write(off, &b).unwrap();
+            model[off as usize..off as usize + b.len()].copy_from_slice(&b);
+        }
+        img.discard(1 << 20, 1 << 20).unwrap();
+        model[1 << 20..2 << 20].fill(0);
+        img.flush().unwrap();
+    }
+    let h = Qcow2::open_path(
+        &p,
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .header();
+    assert!(h.refcount_table_clusters > 1, "table did not grow");
+    assert!(raw_of(&p, d.path()) == model);
+    let o = run("qemu-img", &["check", s(&p)]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -336,9 +336,11 @@ impl Qcow2 {
                     Some(Arc::new(RawBacking::new(Arc::new(s))?))
                 }
             }
-            (Some(name), BackingPolicy::Refuse) => return Err(FormatError::Unsupported(format!(
+            (Some(name), BackingPolicy::Refuse) => {
+                return Err(FormatError::Unsupported(format!(
                 "the image names a backing file '{name}', which this caller does not allow opening"
-            ))),
+            )))
+            }
             _ => None,
         };
         let mut img = Self::open_parsed(store, header, data, backing, opts)?;
@@ -841,25 +843,20 @@ impl Qcow2 {
         Ok(self.refcount(m, c)? == 0)
     }
 
-    /// Create the refblock for reftable index `rti`, placing it at a free
-    /// cluster other than `reserved`. Returns its offset.
+    /// Create the refblock for reftable index `rti`, placing it inside its
+    /// own range (so it describes itself) at a cluster other than
+    /// `reserved`. Every cluster of a range without a refblock is free, so
+    /// no search (and no recursion into other ranges) is needed.
     fn new_refblock(&self, m: &mut Meta, rti: u64, reserved: u64) -> Result<HostOffset> {
+        let first = rti * self.p.rb_entries;
         if rti as usize >= m.reftable.len() {
-            self.grow_reftable(m, rti + 1)?;
-            if let Some(o) = self.refblock_offset(m, reserved)? {
-                if reserved / self.p.rb_entries == rti {
-                    return Ok(o);
-                }
+            self.grow_reftable(m, rti + 1, reserved)?;
+            // The new table may have brought a block for this range along.
+            if let Some(o) = self.refblock_offset(m, first)? {
+                return Ok(o);
             }
         }
-        // Find a free cluster for the block itself.
-        let mut b = m.free_hint;
-        loop {
-            if b != reserved && self.is_free(m, b)? {
-                break;
-            }
-            b += 1;
-        }
+        let b = if first != reserved { first } else { first + 1 };
         if (b + 1) << self.p.cluster_bits > MAX_HOST_OFFSET {
             return Err(FormatError::NoSpace(
                 "image file would exceed 2^56 bytes".into(),
@@ -867,19 +864,9 @@ impl Qcow2 {
         }
         let off = HostCluster(b).offset(self.p.cluster_bits);
         let mut block = vec![0u8; self.p.cs as usize];
-        if b / self.p.rb_entries == rti {
-            // Self-describing block.
-            refcount::set(
-                &mut block,
-                self.p.refcount_order,
-                (b % self.p.rb_entries) as usize,
-                1,
-            );
-        } else {
-            self.set_refcount(m, b, 1)?;
-            self.flush_refblocks(m)?;
-        }
+        refcount::set(&mut block, self.p.refcount_order, (b - first) as usize, 1);
         m.alloc_end = m.alloc_end.max(b + 1);
+        // The block is durable before the reftable points at it.
         self.store.write_at(off.0, &block)?;
         m.file_len = m.file_len.max(off.0 + self.p.cs);
         self.store.sync()?;
@@ -887,20 +874,19 @@ impl Qcow2 {
         let rt_off = m.header.refcount_table_offset + rti * 8;
         self.store.write_at(rt_off, &off.0.to_be_bytes())?;
         self.store.sync()?;
-        if m.rb.is_full() {
-            // Make room through load_rb's eviction by loading lazily later.
-        }
         m.rb.remove(off);
         Ok(off)
     }
 
     /// Replace the refcount table by a larger one at the end of the file.
-    fn grow_reftable(&self, m: &mut Meta, min_entries: u64) -> Result<()> {
+    /// The new table goes past both the end of the file and `reserved` (the
+    /// cluster being allocated when the table ran out).
+    fn grow_reftable(&self, m: &mut Meta, min_entries: u64, reserved: u64) -> Result<()> {
         let cs = self.p.cs;
         let rbe = self.p.rb_entries;
         let old_len = m.reftable.len() as u64;
         let mut entries = min_entries.max(old_len * 2).max(cs / 8);
-        let t = m.alloc_end;
+        let t = m.alloc_end.max(reserved + 1);
         let (k, newblocks) = loop {
             let k = (entries * 8).div_ceil(cs);
             // Refblocks needed to cover [t, t+k+nb).
@@ -995,55 +981,22 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Allocate `n` contiguous clusters with refcount 1.
-    fn alloc(&self, m: &mut Meta, n: u64) -> Result<u64> {
-        let mut start = m.free_hint;
-        // Skip the used prefix so later searches start further on.
-        while start < m.alloc_end && !self.is_free(m, start)? {
-            start += 1;
-        }
-        m.free_hint = start;
-        let mut run = 0;
-        let mut c = start;
-        while run < n {
-            if self.is_free(m, c)? {
-                run += 1;
-            } else {
-                run = 0;
-                start = c + 1;
-            }
+    /// Allocate one cluster with refcount 1: the lowest free one, so a
+    /// sequential stream gets consecutive clusters at the end of the file.
+    fn alloc(&self, m: &mut Meta) -> Result<u64> {
+        let mut c = m.free_hint;
+        while c < m.alloc_end && !self.is_free(m, c)? {
             c += 1;
-            if c >= m.alloc_end && run < n {
-                // Everything from here on is free.
-                let need = n - run;
-                c += need;
-                break;
-            }
         }
-        let _ = c;
-        if (start + n) << self.p.cluster_bits > MAX_HOST_OFFSET {
+        if (c + 1) << self.p.cluster_bits > MAX_HOST_OFFSET {
             return Err(FormatError::NoSpace(
                 "image file would exceed 2^56 bytes".into(),
             ));
         }
-        for i in 0..n {
-            self.set_refcount(m, start + i, 1)?;
-            // A new refblock may have been placed inside our run.
-        }
-        // If a refblock landed inside the run, the run is not ours: retry.
-        for i in 0..n {
-            if self.refcount(m, start + i)? != 1 {
-                return Err(FormatError::Corrupt(format!(
-                    "cluster {} allocated twice",
-                    start + i
-                )));
-            }
-        }
-        m.alloc_end = m.alloc_end.max(start + n);
-        if start == m.free_hint {
-            m.free_hint = start + n;
-        }
-        Ok(start)
+        self.set_refcount(m, c, 1)?;
+        m.alloc_end = m.alloc_end.max(c + 1);
+        m.free_hint = c + 1;
+        Ok(c)
     }
 
     fn queue_decrement(&self, m: &mut Meta, ct: ClusterType) {
@@ -1390,7 +1343,7 @@ impl Qcow2 {
         let e = m.l1[l1i];
         let off = self.l2_offset(m, gc)?;
         if off.0 == 0 {
-            let c = self.alloc(m, 1)?;
+            let c = self.alloc(m)?;
             let new = HostCluster(c).offset(self.p.cluster_bits);
             self.make_room_l2(m)?;
             m.l2.insert(new, vec![0u8; self.p.cs as usize], true);
@@ -1414,7 +1367,7 @@ impl Qcow2 {
             let w = be64_at(&copy, i * 8);
             copy[i * 8..i * 8 + 8].copy_from_slice(&(w & !COPIED).to_be_bytes());
         }
-        let c = self.alloc(m, 1)?;
+        let c = self.alloc(m)?;
         let new = HostCluster(c).offset(self.p.cluster_bits);
         self.make_room_l2(m)?;
         m.l2.insert(new, copy, true);
@@ -1552,7 +1505,7 @@ impl Qcow2 {
                 });
             } else {
                 let full = in_off == 0 && n == cs;
-                let c = self.alloc(m, 1)?;
+                let c = self.alloc(m)?;
                 let host = c << cb;
                 let base_zero = match ct {
                     ClusterType::ZeroPlain | ClusterType::ZeroAlloc(_) => true,
