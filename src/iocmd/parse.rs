@@ -92,6 +92,17 @@ pub enum WriteSource {
     File(String),
 }
 
+/// Where `write` puts its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteTarget {
+    /// The virtual disk.
+    Disk,
+    /// The VM state area (`-b`): no zcow device has one, so it fails.
+    VmState,
+    /// A compressed write (`-c`): not part of the device interface, fails.
+    Compressed,
+}
+
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -105,6 +116,8 @@ pub enum Command {
         verify: Option<Verify>,
         /// `-v`.
         dump: bool,
+        /// `-b`: from the VM state (unsupported, fails).
+        vmstate: bool,
         /// `-q`, `-C`.
         report: ReportOpts,
     },
@@ -129,6 +142,8 @@ pub enum Command {
         count: u64,
         /// Data source.
         source: WriteSource,
+        /// `-b`, `-c` or neither.
+        target: WriteTarget,
         /// `-f`: FUA.
         fua: bool,
         /// `-q`, `-C`.
@@ -334,11 +349,25 @@ fn length_arg(arg: &str, extra: &str) -> Result<u64, ParseError> {
     Ok(n)
 }
 
+/// The `-b`/`-c` alignment rule: both values multiples of 512.
+fn sector_aligned(offset: u64, count: u64) -> Result<(), ParseError> {
+    for (v, what) in [(offset, "offset"), (count, "count")] {
+        if v % 512 != 0 {
+            return Err(ParseError::out(
+                format!("{v} is not a sector-aligned value for '{what}'"),
+                libc::EINVAL,
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_read(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
-    let s = scan(argv, "Cl:pP:qrs:v");
+    let s = scan(argv, "bCl:pP:qrs:v");
     let mut report = ReportOpts::default();
     let (mut dump, mut pflag, mut lflag, mut sflag) = (false, false, false, false);
+    let (mut bflag, mut rflag) = (false, false);
     let (mut pat, mut poff, mut pcount) = (0u8, 0u64, 0u64);
     each_opt(&s, typed, spec, |c, arg| {
         match c {
@@ -357,7 +386,9 @@ fn parse_read(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
                 poff = num(arg)?;
             }
             'v' => dump = true,
-            _ => {} // -p, -r: accepted and ignored
+            'b' => bflag = true,
+            'r' => rflag = true,
+            _ => {} // -p: ignored
         }
         Ok(None)
     })?;
@@ -381,6 +412,15 @@ fn parse_read(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
             libc::EINVAL,
         ));
     }
+    if bflag {
+        sector_aligned(offset, count)?;
+        if rflag {
+            return Err(ParseError::out(
+                "I/O buffer registration is not supported when reading from vmstate",
+                libc::EINVAL,
+            ));
+        }
+    }
     Ok(Command::Read {
         offset,
         count,
@@ -390,20 +430,24 @@ fn parse_read(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
             count: pc as u64,
         }),
         dump,
+        vmstate: bflag,
         report,
     })
 }
 
 fn parse_write(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
-    let s = scan(argv, "CfnpP:qrs:uz");
+    let s = scan(argv, "bcCfnpP:qrs:uz");
     let mut report = ReportOpts::default();
     let (mut fua, mut no_fallback, mut may_unmap, mut zflag, mut pflag, mut rflag) =
         (false, false, false, false, false, false);
     let mut pat = DEFAULT_WRITE_PATTERN;
     let mut file: Option<String> = None;
+    let (mut bflag, mut cflag) = (false, false);
     each_opt(&s, typed, spec, |c, arg| {
         match c {
+            'b' => bflag = true,
+            'c' => cflag = true,
             'C' => report.csv = true,
             'f' => fua = true,
             'n' => no_fallback = true,
@@ -424,6 +468,14 @@ fn parse_write(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
         return Err(usage(typed, spec));
     };
     let einval = |m: &str| ParseError::out(m, libc::EINVAL);
+    if bflag && zflag {
+        return Err(einval("-b and -z cannot be specified at the same time"));
+    }
+    if fua && (bflag || cflag) {
+        return Err(einval(
+            "-f and -b or -c cannot be specified at the same time",
+        ));
+    }
     if no_fallback && !zflag {
         return Err(einval("-n requires -z to be specified"));
     }
@@ -442,11 +494,21 @@ fn parse_write(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
             "length cannot exceed {MAX_REQUEST_BYTES} without -n, given {len}"
         )));
     }
+    if bflag || cflag {
+        sector_aligned(offset, count)?;
+    }
     if zflag && rflag {
         return Err(einval(
             "cannot combine zero write with registered I/O buffer",
         ));
     }
+    let target = if bflag {
+        WriteTarget::VmState
+    } else if cflag && !zflag {
+        WriteTarget::Compressed
+    } else {
+        WriteTarget::Disk
+    };
     let source = if zflag {
         WriteSource::Zeroes {
             may_unmap,
@@ -461,6 +523,7 @@ fn parse_write(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
         offset,
         count,
         source,
+        target,
         fua,
         report,
     })
@@ -747,6 +810,7 @@ mod tests {
                     count: 1024
                 }),
                 dump: true,
+                vmstate: false,
                 report: ReportOpts::default(),
             }
         );

@@ -2,7 +2,7 @@
 //! execution of parsed commands with qemu-io's output.
 
 use super::format::{cvtstr, dump_buffer, error_errno, report, strerror};
-use super::parse::{breakline, parse_args, Command, ReportOpts, Verify, WriteSource};
+use super::parse::{breakline, parse_args, Command, ReportOpts, Verify, WriteSource, WriteTarget};
 use super::table::{check_arg_count, find, help_all, usage_line};
 use crate::device::{check_range, BlockDevice, DevResult, DeviceError, ZeroFlags};
 use crate::open::OpenOptions;
@@ -252,12 +252,17 @@ impl Session {
         };
         let dev = dev.as_ref();
         match cmd {
+            Command::Read { vmstate: true, .. } => {
+                let e = DeviceError::Unsupported("the device has no VM state area".into());
+                self.fail(out, err, "read", &e)
+            }
             Command::Read {
                 offset,
                 count,
                 verify,
                 dump,
                 report: r,
+                ..
             } => self.read(dev, "read", offset, &[count], verify, dump, r, out, err),
             Command::Readv {
                 offset,
@@ -278,9 +283,25 @@ impl Session {
                 offset,
                 count,
                 source,
+                target,
                 fua,
                 report: r,
-            } => self.write(dev, offset, count, source, fua, r, out, err),
+            } => {
+                if target != WriteTarget::Disk {
+                    if let WriteSource::File(path) = &source {
+                        if let Err(msg) = read_pattern_file(path, count) {
+                            line(err, msg)?;
+                            return Ok(-libc::EINVAL);
+                        }
+                    }
+                    let what = match target {
+                        WriteTarget::VmState => "the device has no VM state area",
+                        _ => "compressed writes are not part of the device interface",
+                    };
+                    return self.fail(out, err, "write", &DeviceError::Unsupported(what.into()));
+                }
+                self.write(dev, offset, count, source, fua, r, out, err)
+            }
             Command::Writev {
                 offset,
                 lens,

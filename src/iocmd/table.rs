@@ -45,6 +45,7 @@ const READ_HELP: &str = "
  'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the file
 
  Reads part of the open device; -v dumps the data in hex on standard output.
+ -b, -- read from the VM state (not supported: fails)
  -C, -- print statistics in a machine parsable format
  -l, -- length for pattern verification (only with -P)
  -p, -- ignored (accepted for compatibility)
@@ -75,6 +76,8 @@ const WRITE_HELP: &str = "
  'write 512 1k' - writes 1 kilobyte at 512 bytes into the open file
 
  Writes a buffer filled with a byte pattern (default 0xcd).
+ -b, -- write to the VM state (not supported: fails)
+ -c, -- write compressed data (not supported: fails)
  -C, -- print statistics in a machine parsable format
  -f, -- use Force Unit Access semantics
  -n, -- with -z, fail instead of writing zeroes slowly
@@ -248,7 +251,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("r"),
         argmin: 2,
         argmax: -1,
-        args: Some("[-Cqrv] [-P pattern [-s off] [-l len]] off len"),
+        args: Some("[-abCqrv] [-P pattern [-s off] [-l len]] off len"),
         help: Some(READ_HELP),
         ..spec("read", "reads a number of bytes at a specified offset")
     },
@@ -269,7 +272,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("w"),
         argmin: 2,
         argmax: -1,
-        args: Some("[-Cfnqruz] [-P pattern | -s source_file] off len"),
+        args: Some("[-bcCfnqruz] [-P pattern | -s source_file] off len"),
         help: Some(WRITE_HELP),
         writes: true,
         ..spec("write", "writes a number of bytes at a specified offset")
