@@ -12,13 +12,16 @@ use zcow::zone::{
 
 const MIB: u64 = 1 << 20;
 
+/// Condition and write pointer of one zone.
+type Zone = (ZoneCond, u64);
+
 /// A tiny host-managed device: 1 MiB zones, zone 0 conventional, the last
 /// zone 512 KiB, capacity 768 KiB, at most 2 open zones. Only what the
 /// formatting tests need; the real engine has the full model.
 #[derive(Debug)]
 struct FakeZoned {
     geo: ZoneGeometry,
-    state: Mutex<(Vec<u8>, Vec<(ZoneCond, u64)>)>,
+    state: Mutex<(Vec<u8>, Vec<Zone>)>,
 }
 
 impl FakeZoned {
@@ -49,7 +52,7 @@ impl FakeZoned {
         }
     }
 
-    fn err(&self, i: u32, z: (ZoneCond, u64), kind: ZoneErrorKind, detail: &str) -> DeviceError {
+    fn err(&self, i: u32, z: Zone, kind: ZoneErrorKind, detail: &str) -> DeviceError {
         DeviceError::Zone(ZoneError {
             kind,
             zone: Some(ZoneCtx {
@@ -62,7 +65,7 @@ impl FakeZoned {
         })
     }
 
-    fn open_count(zones: &[(ZoneCond, u64)]) -> u32 {
+    fn open_count(zones: &[Zone]) -> u32 {
         zones
             .iter()
             .filter(|z| matches!(z.0, ZoneCond::ImpOpen | ZoneCond::ExpOpen))
@@ -72,7 +75,7 @@ impl FakeZoned {
     /// Write `len` bytes at `offset` inside zone `i` following the rules.
     fn seq_write(
         &self,
-        zones: &mut [(ZoneCond, u64)],
+        zones: &mut [Zone],
         i: u32,
         offset: u64,
         len: u64,

@@ -289,7 +289,9 @@ impl Session {
             } => {
                 if target != WriteTarget::Disk {
                     if let WriteSource::File(path) = &source {
-                        if let Err(msg) = read_pattern_file(path, count) {
+                        if let Err(msg) = open_pattern_file(path)
+                            .and_then(|f| fill_from_file(f, path, count.min(1)))
+                        {
                             line(err, msg)?;
                             return Ok(-libc::EINVAL);
                         }
@@ -426,6 +428,10 @@ impl Session {
                 print_sector,
             } => {
                 let total: u64 = lens.iter().sum();
+                // qemu checks the byte range before the zone rules.
+                if let Err(e) = check_range(offset, total, dev.size()) {
+                    return self.fail(out, err, "zone append", &e);
+                }
                 let Ok(n) = usize::try_from(total) else {
                     return Ok(-libc::ENOMEM);
                 };
@@ -538,8 +544,10 @@ impl Session {
                 self.write_done(res, el, offset, count, r, out, err)
             }
             WriteSource::File(path) => {
-                let data = match read_pattern_file(&path, count) {
-                    Ok(d) => d,
+                // Open first (its errors come first, as in qemu-io), check
+                // the range, and only then build a buffer of `count` bytes.
+                let file = match open_pattern_file(&path) {
+                    Ok(f) => f,
                     Err(msg) => {
                         line(err, msg)?;
                         return Ok(-libc::EINVAL);
@@ -548,6 +556,13 @@ impl Session {
                 if let Err(e) = check_range(offset, count, dev.size()) {
                     return self.fail(out, err, "write", &e);
                 }
+                let data = match fill_from_file(file, &path, count) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        line(err, msg)?;
+                        return Ok(-libc::EINVAL);
+                    }
+                };
                 let t = Instant::now();
                 let res = dev.write(offset, &data, fua);
                 let el = t.elapsed();
@@ -831,24 +846,27 @@ fn open_error_text(e: &DeviceError) -> String {
     }
 }
 
+fn os_error_text(path: &str, e: &io::Error) -> String {
+    format!(
+        "{path}: {}",
+        strerror(e.raw_os_error().unwrap_or(libc::EIO))
+    )
+}
+
+/// Open the file of `write -s`; Err is the message for stderr.
+fn open_pattern_file(path: &str) -> Result<std::fs::File, String> {
+    std::fs::File::open(path).map_err(|e| os_error_text(path, &e))
+}
+
 /// `write -s FILE`: the file's first `count` bytes, repeated to fill
 /// `count` bytes. Err is the message for stderr.
-fn read_pattern_file(path: &str, count: u64) -> Result<Vec<u8>, String> {
+fn fill_from_file(f: std::fs::File, path: &str, count: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let n = usize::try_from(count).map_err(|_| format!("{path}: file too large"))?;
-    let f = std::fs::File::open(path).map_err(|e| {
-        format!(
-            "{path}: {}",
-            strerror(e.raw_os_error().unwrap_or(libc::EIO))
-        )
-    })?;
     let mut data = Vec::new();
-    f.take(count).read_to_end(&mut data).map_err(|e| {
-        format!(
-            "{path}: {}",
-            strerror(e.raw_os_error().unwrap_or(libc::EIO))
-        )
-    })?;
+    f.take(count)
+        .read_to_end(&mut data)
+        .map_err(|e| os_error_text(path, &e))?;
     if data.is_empty() {
         return Err(format!("{path}: file is empty"));
     }
