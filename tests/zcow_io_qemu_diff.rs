@@ -361,3 +361,48 @@ fn open_failure_and_interactive_prompt() {
     assert_eq!(z.0.replace("zcow-io> ", "PROMPT> "), q.0);
     assert_eq!(z.1, q.1);
 }
+
+/// `-r`, and `close`/`open` between commands.
+#[test]
+fn read_only_and_reopen_match_qemu_io() {
+    if !have_qemu() {
+        return;
+    }
+    let im = raw_pair(1 << 20);
+    let go = |tool: &str, file: &Path, extra: &[&str], cmds: &[String]| {
+        let mut c = Command::new(tool);
+        c.args(["-f", "raw"]).args(extra);
+        for cmd in cmds {
+            c.arg("-c").arg(cmd);
+        }
+        let o = c.arg(file).output().unwrap();
+        (
+            normalize_timing(&String::from_utf8_lossy(&o.stdout)),
+            o.status.code(),
+        )
+    };
+    let ro = ["read -v 0 16", "write 0 512", "discard 0 512", "read -P 0 0 512"].map(String::from);
+    assert_eq!(
+        go(ZCOW_IO, &im.zcow, &["-r"], &ro),
+        go("qemu-io", &im.qemu, &["-r"], &ro)
+    );
+    let reopen = |f: &Path| {
+        [
+            "write -P 7 0 512".to_string(),
+            "close".into(),
+            "read 0 512".into(),
+            format!("open -r {}", f.display()),
+            "read -P 7 0 512".into(),
+            "write 0 512".into(),
+            format!("open {}", f.display()),
+            "close".into(),
+            format!("open {}", f.display()),
+            "write -P 8 512 512".into(),
+            "read -P 8 512 512".into(),
+        ]
+    };
+    assert_eq!(
+        go(ZCOW_IO, &im.zcow, &[], &reopen(&im.zcow)),
+        go("qemu-io", &im.qemu, &[], &reopen(&im.qemu))
+    );
+}
