@@ -186,6 +186,14 @@ const SCENARIOS: &[&[&str]] = &[
     // Information commands.
     &["info", "length", "l", "quit", "read 0 1"],
     &[
+        "alloc 0",
+        "alloc 4k 64k",
+        "a 1000k 1M",
+        "alloc 2M",
+        "alloc -1",
+        "map",
+    ],
+    &[
         "zrp 0 1",
         "zo 0 1",
         "zap -p 0 512 512",
@@ -381,7 +389,13 @@ fn read_only_and_reopen_match_qemu_io() {
             o.status.code(),
         )
     };
-    let ro = ["read -v 0 16", "write 0 512", "discard 0 512", "read -P 0 0 512"].map(String::from);
+    let ro = [
+        "read -v 0 16",
+        "write 0 512",
+        "discard 0 512",
+        "read -P 0 0 512",
+    ]
+    .map(String::from);
     assert_eq!(
         go(ZCOW_IO, &im.zcow, &["-r"], &ro),
         go("qemu-io", &im.qemu, &["-r"], &ro)

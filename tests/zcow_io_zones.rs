@@ -73,13 +73,7 @@ impl FakeZoned {
     }
 
     /// Write `len` bytes at `offset` inside zone `i` following the rules.
-    fn seq_write(
-        &self,
-        zones: &mut [Zone],
-        i: u32,
-        offset: u64,
-        len: u64,
-    ) -> DevResult<()> {
+    fn seq_write(&self, zones: &mut [Zone], i: u32, offset: u64, len: u64) -> DevResult<()> {
         let z = zones[i as usize];
         if self.geo.is_conventional(i) {
             return Ok(());

@@ -208,6 +208,15 @@ pub enum Command {
         /// `-q`, `-C`.
         report: ReportOpts,
     },
+    /// `alloc off [count]`: how much of a range is allocated.
+    Alloc {
+        /// Start.
+        offset: u64,
+        /// Bytes (512 when not given).
+        count: u64,
+    },
+    /// `map`: allocated and unallocated runs of the whole device.
+    Map,
     /// `info`.
     Info,
     /// `length`.
@@ -725,6 +734,12 @@ pub fn parse_args(spec: &CmdSpec, argv: &[String]) -> Result<Command, ParseError
         "aio_flush" => Ok(Command::AioFlush),
         "flush" => Ok(Command::Flush),
         "discard" => parse_discard(argv, spec),
+        "alloc" => {
+            let offset = num(arg(1))?;
+            let count = if argv.len() == 3 { num(arg(2))? } else { 512 };
+            Ok(Command::Alloc { offset, count })
+        }
+        "map" => Ok(Command::Map),
         "info" => Ok(Command::Info),
         "length" => Ok(Command::Length),
         "zone_report" => {

@@ -393,6 +393,80 @@ impl Session {
                 }
                 Ok(0)
             }
+            Command::Alloc { offset, count } => {
+                let (start, mut offset, mut remaining, mut count) = (offset, offset, count, count);
+                let mut sum_alloc = 0u64;
+                while remaining > 0 {
+                    let (allocated, num) = match is_allocated(dev, offset, remaining) {
+                        Ok(r) => r,
+                        Err(e) => return self.fail(out, err, "is_allocated", &e),
+                    };
+                    offset += num;
+                    remaining -= num;
+                    if allocated {
+                        sum_alloc += num;
+                    }
+                    if num == 0 {
+                        // Past the end: report the part that exists.
+                        count -= remaining;
+                        remaining = 0;
+                    }
+                }
+                line(
+                    out,
+                    format!(
+                        "{sum_alloc}/{count} bytes allocated at offset {}",
+                        cvtstr(start as f64)
+                    ),
+                )?;
+                Ok(0)
+            }
+            Command::Map => {
+                let (mut offset, mut bytes) = (0u64, dev.size());
+                while bytes > 0 {
+                    let (allocated, mut num) = match is_allocated(dev, offset, bytes) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            line(
+                                err,
+                                format!(
+                                    "{}: Failed to get allocation status: {}",
+                                    self.prog,
+                                    strerror(error_errno(&e))
+                                ),
+                            )?;
+                            return Ok(-error_errno(&e));
+                        }
+                    };
+                    if num == 0 {
+                        line(err, format!("{}: Unexpected end of image", self.prog))?;
+                        return Ok(-libc::EIO);
+                    }
+                    // Merge following runs of the same status, as qemu-io.
+                    while num < bytes {
+                        match is_allocated(dev, offset + num, bytes - num) {
+                            Ok((a, n)) if a == allocated && n > 0 => num += n,
+                            _ => break,
+                        }
+                    }
+                    line(
+                        out,
+                        format!(
+                            "{} (0x{num:x}) bytes {} at offset {} (0x{offset:x})",
+                            cvtstr(num as f64),
+                            if allocated {
+                                "    allocated"
+                            } else {
+                                "not allocated"
+                            },
+                            cvtstr(offset as f64)
+                        ),
+                    )?;
+                    offset += num;
+                    bytes -= num;
+                }
+                Ok(0)
+            }
             Command::Info => self.info(dev, out),
             Command::Length => {
                 line(out, cvtstr(dev.size() as f64))?;
@@ -822,6 +896,21 @@ impl Session {
         }
         Ok(0)
     }
+}
+
+/// Whether the run at `offset` is allocated, and its length (at most
+/// `len`; 0 past the end, as qemu's `bdrv_is_allocated`).
+fn is_allocated(dev: &dyn BlockDevice, offset: u64, len: u64) -> DevResult<(bool, u64)> {
+    let size = dev.size();
+    if offset >= size {
+        return Ok((false, 0));
+    }
+    let len = len.min(size - offset);
+    let ext = dev.block_status(offset, len)?;
+    Ok(ext
+        .first()
+        .map(|e| (!e.hole, e.len.min(len)))
+        .unwrap_or((false, 0)))
 }
 
 enum Dispatch {

@@ -197,6 +197,13 @@ pub const COMMANDS: &[CmdSpec] = &[
         ..spec("aio_write", "asynchronously writes a number of bytes")
     },
     CmdSpec {
+        altname: Some("a"),
+        argmin: 1,
+        argmax: 2,
+        args: Some("offset [count]"),
+        ..spec("alloc", "checks if offset is allocated in the file")
+    },
+    CmdSpec {
         altname: Some("c"),
         ..spec("close", "close the current open file")
     },
@@ -230,6 +237,10 @@ pub const COMMANDS: &[CmdSpec] = &[
     CmdSpec {
         altname: Some("l"),
         ..spec("length", "gets the length of the current file")
+    },
+    CmdSpec {
+        args: Some(""),
+        ..spec("map", "prints the allocated areas of a file")
     },
     CmdSpec {
         altname: Some("o"),
