@@ -842,7 +842,7 @@ mod tests {
         );
         let m = msg("r -z 0 1");
         assert_eq!(m[0], (true, "r: invalid option -- 'z'".into()));
-        assert!(m[1].1.starts_with("r [-Cqrv]"));
+        assert!(m[1].1.starts_with("r [-abCqrv]"));
     }
 
     #[test]
