@@ -55,7 +55,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8> {
     let mut session = Session::new(None);
     let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
+    // Line-buffered on a terminal so stdout and stderr lines interleave in
+    // order; fully buffered (flushed after each command) otherwise.
+    let mut out: Box<dyn Write> = if stdout.is_terminal() {
+        Box::new(io::LineWriter::new(stdout.lock()))
+    } else {
+        Box::new(io::BufWriter::new(stdout.lock()))
+    };
     let mut err = io::stderr();
 
     if let Some(file) = &cli.file {
@@ -79,7 +85,9 @@ fn run(cli: Cli) -> Result<u8> {
 
     if !cli.cmd.is_empty() {
         for c in &cli.cmd {
-            if session.run_command(c, &mut out, &mut err)? == Status::Quit {
+            let status = session.run_command(c, &mut out, &mut err)?;
+            out.flush()?;
+            if status == Status::Quit {
                 break;
             }
         }
@@ -111,7 +119,9 @@ fn interactive(session: &mut Session, out: &mut dyn Write, err: &mut dyn Write) 
             buf.pop();
         }
         let line = String::from_utf8_lossy(&buf);
-        if session.run_command(&line, out, err)? == Status::Quit {
+        let status = session.run_command(&line, out, err)?;
+        out.flush()?;
+        if status == Status::Quit {
             return Ok(());
         }
     }

@@ -1,5 +1,26 @@
 //! The qemu-io command language of `zcow-io`.
 //!
+//! Commands (`help` lists them): `read`/`r`, `readv`, `write`/`w`,
+//! `writev`, `aio_read`, `aio_write`, `aio_flush`, `flush`/`f`,
+//! `discard`/`d`, `alloc`/`a`, `map`, `info`/`i`, `length`/`l`,
+//! `zone_report`/`zrp`, `zone_open`/`zo`, `zone_close`/`zc`,
+//! `zone_finish`/`zf`, `zone_reset`/`zrs`, `zone_append`/`zap`,
+//! `open`/`o`, `close`/`c`, `sleep`, `help`/`?`, `quit`/`q`.
+//!
+//! Where zcow-io differs from qemu-io on purpose:
+//! - `aio_*` results print at `aio_flush` (or close/exit) in issue order;
+//!   qemu-io prints them when they complete, in completion order.
+//! - `zap off len` works with a single length (qemu-io wants at least
+//!   three arguments), and `-p` may come anywhere.
+//! - `open` takes `-r` and `-f FMT` (qemu-io: `-o driver=FMT` and more).
+//! - `write -c`/`-b` and `read -b` are parsed and checked as in qemu-io
+//!   but fail with "Operation not supported" (no compressed or VM-state
+//!   writes in the device interface).
+//! - A failed request also prints the full error (zone, condition, write
+//!   pointer) on stderr; stdout has only qemu-io's `... failed: strerror`.
+//!   Errnos are the device's ([`crate::device::DeviceError::errno`]), except
+//!   requests past the end, which are EIO as in qemu.
+//!
 //! Command lines are split and parsed as qemu-io does ([`parse::parse_line`],
 //! pure and safe to fuzz), then run against a [`BlockDevice`] by a
 //! [`Session`], which prints exactly what qemu-io prints: the same report

@@ -38,6 +38,14 @@ pub struct ScriptOutput {
     pub exit_code: i32,
 }
 
+impl ScriptOutput {
+    /// Stdout with the timing of report lines replaced by fixed text (see
+    /// [`super::normalize_timing`]): what scenario tests compare.
+    pub fn normalized_stdout(&self) -> String {
+        super::format::normalize_timing(&self.stdout)
+    }
+}
+
 /// Description of a background request, kept outside its thread so a
 /// panicking device still gets a result line.
 struct AioMeta {
