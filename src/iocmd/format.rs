@@ -95,8 +95,18 @@ pub fn report(
 /// qemu-io's hex dump (`read -v`): 16 bytes a line, offset in 8+ hex
 /// digits, alphanumeric ASCII shown, everything else as `.`.
 pub fn dump_buffer(buf: &[u8], offset: u64) -> String {
-    let mut s = String::with_capacity(buf.len() * 5);
+    let mut v = Vec::with_capacity(buf.len() * 5);
+    // Writing into a Vec cannot fail.
+    let _ = write_dump(&mut v, buf, offset);
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+/// [`dump_buffer`] streamed to `w` a line at a time (a 2 GiB `read -v`
+/// must not build a 10 GiB string first).
+pub fn write_dump(w: &mut dyn std::io::Write, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut s = String::with_capacity(80);
     for (i, line) in buf.chunks(16).enumerate() {
+        s.clear();
         let _ = write!(s, "{:08x}:  ", offset.wrapping_add(i as u64 * 16));
         for b in line {
             let _ = write!(s, "{b:02x} ");
@@ -110,8 +120,9 @@ pub fn dump_buffer(buf: &[u8], offset: u64) -> String {
             });
         }
         s.push('\n');
+        w.write_all(s.as_bytes())?;
     }
-    s
+    Ok(())
 }
 
 /// The errno an I/O error is reported with. Requests past the end are EIO,

@@ -1,12 +1,11 @@
 //! A zcow-io session: the open device, background (aio) requests, and the
 //! execution of parsed commands with qemu-io's output.
 
-use super::format::{cvtstr, dump_buffer, error_errno, report, strerror};
+use super::format::{cvtstr, error_errno, report, strerror, write_dump};
 use super::parse::{breakline, parse_args, Command, ReportOpts, Verify, WriteSource, WriteTarget};
 use super::table::{check_arg_count, find, help_all, usage_line};
 use crate::device::{check_range, BlockDevice, DevResult, DeviceError, ZeroFlags};
 use crate::open::OpenOptions;
-use crate::zone::ZoneOp;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -373,7 +372,7 @@ impl Session {
                 Ok(0)
             }
             Command::AioFlush => {
-                self.drain(out)?;
+                self.drain(out, err)?;
                 Ok(0)
             }
             Command::Flush => match dev.flush() {
@@ -502,7 +501,7 @@ impl Session {
             },
             Command::ZoneMgmt { op, offset, len } => match dev.zone_mgmt(op, offset, len) {
                 Ok(()) => Ok(0),
-                Err(e) => self.fail(out, err, &format!("zone {}", op_verb(op)), &e),
+                Err(e) => self.fail(out, err, &format!("zone {}", op.verb()), &e),
             },
             Command::ZoneAppend {
                 offset,
@@ -588,7 +587,7 @@ impl Session {
             return Ok(ret);
         }
         if dump {
-            out.write_all(dump_buffer(&buf, offset).as_bytes())?;
+            write_dump(out, &buf, offset)?;
         }
         out.write_all(report("read", el, offset, count, count, 1, r.csv).as_bytes())?;
         Ok(ret)
@@ -751,7 +750,7 @@ impl Session {
     }
 
     /// Wait for every background request and print results in issue order.
-    fn drain(&mut self, out: &mut dyn Write) -> io::Result<()> {
+    fn drain(&mut self, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<()> {
         for (meta, state) in std::mem::take(&mut self.pending) {
             let (res, buf, el) = match state {
                 AioState::Done(r) => r,
@@ -770,10 +769,7 @@ impl Session {
                 ("read", "readv")
             };
             if let Err(e) = res {
-                line(
-                    out,
-                    format!("{failed} failed: {}", strerror(error_errno(&e))),
-                )?;
+                self.fail(out, err, failed, &e)?;
                 continue;
             }
             if let Some(p) = meta.verify {
@@ -791,7 +787,7 @@ impl Session {
                 continue;
             }
             if meta.dump {
-                out.write_all(dump_buffer(&buf, meta.offset).as_bytes())?;
+                write_dump(out, &buf, meta.offset)?;
             }
             out.write_all(
                 report(
@@ -810,7 +806,7 @@ impl Session {
     }
 
     fn close_device(&mut self, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<()> {
-        self.drain(out)?;
+        self.drain(out, err)?;
         if let Some(dev) = self.dev.take() {
             // Closing flushes, as qemu's block layer does.
             if !dev.is_read_only() {
@@ -929,10 +925,6 @@ enum Dispatch {
 enum AioWrite {
     Pattern(u8),
     Zeroes(ZeroFlags),
-}
-
-fn op_verb(op: ZoneOp) -> &'static str {
-    op.verb()
 }
 
 /// The message of an open failure without our "invalid request:" prefix.
