@@ -1,8 +1,9 @@
 //! Open an image file (or NBD URI) as a [`BlockDevice`].
 
 use crate::device::{BlockDevice, DevResult, DeviceError};
+use crate::format::{BackingPolicy, FormatError, Qcow2};
 use crate::raw::RawDevice;
-use crate::storage::FileStorage;
+use crate::storage::{FileStorage, Storage};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,9 +19,67 @@ pub struct OpenOptions {
     pub allow_backing: bool,
 }
 
-/// Open `path` as a block device.
+fn open_err(path: &Path, e: impl std::fmt::Display) -> DeviceError {
+    DeviceError::Invalid(format!("Could not open '{}': {e}", path.display()))
+}
+
+/// Whether the file starts with the qcow2 magic.
+fn probe_qcow2(path: &Path) -> DevResult<bool> {
+    let st = FileStorage::open(path, true).map_err(|e| open_err(path, e))?;
+    if st.len().map_err(FormatError::from)? < 4 {
+        return Ok(false);
+    }
+    let mut m = [0u8; 4];
+    st.read_at(0, &mut m).map_err(FormatError::from)?;
+    Ok(u32::from_be_bytes(m) == crate::format::header::QCOW_MAGIC)
+}
+
+/// Open `path` as a block device: raw, plain qcow2, or a zoned qcow2 image
+/// through the zone engine.
 pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDevice>> {
-    let store = FileStorage::open(path, opts.read_only)
-        .map_err(|e| DeviceError::Invalid(format!("Could not open '{}': {e}", path.display())))?;
-    Ok(Arc::new(RawDevice::new(Arc::new(store), opts.read_only)?))
+    let fmt = match opts.format.as_deref() {
+        Some(f) => f.to_string(),
+        None => {
+            if probe_qcow2(path)? {
+                "qcow2".into()
+            } else {
+                "raw".into()
+            }
+        }
+    };
+    match fmt.as_str() {
+        "raw" => {
+            let store = FileStorage::open(path, opts.read_only).map_err(|e| open_err(path, e))?;
+            Ok(Arc::new(RawDevice::new(Arc::new(store), opts.read_only)?))
+        }
+        "qcow2" => {
+            let img = Qcow2::open_path(
+                path,
+                &crate::format::OpenOptions {
+                    read_only: opts.read_only,
+                    backing: if opts.allow_backing {
+                        BackingPolicy::Follow
+                    } else {
+                        BackingPolicy::Refuse
+                    },
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| open_err(path, e))?;
+            if img.zoned().is_some() {
+                return open_zoned(img).map_err(|e| open_err(path, e));
+            }
+            Ok(Arc::new(img))
+        }
+        other => Err(DeviceError::Unsupported(format!(
+            "image format '{other}' (zcow supports qcow2 and raw)"
+        ))),
+    }
+}
+
+fn open_zoned(img: Qcow2) -> DevResult<Arc<dyn BlockDevice>> {
+    let _ = img;
+    Err(DeviceError::Unsupported(
+        "zoned images need the zone engine".into(),
+    ))
 }

@@ -296,10 +296,7 @@ fn qcow2_scenarios_match_qemu_io() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !created {
-        eprintln!("qemu-img cannot create qcow2: skipping");
-        return;
-    }
+    assert!(created, "qemu-img cannot create a qcow2 image");
     let opts = zcow::open::OpenOptions {
         format: Some("qcow2".into()),
         read_only: true,
@@ -308,10 +305,7 @@ fn qcow2_scenarios_match_qemu_io() {
     let opens_qcow2 = zcow::open::open_device(&q, &opts)
         .map(|d| d.size() == 1 << 20)
         .unwrap_or(false);
-    if !opens_qcow2 {
-        eprintln!("zcow cannot open qcow2 images yet: skipping");
-        return;
-    }
+    assert!(opens_qcow2, "zcow cannot open the qcow2 image");
     for cmds in SCENARIOS {
         if cmds.contains(&"info") {
             continue; // qemu-io prints qcow2 internals (cluster size, ...).
