@@ -1,5 +1,17 @@
-//! The zone emulation engine.
+//! The zone emulation engine: the zone state machine of
+//! `design/zone-model.md` over a [`ZoneStore`], exposed as a
+//! [`BlockDevice`](crate::device::BlockDevice).
 
+mod block;
+mod error;
+mod inflight;
+mod lru;
+mod mem_store;
+mod state;
 pub mod store;
+mod zone_engine;
 
+pub use error::{EngineError, EngineResult};
+pub use mem_store::MemZoneStore;
 pub use store::{StoreResult, ZoneStore};
+pub use zone_engine::{Engine, ZoneFault};
