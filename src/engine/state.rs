@@ -18,6 +18,14 @@ pub(crate) enum WriteKind {
     Append,
 }
 
+/// `write of 0x1000 bytes at 0x3000`, `append of 0x1000 bytes`.
+pub(crate) fn describe_write(verb: &str, kind: WriteKind, len: u64) -> String {
+    match kind {
+        WriteKind::At(o) => format!("{verb} of {len:#x} bytes at {o:#x}"),
+        WriteKind::Append => format!("{verb} of {len:#x} bytes"),
+    }
+}
+
 /// A reserved write range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Issued {
@@ -195,8 +203,9 @@ impl State {
         i: u32,
         kind: WriteKind,
         len: u64,
-        what: &str,
+        verb: &str,
     ) -> Result<Issued, ZoneError> {
+        let what = &describe_write(verb, kind, len);
         use ZoneCond::*;
         use ZoneErrorKind as K;
         let z = self.z[i as usize];
@@ -234,7 +243,7 @@ impl State {
                 return Err(self.err(
                     i,
                     K::UnalignedWrite,
-                    format!("{what} is not at the write pointer"),
+                    format!("{verb} at {o:#x} is not at the write pointer"),
                 ));
             }
         } else {

@@ -8,7 +8,7 @@
 
 use super::error::{EngineError, EngineResult};
 use super::inflight::{lock, Flight, Slot, Status, ZoneIo};
-use super::state::{State, WriteKind, SECTOR};
+use super::state::{describe_write, State, WriteKind, SECTOR};
 use super::store::{StoreResult, ZoneStore};
 use crate::device::Extent;
 use crate::format::wp::{WpEntry, WP_ADDR_MASK};
@@ -456,7 +456,7 @@ impl Engine {
                 .write(offset, data)
                 .map_err(|e| EngineError::store(self.in_zone(i, &what), e))?;
         } else {
-            self.seq_write(i, WriteKind::At(offset), len, &what, &|at| {
+            self.seq_write(i, WriteKind::At(offset), len, "write", &|at| {
                 self.store.write(at, data)
             })?;
         }
@@ -486,7 +486,7 @@ impl Engine {
         } else {
             // Deallocating (not skipping) matters: stale clusters left by a
             // crash may lie past the wp and must not become readable.
-            self.seq_write(i, WriteKind::At(offset), len, &what, &|at| {
+            self.seq_write(i, WriteKind::At(offset), len, "write-zeroes", &|at| {
                 self.store.deallocate(at, len)
             })?;
         }
@@ -531,7 +531,7 @@ impl Engine {
                 format!("{what}: zone append is not supported (max_append_bytes is 0)"),
             ));
         }
-        let at = self.seq_write(i, WriteKind::Append, len, &what, &|at| {
+        let at = self.seq_write(i, WriteKind::Append, len, "append", &|at| {
             self.store.write(at, data)
         })?;
         if fua {
@@ -547,7 +547,7 @@ impl Engine {
         i: u32,
         kind: WriteKind,
         len: u64,
-        what: &str,
+        verb: &str,
         io: &dyn Fn(u64) -> StoreResult<()>,
     ) -> EngineResult<u64> {
         let slot = &self.slots[i as usize];
@@ -556,7 +556,7 @@ impl Engine {
         while g.poison.is_some() {
             g = slot.wait(g);
         }
-        let issued = self.state().begin_write(i, kind, len, what)?;
+        let issued = self.state().begin_write(i, kind, len, verb)?;
         let seq = g.next_seq;
         g.next_seq += 1;
         g.flights.push_back(Flight {
@@ -590,11 +590,7 @@ impl Engine {
             g = slot.wait(g);
         };
         drop(g);
-        let what = if kind == WriteKind::Append {
-            format!("{what} at {:#x}", issued.at)
-        } else {
-            what.to_string()
-        };
+        let what = describe_write(verb, WriteKind::At(issued.at), len);
         match res {
             Err(e) => Err(EngineError::store(
                 self.in_zone(i, &format!("{what} failed")),
@@ -677,6 +673,10 @@ impl Engine {
         self.writable()?;
         let (first, last) = self.mgmt_range(op, offset, len)?;
         let whole = first == 0 && last + 1 == self.geo.nr_zones;
+        self.mgmt(op, first, last, whole)
+    }
+
+    fn mgmt(&self, op: ZoneOp, first: u32, last: u32, whole: bool) -> EngineResult<()> {
         match op {
             ZoneOp::Reset => self.reset_range(first, last, whole),
             ZoneOp::Open | ZoneOp::Close => {
@@ -695,16 +695,17 @@ impl Engine {
         }
     }
 
-    /// Apply `op` to the single zone `index`.
+    /// Apply `op` to the single zone `index` (a reset here is never
+    /// reset-all, even on a device of one zone).
     pub fn zone_op(&self, op: ZoneOp, index: u32) -> EngineResult<()> {
+        self.writable()?;
         if index >= self.geo.nr_zones {
             return Err(EngineError::Invalid(format!(
                 "zone {index} does not exist (the device has {} zones)",
                 self.geo.nr_zones
             )));
         }
-        let start = self.geo.zone_start(index);
-        self.zone_mgmt(op, start, self.geo.zone_len(index))
+        self.mgmt(op, index, index, false)
     }
 
     /// Reset every written sequential zone (EMPTY, READ_ONLY, OFFLINE and

@@ -1,0 +1,290 @@
+//! Random operation sequences on random geometries, run against the
+//! reference model (tests/common/zone_model.rs) and the engine on a
+//! MemZoneStore; conditions, write pointers, resource counts, error kinds and
+//! the bytes read back must agree after every step, including after a clean
+//! reopen and after a simulated crash.
+
+mod common;
+
+use common::zone_model::{MFault, Model};
+use common::{geo, pattern};
+use proptest::prelude::*;
+use std::sync::Arc;
+use zcow::engine::{Engine, EngineError, MemZoneStore, ZoneFault};
+use zcow::zone::{ZoneErrorKind, ZoneGeometry, ZoneOp};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        zone: u32,
+        delta: i8,
+        sectors: u8,
+        odd: bool,
+        seed: u8,
+        fua: bool,
+    },
+    Zeroes {
+        zone: u32,
+        delta: i8,
+        sectors: u8,
+    },
+    Append {
+        zone: u32,
+        misplace: bool,
+        sectors: u8,
+        seed: u8,
+    },
+    Mgmt {
+        op: u8,
+        zone: u32,
+    },
+    Range {
+        op: u8,
+        first: u32,
+        count: u32,
+        to_device_end: bool,
+    },
+    ResetAll,
+    Flush,
+    Reopen,
+    Crash,
+    Fault {
+        zone: u32,
+        f: u8,
+    },
+    Read {
+        zone: u32,
+        off_sectors: u8,
+        sectors: u8,
+    },
+}
+
+fn geometry() -> impl Strategy<Value = ZoneGeometry> {
+    (10u32..=12, 1u32..=6)
+        .prop_flat_map(|(zexp, nr)| {
+            let zs = 1u64 << zexp;
+            let spz = zs / 512;
+            (
+                Just(zs),
+                Just(nr),
+                1..=spz,
+                1..=spz,
+                0..nr,
+                0u32..=3,
+                0u32..=3,
+                prop::sample::select(vec![0u32, 512, 1024, 2048]),
+            )
+        })
+        .prop_map(|(zs, nr, last, cap, conv, mo, ma, app)| {
+            let size = (nr as u64 - 1) * zs + last * 512;
+            geo(size, zs, cap * 512, conv, mo, ma, app)
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let z = 0u32..8;
+    let delta = prop::sample::select(vec![0i8, 0, 0, 0, 0, 0, -1, 1, 2]);
+    prop_oneof![
+        8 => (z.clone(), delta.clone(), 1u8..=4, prop::bool::weighted(0.05), any::<u8>(), prop::bool::weighted(0.1))
+            .prop_map(|(zone, delta, sectors, odd, seed, fua)| Op::Write { zone, delta, sectors, odd, seed, fua }),
+        1 => (z.clone(), delta, 1u8..=3).prop_map(|(zone, delta, sectors)| Op::Zeroes { zone, delta, sectors }),
+        4 => (z.clone(), prop::bool::weighted(0.05), 0u8..=5, any::<u8>())
+            .prop_map(|(zone, misplace, sectors, seed)| Op::Append { zone, misplace, sectors, seed }),
+        5 => (0u8..4, z.clone()).prop_map(|(op, zone)| Op::Mgmt { op, zone }),
+        1 => (0u8..4, z.clone(), 1u32..4, any::<bool>())
+            .prop_map(|(op, first, count, to_device_end)| Op::Range { op, first, count, to_device_end }),
+        1 => Just(Op::ResetAll),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
+        1 => (z.clone(), 0u8..3).prop_map(|(zone, f)| Op::Fault { zone, f }),
+        2 => (z, 0u8..16, 0u8..16).prop_map(|(zone, off_sectors, sectors)| Op::Read { zone, off_sectors, sectors }),
+    ]
+}
+
+fn kind<T>(r: Result<T, EngineError>) -> Result<T, ZoneErrorKind> {
+    r.map_err(|e| match e.zone_kind() {
+        Some(k) => k,
+        None => panic!("unexpected non-zone error: {e}"),
+    })
+}
+
+fn mgmt_op(op: u8) -> ZoneOp {
+    [ZoneOp::Open, ZoneOp::Close, ZoneOp::Finish, ZoneOp::Reset][op as usize % 4]
+}
+
+fn model_mgmt(m: &mut Model, op: ZoneOp, i: u32) -> Result<(), ZoneErrorKind> {
+    match op {
+        ZoneOp::Open => m.open(i),
+        ZoneOp::Close => m.close(i),
+        ZoneOp::Finish => m.finish(i),
+        ZoneOp::Reset => m.reset_range(i, i),
+    }
+}
+
+fn compare(m: &Model, e: &Engine, step: usize, op: &Op) {
+    let g = m.g;
+    for i in 0..g.nr_zones {
+        let d = e.zone(i).unwrap();
+        let mz = m.zones[i as usize];
+        assert_eq!(
+            (d.cond, d.wp),
+            (mz.cond, mz.wp),
+            "step {step} {op:?}: zone {i} differs"
+        );
+    }
+    assert_eq!(e.open_zones(), m.open_count(), "step {step} {op:?}: open count");
+    assert_eq!(e.active_zones(), m.active_count(), "step {step} {op:?}: active count");
+    let mut buf = vec![0u8; g.device_size as usize];
+    let er = kind(e.read(0, &mut buf));
+    let mr = m.read(0, g.device_size);
+    match (er, mr) {
+        (Ok(()), Ok(v)) => assert!(buf == v, "step {step} {op:?}: device contents differ"),
+        (a, b) => assert_eq!(a.err(), b.err(), "step {step} {op:?}: whole-device read"),
+    }
+}
+
+fn run(g: ZoneGeometry, ops: Vec<Op>) {
+    let store = Arc::new(MemZoneStore::new(g).unwrap());
+    let mut e = Engine::open(store.clone()).unwrap();
+    let mut m = Model::new(g);
+    let nr = g.nr_zones;
+    let zs = g.zone_size;
+    let size = g.device_size;
+    for (step, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Write { zone, delta, sectors, odd, seed, fua } => {
+                let i = zone % nr;
+                let start = i as u64 * zs;
+                let base = if i < g.conventional_zones {
+                    start + (seed as u64 * 97) % zs
+                } else {
+                    m.zones[i as usize].wp
+                };
+                let off = base as i64 + delta as i64 * 512;
+                let len = sectors as u64 * 512 + if odd { 100 } else { 0 };
+                if off < 0 || off as u64 + len > size {
+                    continue;
+                }
+                let off = off as u64;
+                let data = pattern(seed, len as usize);
+                let er = kind(e.write(off, &data, fua));
+                let mr = m.write(off, &data);
+                if fua && mr.is_ok() {
+                    m.flush();
+                }
+                assert_eq!(er, mr, "step {step} {op:?}");
+            }
+            Op::Zeroes { zone, delta, sectors } => {
+                let i = zone % nr;
+                let base = m.zones[i as usize].wp;
+                let off = base as i64 + delta as i64 * 512;
+                let len = sectors as u64 * 512;
+                if off < 0 || off as u64 + len > size {
+                    continue;
+                }
+                let off = off as u64;
+                let er = kind(e.write_zeroes(off, len, false));
+                let mr = m.write(off, &vec![0u8; len as usize]);
+                assert_eq!(er, mr, "step {step} {op:?}");
+            }
+            Op::Append { zone, misplace, sectors, seed } => {
+                let i = zone % nr;
+                let mut start = i as u64 * zs;
+                if misplace {
+                    start += 512;
+                }
+                let len = sectors as usize * 512;
+                if start >= size {
+                    continue;
+                }
+                let data = pattern(seed, len);
+                let er = kind(e.append(start, &data, false));
+                let mr = m.append(start, &data);
+                assert_eq!(er, mr, "step {step} {op:?}");
+            }
+            Op::Mgmt { op: o, zone } => {
+                let i = zone % nr;
+                let zop = mgmt_op(o);
+                let er = kind(e.zone_op(zop, i));
+                let mr = model_mgmt(&mut m, zop, i);
+                assert_eq!(er, mr, "step {step} {op:?}");
+            }
+            Op::Range { op: o, first, count, to_device_end } => {
+                let first = first % nr;
+                let last = (first + count - 1).min(nr - 1);
+                let off = first as u64 * zs;
+                let end = if to_device_end && last == nr - 1 {
+                    size
+                } else {
+                    (last as u64 + 1) * zs
+                };
+                let zop = mgmt_op(o);
+                let er = kind(e.zone_mgmt(zop, off, end - off));
+                let mr = if zop == ZoneOp::Reset && first == 0 && last == nr - 1 {
+                    m.reset_all();
+                    Ok(())
+                } else if zop == ZoneOp::Reset {
+                    m.reset_range(first, last)
+                } else {
+                    (first..=last).try_for_each(|i| model_mgmt(&mut m, zop, i))
+                };
+                assert_eq!(er, mr, "step {step} {op:?}");
+            }
+            Op::ResetAll => {
+                kind(e.reset_all()).unwrap();
+                m.reset_all();
+            }
+            Op::Flush => {
+                e.flush().unwrap();
+                m.flush();
+            }
+            Op::Reopen => {
+                drop(e);
+                e = Engine::open(store.clone()).unwrap();
+                m.reopen(false);
+            }
+            Op::Crash => {
+                std::mem::forget(e);
+                store.crash();
+                e = Engine::open(store.clone()).unwrap();
+                m.reopen(true);
+            }
+            Op::Fault { zone, f } => {
+                let i = zone % nr;
+                let (ef, mf) = match f {
+                    0 => (ZoneFault::ReadOnly, MFault::ReadOnly),
+                    1 => (ZoneFault::Offline, MFault::Offline),
+                    _ => (ZoneFault::Clear, MFault::Clear),
+                };
+                let er = kind(e.set_condition(i, ef));
+                let mr = m.set_condition(i, mf);
+                assert_eq!(er, mr, "step {step} {op:?}");
+            }
+            Op::Read { zone, off_sectors, sectors } => {
+                let off = (zone % nr) as u64 * zs + off_sectors as u64 * 512;
+                let len = sectors as u64 * 512;
+                if off + len > size {
+                    continue;
+                }
+                let mut buf = vec![0u8; len as usize];
+                let er = kind(e.read(off, &mut buf)).map(|()| buf);
+                assert_eq!(er, m.read(off, len), "step {step} {op:?}");
+            }
+        }
+        compare(&m, &e, step, op);
+    }
+    drop(e);
+    let e = Engine::open(store.clone()).unwrap();
+    m.reopen(false);
+    compare(&m, &e, ops.len(), &Op::Reopen);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_model(g in geometry(), ops in prop::collection::vec(op(), 1..60)) {
+        run(g, ops);
+    }
+}
