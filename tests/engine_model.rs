@@ -60,7 +60,7 @@ enum Op {
 }
 
 fn geometry() -> impl Strategy<Value = ZoneGeometry> {
-    (10u32..=12, 1u32..=6)
+    (10u32..=12, 1u32..=8)
         .prop_flat_map(|(zexp, nr)| {
             let zs = 1u64 << zexp;
             let spz = zs / 512;
@@ -82,13 +82,13 @@ fn geometry() -> impl Strategy<Value = ZoneGeometry> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let z = 0u32..8;
+    let z = 0u32..64;
     let delta = prop::sample::select(vec![0i8, 0, 0, 0, 0, 0, -1, 1, 2]);
     prop_oneof![
         8 => (z.clone(), delta.clone(), 1u8..=4, prop::bool::weighted(0.05), any::<u8>(), prop::bool::weighted(0.1))
             .prop_map(|(zone, delta, sectors, odd, seed, fua)| Op::Write { zone, delta, sectors, odd, seed, fua }),
         1 => (z.clone(), delta, 1u8..=3).prop_map(|(zone, delta, sectors)| Op::Zeroes { zone, delta, sectors }),
-        4 => (z.clone(), prop::bool::weighted(0.05), 0u8..=5, any::<u8>())
+        4 => (z.clone(), prop::bool::weighted(0.05), prop::sample::select(vec![0u8, 1, 1, 1, 2, 2, 3, 4]), any::<u8>())
             .prop_map(|(zone, misplace, sectors, seed)| Op::Append { zone, misplace, sectors, seed }),
         5 => (0u8..4, z.clone()).prop_map(|(op, zone)| Op::Mgmt { op, zone }),
         1 => (0u8..4, z.clone(), 1u32..4, any::<bool>())
@@ -97,9 +97,19 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
-        1 => (z.clone(), 0u8..3).prop_map(|(zone, f)| Op::Fault { zone, f }),
+        1 => (z.clone(), prop::sample::select(vec![0u8, 1, 2, 2])).prop_map(|(zone, f)| Op::Fault { zone, f }),
         2 => (z, 0u8..16, 0u8..16).prop_map(|(zone, off_sectors, sectors)| Op::Read { zone, off_sectors, sectors }),
     ]
+}
+
+/// Zone chosen by `sel`: mostly a sequential zone, sometimes any zone.
+fn pick(g: &ZoneGeometry, sel: u32) -> u32 {
+    let seq = g.nr_zones - g.conventional_zones;
+    if sel % 5 == 0 {
+        (sel / 5) % g.nr_zones
+    } else {
+        g.conventional_zones + sel % seq
+    }
 }
 
 fn kind<T>(r: Result<T, EngineError>) -> Result<T, ZoneErrorKind> {
@@ -154,7 +164,7 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
     for (step, op) in ops.iter().enumerate() {
         match *op {
             Op::Write { zone, delta, sectors, odd, seed, fua } => {
-                let i = zone % nr;
+                let i = pick(&g, zone);
                 let start = i as u64 * zs;
                 let base = if i < g.conventional_zones {
                     start + (seed as u64 * 97) % zs
@@ -176,7 +186,7 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::Zeroes { zone, delta, sectors } => {
-                let i = zone % nr;
+                let i = pick(&g, zone);
                 let base = m.zones[i as usize].wp;
                 let off = base as i64 + delta as i64 * 512;
                 let len = sectors as u64 * 512;
@@ -189,7 +199,7 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::Append { zone, misplace, sectors, seed } => {
-                let i = zone % nr;
+                let i = pick(&g, zone);
                 let mut start = i as u64 * zs;
                 if misplace {
                     start += 512;
@@ -204,14 +214,14 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::Mgmt { op: o, zone } => {
-                let i = zone % nr;
+                let i = pick(&g, zone);
                 let zop = mgmt_op(o);
                 let er = kind(e.zone_op(zop, i));
                 let mr = model_mgmt(&mut m, zop, i);
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::Range { op: o, first, count, to_device_end } => {
-                let first = first % nr;
+                let first = pick(&g, first);
                 let last = (first + count - 1).min(nr - 1);
                 let off = first as u64 * zs;
                 let end = if to_device_end && last == nr - 1 {
@@ -251,7 +261,7 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 m.reopen(true);
             }
             Op::Fault { zone, f } => {
-                let i = zone % nr;
+                let i = pick(&g, zone);
                 let (ef, mf) = match f {
                     0 => (ZoneFault::ReadOnly, MFault::ReadOnly),
                     1 => (ZoneFault::Offline, MFault::Offline),
@@ -262,7 +272,7 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::Read { zone, off_sectors, sectors } => {
-                let off = (zone % nr) as u64 * zs + off_sectors as u64 * 512;
+                let off = pick(&g, zone) as u64 * zs + off_sectors as u64 * 512;
                 let len = sectors as u64 * 512;
                 if off + len > size {
                     continue;
