@@ -35,7 +35,10 @@ fn concurrent_appends_get_distinct_contiguous_ranges() {
             })
         })
         .collect();
-    let mut all: Vec<(u64, u64, u8)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut all: Vec<(u64, u64, u8)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     all.sort();
     let mut pos = zs;
     for &(at, len, seed) in &all {
@@ -67,7 +70,10 @@ fn concurrent_appends_until_full() {
             })
         })
         .collect();
-    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     all.sort();
     assert_eq!(all, (0..16).map(|k| k * 4096).collect::<Vec<_>>());
     assert_eq!(e.zone(0).unwrap().cond, ZoneCond::Full);
@@ -84,7 +90,8 @@ fn threads_on_different_zones() {
             thread::spawn(move || {
                 let start = z as u64 * MB;
                 for k in 0..64u64 {
-                    e.write(start + k * 4096, &pattern(z as u8, 4096), k % 16 == 0).unwrap();
+                    e.write(start + k * 4096, &pattern(z as u8, 4096), k % 16 == 0)
+                        .unwrap();
                     let mut buf = vec![0; 4096];
                     e.read(start + k * 4096, &mut buf).unwrap();
                     assert_eq!(buf, pattern(z as u8, 4096));
@@ -111,7 +118,13 @@ fn gated() -> (Arc<FaultyStore>, Arc<Engine>) {
 
 /// Append A is held in the store while append B, issued after it, has
 /// completed its I/O; then A is released with `fail_a`.
-fn two_appends(fail_a: bool) -> (Arc<Engine>, Result<u64, EngineError>, Result<u64, EngineError>) {
+fn two_appends(
+    fail_a: bool,
+) -> (
+    Arc<Engine>,
+    Result<u64, EngineError>,
+    Result<u64, EngineError>,
+) {
     let (f, e) = gated();
     f.hold(MB);
     let ea = e.clone();
@@ -147,7 +160,10 @@ fn failed_append_aborts_later_in_flight_appends_and_rolls_back() {
     let (e, ra, rb) = two_appends(true);
     assert!(matches!(ra, Err(EngineError::Store { .. })), "{ra:?}");
     let rb = rb.unwrap_err();
-    assert!(matches!(rb, EngineError::Aborted { offset, .. } if offset == MB + 4096), "{rb:?}");
+    assert!(
+        matches!(rb, EngineError::Aborted { offset, .. } if offset == MB + 4096),
+        "{rb:?}"
+    );
     let d = e.zone(1).unwrap();
     assert_eq!((d.cond, d.wp), (ZoneCond::Empty, MB));
     assert_eq!((e.open_zones(), e.active_zones()), (0, 0));

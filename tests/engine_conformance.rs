@@ -7,7 +7,9 @@ use common::{engine, geo, pattern};
 use std::sync::Arc;
 use zcow::device::BlockDevice;
 use zcow::engine::{Engine, EngineError, MemZoneStore, ZoneFault, ZoneStore};
-use zcow::zone::{ZoneCond, ZoneCond as C, ZoneErrorKind, ZoneErrorKind as K, ZoneGeometry, ZoneOp};
+use zcow::zone::{
+    ZoneCond, ZoneCond as C, ZoneErrorKind, ZoneErrorKind as K, ZoneGeometry, ZoneOp,
+};
 
 const ZS: u64 = 0x10000;
 const CAP: u64 = 0xC000;
@@ -58,7 +60,10 @@ enum Exp {
 }
 
 fn kind(r: Result<(), EngineError>) -> Result<(), ZoneErrorKind> {
-    r.map_err(|e| e.zone_kind().unwrap_or_else(|| panic!("not a zone error: {e}")))
+    r.map_err(|e| {
+        e.zone_kind()
+            .unwrap_or_else(|| panic!("not a zone error: {e}"))
+    })
 }
 
 fn setup(st: St) -> (Arc<MemZoneStore>, Engine, u32) {
@@ -94,7 +99,9 @@ fn act(e: &Engine, z: u32, a: Act) -> Result<(), ZoneErrorKind> {
         // A FULL zone's wp may be the zone end: write just below it.
         Act::WriteAtWp => kind(e.write(wp.min(start + ZS - W), &data, false)),
         Act::Append => kind(e.append(start, &data, false).map(|_| ())),
-        Act::WriteNotAtWp => kind(e.write(if wp == start { start + W } else { start }, &data, false)),
+        Act::WriteNotAtWp => {
+            kind(e.write(if wp == start { start + W } else { start }, &data, false))
+        }
         Act::Open => kind(e.zone_op(ZoneOp::Open, z)),
         Act::Close => kind(e.zone_op(ZoneOp::Close, z)),
         Act::Finish => kind(e.zone_op(ZoneOp::Finish, z)),
@@ -134,7 +141,11 @@ fn cell(st: St, a: Act, exp: Exp) {
                 C::Closed => (0, 1),
                 _ => (0, 0),
             };
-            assert_eq!((e.open_zones(), e.active_zones()), (o, act), "{st:?} {a:?}: resources");
+            assert_eq!(
+                (e.open_zones(), e.active_zones()),
+                (o, act),
+                "{st:?} {a:?}: resources"
+            );
         }
     }
 }
@@ -275,7 +286,10 @@ fn explicit_open_also_closes_implicitly_open_zone() {
     w(&e, 1).unwrap();
     w(&e, 2).unwrap();
     e.zone_op(ZoneOp::Open, 3).unwrap();
-    assert_eq!((cond(&e, 1), cond(&e, 2), cond(&e, 3)), (C::Closed, C::ImpOpen, C::ExpOpen));
+    assert_eq!(
+        (cond(&e, 1), cond(&e, 2), cond(&e, 3)),
+        (C::Closed, C::ImpOpen, C::ExpOpen)
+    );
     assert_eq!((e.open_zones(), e.active_zones()), (2, 3));
 }
 
@@ -344,8 +358,12 @@ fn finish_from_empty_checks_active_limit() {
 fn write_reaching_capacity_makes_full_and_frees_resources() {
     let (_s, e) = limited();
     e.write(TS, &pattern(1, (CAP - W) as usize), false).unwrap();
-    assert_eq!((cond(&e, T), e.open_zones(), e.active_zones()), (C::ImpOpen, 1, 1));
-    e.write(TS + CAP - W, &pattern(2, W as usize), false).unwrap();
+    assert_eq!(
+        (cond(&e, T), e.open_zones(), e.active_zones()),
+        (C::ImpOpen, 1, 1)
+    );
+    e.write(TS + CAP - W, &pattern(2, W as usize), false)
+        .unwrap();
     let d = e.zone(T).unwrap();
     assert_eq!((d.cond, d.wp), (C::Full, TS + CAP));
     assert_eq!((e.open_zones(), e.active_zones()), (0, 0));
@@ -355,9 +373,15 @@ fn write_reaching_capacity_makes_full_and_frees_resources() {
 fn append_reaching_capacity_makes_full() {
     let (_s, e) = engine(geo(8 * ZS, ZS, 0x2000, 1, 0, 0, 0x1000));
     assert_eq!(e.append(TS, &pattern(1, 0x1000), false).unwrap(), TS);
-    assert_eq!(e.append(TS, &pattern(1, 0x1000), false).unwrap(), TS + 0x1000);
+    assert_eq!(
+        e.append(TS, &pattern(1, 0x1000), false).unwrap(),
+        TS + 0x1000
+    );
     assert_eq!(cond(&e, T), C::Full);
-    assert_eq!(kind(e.append(TS, &pattern(1, 512), false).map(|_| ())), Err(K::ZoneFull));
+    assert_eq!(
+        kind(e.append(TS, &pattern(1, 512), false).map(|_| ())),
+        Err(K::ZoneFull)
+    );
 }
 
 #[test]
@@ -365,7 +389,9 @@ fn write_passing_capacity_is_boundary_and_changes_nothing() {
     let (_s, e) = engine(table_geo());
     e.write(TS, &pattern(1, W as usize), false).unwrap();
     let before = e.zone(T).unwrap();
-    let err = e.write(TS + W, &pattern(1, CAP as usize), false).unwrap_err();
+    let err = e
+        .write(TS + W, &pattern(1, CAP as usize), false)
+        .unwrap_err();
     assert_eq!(err.zone_kind(), Some(K::Boundary));
     assert_eq!(
         err.to_string(),
@@ -378,9 +404,15 @@ fn write_passing_capacity_is_boundary_and_changes_nothing() {
 fn write_spanning_two_zones_is_boundary() {
     let (_s, e) = engine(geo(8 * ZS, ZS, ZS, 1, 0, 0, 0x2000));
     e.write(TS, &pattern(1, (ZS - W) as usize), false).unwrap();
-    let err = e.write(TS + ZS - W, &pattern(1, 2 * W as usize), false).unwrap_err();
+    let err = e
+        .write(TS + ZS - W, &pattern(1, 2 * W as usize), false)
+        .unwrap_err();
     assert_eq!(err.zone_kind(), Some(K::Boundary));
-    assert!(err.to_string().contains("would cross the zone boundary at 0x30000"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("would cross the zone boundary at 0x30000"),
+        "{err}"
+    );
     assert_eq!(e.zone(T).unwrap().wp, TS + ZS - W);
     assert_eq!(cond(&e, T + 1), C::Empty);
 }
@@ -410,7 +442,10 @@ fn conventional_write_is_byte_granular() {
 #[test]
 fn sequential_write_must_be_512_granular() {
     let (_s, e) = engine(table_geo());
-    assert_eq!(kind(e.write(TS, &[1u8; 100], false)), Err(K::InvalidCommand));
+    assert_eq!(
+        kind(e.write(TS, &[1u8; 100], false)),
+        Err(K::InvalidCommand)
+    );
     assert_eq!(cond(&e, T), C::Empty);
 }
 
@@ -428,14 +463,20 @@ fn append_not_at_zone_start_is_invalid_command() {
 #[test]
 fn append_longer_than_max_is_invalid_command() {
     let (_s, e) = engine(table_geo());
-    assert_eq!(kind(e.append(TS, &pattern(1, 0x2200), false).map(|_| ())), Err(K::InvalidCommand));
+    assert_eq!(
+        kind(e.append(TS, &pattern(1, 0x2200), false).map(|_| ())),
+        Err(K::InvalidCommand)
+    );
     assert_eq!(e.append(TS, &pattern(1, 0x2000), false).unwrap(), TS);
 }
 
 #[test]
 fn append_with_max_append_zero_is_unsupported() {
     let (_s, e) = engine(geo(8 * ZS, ZS, CAP, 1, 0, 0, 0));
-    assert_eq!(kind(e.append(TS, &pattern(1, 512), false).map(|_| ())), Err(K::Unsupported));
+    assert_eq!(
+        kind(e.append(TS, &pattern(1, 512), false).map(|_| ())),
+        Err(K::Unsupported)
+    );
 }
 
 #[test]
@@ -503,7 +544,10 @@ fn mgmt_range_covers_several_zones() {
         assert_eq!(cond(&e, z), C::ExpOpen);
     }
     e.zone_mgmt(ZoneOp::Finish, 2 * ZS, 2 * ZS).unwrap();
-    assert_eq!((cond(&e, 2), cond(&e, 3), cond(&e, 4)), (C::Full, C::Full, C::ExpOpen));
+    assert_eq!(
+        (cond(&e, 2), cond(&e, 3), cond(&e, 4)),
+        (C::Full, C::Full, C::ExpOpen)
+    );
     e.zone_mgmt(ZoneOp::Reset, 2 * ZS, 3 * ZS).unwrap();
     for z in 2..5 {
         assert_eq!(cond(&e, z), C::Empty);
@@ -516,21 +560,33 @@ fn mgmt_range_stops_at_first_failing_zone() {
     e.zone_op(ZoneOp::Finish, 4).unwrap();
     let err = e.zone_mgmt(ZoneOp::Open, 3 * ZS, 3 * ZS).unwrap_err();
     assert_eq!(err.zone_kind(), Some(K::InvalidTransition));
-    assert!(err.to_string().starts_with("zone 4 (start 0x40000, FULL"), "{err}");
+    assert!(
+        err.to_string().starts_with("zone 4 (start 0x40000, FULL"),
+        "{err}"
+    );
     assert_eq!((cond(&e, 3), cond(&e, 5)), (C::ExpOpen, C::Empty));
 }
 
 #[test]
 fn mgmt_misaligned_offset_is_invalid_command() {
     let (_s, e) = engine(table_geo());
-    assert_eq!(kind(e.zone_mgmt(ZoneOp::Reset, TS + 512, ZS)), Err(K::InvalidCommand));
+    assert_eq!(
+        kind(e.zone_mgmt(ZoneOp::Reset, TS + 512, ZS)),
+        Err(K::InvalidCommand)
+    );
 }
 
 #[test]
 fn mgmt_length_not_zone_multiple_is_invalid_command() {
     let (_s, e) = engine(table_geo());
-    assert_eq!(kind(e.zone_mgmt(ZoneOp::Open, TS, ZS + 512)), Err(K::InvalidCommand));
-    assert_eq!(kind(e.zone_mgmt(ZoneOp::Open, TS, 0)), Err(K::InvalidCommand));
+    assert_eq!(
+        kind(e.zone_mgmt(ZoneOp::Open, TS, ZS + 512)),
+        Err(K::InvalidCommand)
+    );
+    assert_eq!(
+        kind(e.zone_mgmt(ZoneOp::Open, TS, 0)),
+        Err(K::InvalidCommand)
+    );
     assert_eq!(cond(&e, T), C::Empty);
 }
 
@@ -551,9 +607,15 @@ fn reset_with_device_length_is_reset_all() {
     e.zone_op(ZoneOp::Finish, 3).unwrap();
     e.set_condition(4, ZoneFault::ReadOnly).unwrap();
     // A plain range reset over zone 4 fails; reset-all skips it.
-    assert_eq!(kind(e.zone_mgmt(ZoneOp::Reset, ZS, 7 * ZS)), Err(K::InvalidTransition));
+    assert_eq!(
+        kind(e.zone_mgmt(ZoneOp::Reset, ZS, 7 * ZS)),
+        Err(K::InvalidTransition)
+    );
     e.zone_mgmt(ZoneOp::Reset, 0, 8 * ZS).unwrap();
-    assert_eq!((cond(&e, 2), cond(&e, 3), cond(&e, 4)), (C::Empty, C::Empty, C::ReadOnly));
+    assert_eq!(
+        (cond(&e, 2), cond(&e, 3), cond(&e, 4)),
+        (C::Empty, C::Empty, C::ReadOnly)
+    );
 }
 
 #[test]
@@ -565,7 +627,10 @@ fn reads_cross_zones_and_are_zero_past_wp() {
     e.read(TS, &mut buf).unwrap();
     assert_eq!(&buf[..W as usize], &pattern(1, W as usize)[..]);
     assert!(buf[W as usize..ZS as usize].iter().all(|&b| b == 0));
-    assert_eq!(&buf[ZS as usize..(ZS + W) as usize], &pattern(2, W as usize)[..]);
+    assert_eq!(
+        &buf[ZS as usize..(ZS + W) as usize],
+        &pattern(2, W as usize)[..]
+    );
     assert!(buf[(ZS + W) as usize..].iter().all(|&b| b == 0));
 }
 
@@ -585,7 +650,11 @@ fn read_of_offline_zone_fails() {
     let mut buf = vec![0; 2 * ZS as usize];
     let err = e.read(TS, &mut buf).unwrap_err();
     assert_eq!(err.zone_kind(), Some(K::Offline));
-    assert!(err.to_string().starts_with("zone 3 (start 0x30000, OFFLINE"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("zone 3 (start 0x30000, OFFLINE"),
+        "{err}"
+    );
     e.read(TS, &mut buf[..ZS as usize]).unwrap();
 }
 
@@ -606,7 +675,10 @@ fn reopen_is_a_power_cycle() {
     e.zone_op(ZoneOp::Close, 3).unwrap(); // CLOSED
     drop(e);
     let e = Engine::open(s.clone()).unwrap();
-    assert_eq!((cond(&e, 1), cond(&e, 2), cond(&e, 3)), (C::Closed, C::Empty, C::Closed));
+    assert_eq!(
+        (cond(&e, 1), cond(&e, 2), cond(&e, 3)),
+        (C::Closed, C::Empty, C::Closed)
+    );
     assert_eq!((e.open_zones(), e.active_zones()), (0, 2));
     let mut buf = vec![0; W as usize];
     e.read(ZS, &mut buf).unwrap();
@@ -643,7 +715,10 @@ fn clearing_fault_needs_active_resource_for_closed() {
     w(&e, 1).unwrap();
     e.set_condition(1, ZoneFault::ReadOnly).unwrap();
     w(&e, 2).unwrap();
-    assert_eq!(kind(e.set_condition(1, ZoneFault::Clear)), Err(K::ActiveResource));
+    assert_eq!(
+        kind(e.set_condition(1, ZoneFault::Clear)),
+        Err(K::ActiveResource)
+    );
     assert_eq!(cond(&e, 1), C::ReadOnly);
 }
 
@@ -719,7 +794,10 @@ fn block_status_reports_hole_past_wp() {
     e.write(TS, &pattern(1, W as usize), false).unwrap();
     let ext = BlockDevice::block_status(&e, ZS, 2 * ZS).unwrap();
     let v: Vec<(u64, bool, bool)> = ext.iter().map(|x| (x.len, x.hole, x.zero)).collect();
-    assert_eq!(v, vec![(ZS, true, true), (W, false, false), (ZS - W, true, true)]);
+    assert_eq!(
+        v,
+        vec![(ZS, true, true), (W, false, false), (ZS - W, true, true)]
+    );
 }
 
 #[test]
@@ -732,7 +810,10 @@ fn block_device_errors_map_to_errnos() {
     let err = d.write(8 * ZS, &[0; 512], false).unwrap_err();
     assert_eq!(err.errno(), libc::EINVAL);
     d.zone_mgmt(ZoneOp::Finish, TS, ZS).unwrap();
-    assert_eq!(d.write(TS, &[0; 512], false).unwrap_err().errno(), libc::ENOSPC);
+    assert_eq!(
+        d.write(TS, &[0; 512], false).unwrap_err().errno(),
+        libc::ENOSPC
+    );
     let rep = d.zone_report(TS, 100).unwrap();
     assert_eq!(rep.len(), 6);
     assert_eq!(rep[0].cond, C::Full);
@@ -745,8 +826,14 @@ fn read_only_store_refuses_writes() {
     let s = Arc::new(MemZoneStore::new(g).unwrap());
     s.set_read_only(true);
     let e = Engine::open(s.clone()).unwrap();
-    assert!(matches!(e.write(TS, &[0; 512], false), Err(EngineError::ReadOnly)));
-    assert!(matches!(e.zone_op(ZoneOp::Open, T), Err(EngineError::ReadOnly)));
+    assert!(matches!(
+        e.write(TS, &[0; 512], false),
+        Err(EngineError::ReadOnly)
+    ));
+    assert!(matches!(
+        e.zone_op(ZoneOp::Open, T),
+        Err(EngineError::ReadOnly)
+    ));
     let mut buf = [0u8; 512];
     e.read(TS, &mut buf).unwrap();
 }
@@ -756,22 +843,36 @@ fn read_only_store_refuses_writes() {
 fn open_err(g: ZoneGeometry, i: u32, raw: u64) -> String {
     let s = Arc::new(MemZoneStore::new(g).unwrap());
     s.set_entry(i, raw);
-    Engine::open(s as Arc<dyn ZoneStore>).unwrap_err().to_string()
+    Engine::open(s as Arc<dyn ZoneStore>)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn open_rejects_wp_outside_zone() {
     let m = open_err(table_geo(), 3, 5 * ZS);
-    assert_eq!(m, "zone 3 (start 0x30000): write pointer 0x50000 is outside the zone [0x30000, 0x40000]");
+    assert_eq!(
+        m,
+        "zone 3 (start 0x30000): write pointer 0x50000 is outside the zone [0x30000, 0x40000]"
+    );
 }
 
 #[test]
 fn open_rejects_conventional_bit_mismatch() {
-    let m = open_err(table_geo(), 3, (1 << 59) | 3 * ZS);
-    assert!(m.starts_with("zone 3 (start 0x30000): write-pointer entry"), "{m}");
-    assert!(m.contains("has the conventional bit but the zone is sequential"), "{m}");
+    let m = open_err(table_geo(), 3, (1 << 59) | (3 * ZS));
+    assert!(
+        m.starts_with("zone 3 (start 0x30000): write-pointer entry"),
+        "{m}"
+    );
+    assert!(
+        m.contains("has the conventional bit but the zone is sequential"),
+        "{m}"
+    );
     let m = open_err(table_geo(), 0, 0);
-    assert!(m.contains("lacks the conventional bit but the zone is conventional"), "{m}");
+    assert!(
+        m.contains("lacks the conventional bit but the zone is conventional"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -787,13 +888,22 @@ fn open_derives_conditions_from_entries() {
     s.set_entry(2, TS + W);
     s.set_entry(3, 3 * ZS + CAP);
     s.set_entry(4, 4 * ZS + ZS);
-    s.set_entry(5, (1 << 60) | 5 * ZS);
-    s.set_entry(6, (1 << 61) | 6 * ZS + W);
+    s.set_entry(5, (1 << 60) | (5 * ZS));
+    s.set_entry(6, (1 << 61) | (6 * ZS + W));
     let e = Engine::open(s).unwrap();
     let conds: Vec<ZoneCond> = (0..8).map(|z| cond(&e, z)).collect();
     assert_eq!(
         conds,
-        vec![C::NotWp, C::Empty, C::Closed, C::Full, C::Full, C::ReadOnly, C::Offline, C::Empty]
+        vec![
+            C::NotWp,
+            C::Empty,
+            C::Closed,
+            C::Full,
+            C::Full,
+            C::ReadOnly,
+            C::Offline,
+            C::Empty
+        ]
     );
     assert_eq!((e.open_zones(), e.active_zones()), (0, 1));
 }

@@ -31,7 +31,10 @@ fn write_pointer_is_written_only_at_flush_after_data_is_synced() {
     assert_eq!(f.take_log(), vec![Call::Write(TS, W)]);
     assert_eq!(mem.durable_entries()[2], TS);
     e.flush().unwrap();
-    assert_eq!(f.take_log(), vec![Call::Sync, Call::StoreWp(2, 1), Call::Sync]);
+    assert_eq!(
+        f.take_log(),
+        vec![Call::Sync, Call::StoreWp(2, 1), Call::Sync]
+    );
     assert_eq!(mem.durable_entries()[2], TS + W);
 }
 
@@ -98,9 +101,18 @@ fn reset_all_syncs_once() {
     f.take_log();
     e.reset_all().unwrap();
     let log = f.take_log();
-    assert_eq!(log.iter().filter(|c| **c == Call::Sync).count(), 1, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|c| **c == Call::Sync).count(),
+        1,
+        "{log:?}"
+    );
     assert_eq!(log[0], Call::StoreWp(2, 4));
-    assert_eq!(log.iter().filter(|c| matches!(c, Call::Dealloc(..))).count(), 4);
+    assert_eq!(
+        log.iter()
+            .filter(|c| matches!(c, Call::Dealloc(..)))
+            .count(),
+        4
+    );
 }
 
 #[test]
@@ -111,7 +123,10 @@ fn finish_frees_stale_range_before_pointer_is_persisted() {
     e.zone_op(ZoneOp::Finish, 2).unwrap();
     assert_eq!(f.take_log(), vec![Call::Dealloc(TS + W, ZS - W)]);
     e.flush().unwrap();
-    assert_eq!(f.take_log(), vec![Call::Sync, Call::StoreWp(2, 1), Call::Sync]);
+    assert_eq!(
+        f.take_log(),
+        vec![Call::Sync, Call::StoreWp(2, 1), Call::Sync]
+    );
 }
 
 fn crash_reopen(mem: &Arc<MemZoneStore>, e: Engine) -> Engine {

@@ -64,13 +64,15 @@ fn failed_write_that_would_fill_the_zone_keeps_its_resources() {
     e.write(TS, &pattern(1, 0x7000), false).unwrap();
     e.write(3 * ZS, &pattern(1, W as usize), false).unwrap();
     f.fail_next(Fail::Write, 1);
-    e.write(TS + 0x7000, &pattern(2, W as usize), false).unwrap_err();
+    e.write(TS + 0x7000, &pattern(2, W as usize), false)
+        .unwrap_err();
     assert_eq!(e.zone(2).unwrap().cond, ZoneCond::ImpOpen);
     assert_eq!((e.open_zones(), e.active_zones()), (2, 2));
     // The active limit is still taken by zones 2 and 3.
     let err = e.write(4 * ZS, &pattern(1, W as usize), false).unwrap_err();
     assert_eq!(err.zone_kind(), Some(ZoneErrorKind::ActiveResource));
-    e.write(TS + 0x7000, &pattern(2, W as usize), false).unwrap();
+    e.write(TS + 0x7000, &pattern(2, W as usize), false)
+        .unwrap();
     assert_eq!(e.zone(2).unwrap().cond, ZoneCond::Full);
     assert_eq!((e.open_zones(), e.active_zones()), (1, 1));
 }
@@ -89,7 +91,11 @@ fn failed_flush_keeps_entries_dirty_and_retries() {
     e.write(TS, &pattern(1, W as usize), false).unwrap();
     f.fail_next(Fail::Sync, 1);
     let err = e.flush().unwrap_err();
-    assert!(err.to_string().starts_with("flush: injected EIO error on sync"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("flush: injected EIO error on sync"),
+        "{err}"
+    );
     assert_eq!(m.durable_entries()[2], TS);
     f.fail_next(Fail::StoreWp, 1);
     e.flush().unwrap_err();
@@ -115,7 +121,11 @@ fn failed_reset_changes_nothing() {
     e.write(TS, &pattern(1, W as usize), true).unwrap();
     f.fail_next(Fail::StoreWp, 1);
     let err = e.zone_op(ZoneOp::Reset, 2).unwrap_err();
-    assert!(err.to_string().contains("reset: persisting the write pointer failed"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("reset: persisting the write pointer failed"),
+        "{err}"
+    );
     let d = e.zone(2).unwrap();
     assert_eq!((d.cond, d.wp), (ZoneCond::ImpOpen, TS + W));
     let mut buf = vec![0; W as usize];
@@ -159,7 +169,12 @@ fn failed_finish_changes_nothing() {
     e.write(TS, &pattern(1, W as usize), false).unwrap();
     f.fail_next(Fail::Dealloc, 1);
     let err = e.zone_op(ZoneOp::Finish, 2).unwrap_err();
-    assert!(err.to_string().starts_with("zone 2 (start 0x20000, IMP_OPEN, wp 0x21000): finish: freeing 0xf000 bytes at 0x21000"), "{err}");
+    assert!(
+        err.to_string().starts_with(
+            "zone 2 (start 0x20000, IMP_OPEN, wp 0x21000): finish: freeing 0xf000 bytes at 0x21000"
+        ),
+        "{err}"
+    );
     let d = e.zone(2).unwrap();
     assert_eq!((d.cond, d.wp), (ZoneCond::ImpOpen, TS + W));
     assert_eq!((e.open_zones(), e.active_zones()), (1, 1));
@@ -184,6 +199,9 @@ fn failed_conventional_write_names_the_zone() {
     let (_m, f, e) = faulty();
     f.fail_next(Fail::Write, 1);
     let err = e.write(0x200, &[1; 3], false).unwrap_err();
-    assert!(err.to_string().starts_with("zone 0 (start 0x0, NOT_WP"), "{err}");
+    assert!(
+        err.to_string().starts_with("zone 0 (start 0x0, NOT_WP"),
+        "{err}"
+    );
     e.write(0x200, &[1; 3], false).unwrap();
 }

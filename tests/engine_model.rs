@@ -143,8 +143,16 @@ fn compare(m: &Model, e: &Engine, step: usize, op: &Op) {
             "step {step} {op:?}: zone {i} differs"
         );
     }
-    assert_eq!(e.open_zones(), m.open_count(), "step {step} {op:?}: open count");
-    assert_eq!(e.active_zones(), m.active_count(), "step {step} {op:?}: active count");
+    assert_eq!(
+        e.open_zones(),
+        m.open_count(),
+        "step {step} {op:?}: open count"
+    );
+    assert_eq!(
+        e.active_zones(),
+        m.active_count(),
+        "step {step} {op:?}: active count"
+    );
     let mut buf = vec![0u8; g.device_size as usize];
     let er = kind(e.read(0, &mut buf));
     let mr = m.read(0, g.device_size);
@@ -163,7 +171,14 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
     let size = g.device_size;
     for (step, op) in ops.iter().enumerate() {
         match *op {
-            Op::Write { zone, delta, sectors, odd, seed, fua } => {
+            Op::Write {
+                zone,
+                delta,
+                sectors,
+                odd,
+                seed,
+                fua,
+            } => {
                 let i = pick(&g, zone);
                 let start = i as u64 * zs;
                 let base = if i < g.conventional_zones {
@@ -185,7 +200,11 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 }
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
-            Op::Zeroes { zone, delta, sectors } => {
+            Op::Zeroes {
+                zone,
+                delta,
+                sectors,
+            } => {
                 let i = pick(&g, zone);
                 let base = m.zones[i as usize].wp;
                 let off = base as i64 + delta as i64 * 512;
@@ -198,7 +217,12 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 let mr = m.write(off, &vec![0u8; len as usize]);
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
-            Op::Append { zone, misplace, sectors, seed } => {
+            Op::Append {
+                zone,
+                misplace,
+                sectors,
+                seed,
+            } => {
                 let i = pick(&g, zone);
                 let mut start = i as u64 * zs;
                 if misplace {
@@ -220,7 +244,12 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 let mr = model_mgmt(&mut m, zop, i);
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
-            Op::Range { op: o, first, count, to_device_end } => {
+            Op::Range {
+                op: o,
+                first,
+                count,
+                to_device_end,
+            } => {
                 let first = pick(&g, first);
                 let last = (first + count - 1).min(nr - 1);
                 let off = first as u64 * zs;
@@ -271,7 +300,11 @@ fn run(g: ZoneGeometry, ops: Vec<Op>) {
                 let mr = m.set_condition(i, mf);
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
-            Op::Read { zone, off_sectors, sectors } => {
+            Op::Read {
+                zone,
+                off_sectors,
+                sectors,
+            } => {
                 let off = pick(&g, zone) as u64 * zs + off_sectors as u64 * 512;
                 let len = sectors as u64 * 512;
                 if off + len > size {

@@ -38,7 +38,11 @@ impl Model {
     pub fn new(g: ZoneGeometry) -> Self {
         let zones: Vec<MZone> = (0..g.nr_zones)
             .map(|i| MZone {
-                cond: if i < g.conventional_zones { NotWp } else { Empty },
+                cond: if i < g.conventional_zones {
+                    NotWp
+                } else {
+                    Empty
+                },
                 wp: g.zone_start(i),
             })
             .collect();
@@ -284,7 +288,10 @@ impl Model {
         let mut changed = false;
         for i in 0..self.g.nr_zones {
             if !self.conv(i)
-                && matches!(self.zones[i as usize].cond, ImpOpen | ExpOpen | Closed | Full)
+                && matches!(
+                    self.zones[i as usize].cond,
+                    ImpOpen | ExpOpen | Closed | Full
+                )
             {
                 self.do_reset(i);
                 changed = true;
