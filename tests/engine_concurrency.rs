@@ -174,3 +174,60 @@ fn failed_append_aborts_later_in_flight_appends_and_rolls_back() {
     assert_eq!(e.append(MB, &[3u8; 512], false).unwrap(), MB);
     e.flush().unwrap();
 }
+
+#[test]
+fn mixed_concurrent_operations_keep_resource_counts_consistent() {
+    // Open limit 2, active limit 3, 16 small zones: threads write, append,
+    // open, close, finish and reset at random; afterwards the counts must
+    // match the conditions and every zone must read back consistently.
+    let (s, e) = engine(geo(16 * 0x8000, 0x8000, 0x6000, 1, 2, 3, 0x1000));
+    let e = Arc::new(e);
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let e = e.clone();
+            thread::spawn(move || {
+                let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                for _ in 0..400 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let z = 1 + (x % 15) as u32;
+                    let start = z as u64 * 0x8000;
+                    let r = match (x >> 8) % 8 {
+                        0 | 1 => e.append(start, &[t as u8 + 1; 1024], false).map(|_| ()),
+                        2 | 3 => {
+                            let wp = e.zone(z).unwrap().wp;
+                            e.write(wp, &[t as u8 + 1; 512], false)
+                        }
+                        4 => e.zone_op(zcow::zone::ZoneOp::Open, z),
+                        5 => e.zone_op(zcow::zone::ZoneOp::Close, z),
+                        6 => e.zone_op(zcow::zone::ZoneOp::Finish, z),
+                        _ => e.zone_op(zcow::zone::ZoneOp::Reset, z),
+                    };
+                    if let Err(err) = r {
+                        // (a finished last zone's wp is the device end)
+                        let ok = err.zone_kind().is_some()
+                            || matches!(err, EngineError::OutOfRange { .. });
+                        assert!(ok, "{err}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let count = |f: &dyn Fn(ZoneCond) -> bool| {
+        (0..16).filter(|&z| f(e.zone(z).unwrap().cond)).count() as u32
+    };
+    let open = count(&|c| matches!(c, ZoneCond::ImpOpen | ZoneCond::ExpOpen));
+    let active = count(&|c| matches!(c, ZoneCond::ImpOpen | ZoneCond::ExpOpen | ZoneCond::Closed));
+    assert_eq!((e.open_zones(), e.active_zones()), (open, active));
+    assert!(open <= 2 && active <= 3);
+    let e = Arc::try_unwrap(e).unwrap();
+    let before: Vec<_> = (0..16).map(|z| e.zone(z).unwrap().wp).collect();
+    drop(e);
+    let e = Engine::open(s).unwrap();
+    let after: Vec<_> = (0..16).map(|z| e.zone(z).unwrap().wp).collect();
+    assert_eq!(before, after);
+}

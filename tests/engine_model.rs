@@ -60,7 +60,10 @@ enum Op {
 }
 
 fn geometry() -> impl Strategy<Value = ZoneGeometry> {
-    (10u32..=12, 1u32..=8)
+    (
+        10u32..=13,
+        prop::sample::select(vec![1u32, 2, 3, 4, 5, 6, 7, 8, 8, 8]),
+    )
         .prop_flat_map(|(zexp, nr)| {
             let zs = 1u64 << zexp;
             let spz = zs / 512;
@@ -68,10 +71,10 @@ fn geometry() -> impl Strategy<Value = ZoneGeometry> {
                 Just(zs),
                 Just(nr),
                 1..=spz,
-                1..=spz,
+                (spz / 4).max(1)..=spz,
                 0..nr,
-                0u32..=3,
-                0u32..=3,
+                prop::sample::select(vec![0u32, 0, 1, 1, 2, 2, 3]),
+                prop::sample::select(vec![0u32, 0, 2, 3, 4, 5]),
                 prop::sample::select(vec![0u32, 512, 1024, 2048]),
             )
         })
@@ -85,12 +88,12 @@ fn op() -> impl Strategy<Value = Op> {
     let z = 0u32..64;
     let delta = prop::sample::select(vec![0i8, 0, 0, 0, 0, 0, -1, 1, 2]);
     prop_oneof![
-        8 => (z.clone(), delta.clone(), 1u8..=4, prop::bool::weighted(0.05), any::<u8>(), prop::bool::weighted(0.1))
+        10 => (z.clone(), delta.clone(), 1u8..=4, prop::bool::weighted(0.05), any::<u8>(), prop::bool::weighted(0.1))
             .prop_map(|(zone, delta, sectors, odd, seed, fua)| Op::Write { zone, delta, sectors, odd, seed, fua }),
         1 => (z.clone(), delta, 1u8..=3).prop_map(|(zone, delta, sectors)| Op::Zeroes { zone, delta, sectors }),
         4 => (z.clone(), prop::bool::weighted(0.05), prop::sample::select(vec![0u8, 1, 1, 1, 2, 2, 3, 4]), any::<u8>())
             .prop_map(|(zone, misplace, sectors, seed)| Op::Append { zone, misplace, sectors, seed }),
-        5 => (0u8..4, z.clone()).prop_map(|(op, zone)| Op::Mgmt { op, zone }),
+        4 => (0u8..4, z.clone()).prop_map(|(op, zone)| Op::Mgmt { op, zone }),
         1 => (0u8..4, z.clone(), 1u32..4, any::<bool>())
             .prop_map(|(op, first, count, to_device_end)| Op::Range { op, first, count, to_device_end }),
         1 => Just(Op::ResetAll),
@@ -327,7 +330,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_model(g in geometry(), ops in prop::collection::vec(op(), 1..60)) {
+    fn engine_matches_model(g in geometry(), ops in prop::collection::vec(op(), 1..100)) {
         run(g, ops);
     }
 }
