@@ -53,6 +53,16 @@ pub(crate) struct ZoneIo {
     pub resolved: Vec<(u64, bool)>,
     /// Next sequence number.
     pub next_seq: u64,
+    /// Requests waiting for the zone to become idle; new writes wait behind
+    /// them so a steady stream of writes cannot starve a reset or finish.
+    pub idle_waiters: u32,
+}
+
+impl ZoneIo {
+    /// Whether a new write must wait before it is issued.
+    pub(crate) fn write_must_wait(&self) -> bool {
+        self.poison.is_some() || self.idle_waiters > 0
+    }
 }
 
 impl ZoneIo {
@@ -91,9 +101,13 @@ impl Slot {
     /// Lock the zone once no write is in flight in it.
     pub(crate) fn lock_idle(&self) -> MutexGuard<'_, ZoneIo> {
         let mut g = self.lock();
+        g.idle_waiters += 1;
         while !g.flights.is_empty() {
             g = self.wait(g);
         }
+        g.idle_waiters -= 1;
+        // Writers held back for us wake up and queue for the lock we hold.
+        self.notify();
         g
     }
 }

@@ -552,8 +552,9 @@ impl Engine {
     ) -> EngineResult<u64> {
         let slot = &self.slots[i as usize];
         let mut g = slot.lock();
-        // A zone being rolled back takes no new writes until it is done.
-        while g.poison.is_some() {
+        // A zone being rolled back, or awaited by a management request, takes
+        // no new writes until that is done.
+        while g.write_must_wait() {
             g = slot.wait(g);
         }
         let issued = self.state().begin_write(i, kind, len, verb)?;
