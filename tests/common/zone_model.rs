@@ -100,7 +100,7 @@ impl Model {
         }
     }
 
-    fn set_cond(&mut self, i: u32, c: ZoneCond) {
+    pub fn set_cond(&mut self, i: u32, c: ZoneCond) {
         self.lru.retain(|&z| z != i);
         if c == ImpOpen {
             self.lru.push(i);
