@@ -189,3 +189,20 @@ fn close_and_drop_flush() {
     drop(e);
     assert_eq!(mem.durable_entries()[2], TS + 2 * W);
 }
+
+#[test]
+fn reset_writes_only_the_reset_zones_entries() {
+    let (_mem, f, e) = recorded(g8());
+    e.write(2 * ZS, &pattern(1, W as usize), false).unwrap();
+    e.write(4 * ZS, &pattern(1, W as usize), false).unwrap();
+    e.write(6 * ZS, &pattern(1, W as usize), false).unwrap();
+    f.take_log();
+    // Zone 3 (EMPTY) lies between; zone 6 is dirty but outside the range:
+    // its unsynced wp must not go out with the reset's entries.
+    e.zone_mgmt(ZoneOp::Reset, 2 * ZS, 3 * ZS).unwrap();
+    let log = f.take_log();
+    assert_eq!(
+        &log[..3],
+        &[Call::StoreWp(2, 1), Call::StoreWp(4, 1), Call::Sync]
+    );
+}

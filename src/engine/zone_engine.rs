@@ -149,12 +149,13 @@ fn derive(geo: &ZoneGeometry, i: u32, raw: u64) -> Result<(ZoneCond, u64), Strin
     Ok((cond, if conv { start } else { wp }))
 }
 
-/// Runs of nearby indices: (first, last) inclusive.
-fn runs(idx: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+/// Runs of ascending indices no more than `gap` apart: (first, last)
+/// inclusive.
+fn runs(idx: impl IntoIterator<Item = u32>, gap: u32) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     for i in idx {
         match out.last_mut() {
-            Some(r) if i <= r.1.saturating_add(RUN_GAP) => r.1 = r.1.max(i),
+            Some(r) if i <= r.1.saturating_add(gap) => r.1 = r.1.max(i),
             _ => out.push((i, i)),
         }
     }
@@ -840,7 +841,9 @@ impl Engine {
             self.set_entry(i, self.entry(i).with_wp(self.geo.zone_start(i)));
         }
         let r = (|| {
-            for (a, b) in runs(targets.iter().copied()) {
+            // Exact runs, no gaps: there is no sync before this write, so
+            // only entries whose new value needs no data may go out.
+            for (a, b) in runs(targets.iter().copied(), 1) {
                 let vals: Vec<u64> = (a..=b).map(|i| self.entry(i).0).collect();
                 self.store.store_wp_entries(a, &vals)?;
             }
@@ -921,7 +924,7 @@ impl Engine {
         let dirty = std::mem::take(&mut *lock(&self.dirty));
         // Snapshot before the first sync: every value taken here was
         // published after its I/O completed, so that sync covers its data.
-        let snap: Vec<(u32, Vec<u64>)> = runs(dirty.iter().copied())
+        let snap: Vec<(u32, Vec<u64>)> = runs(dirty.iter().copied(), RUN_GAP)
             .into_iter()
             .map(|(a, b)| (a, (a..=b).map(|i| self.entry(i).0).collect()))
             .collect();
