@@ -12,6 +12,6 @@ pub mod store;
 mod zone_engine;
 
 pub use error::{EngineError, EngineResult};
-pub use mem_store::MemZoneStore;
+pub use mem_store::{MemZoneStore, MEM_ZONE_STORE_LIMIT};
 pub use store::{StoreResult, ZoneStore};
 pub use zone_engine::{Engine, ZoneFault};
