@@ -1,6 +1,6 @@
-//! Intrusive doubly linked list over zone indices: the idle IMP_OPEN zones in
-//! order of their last write, so the implicit close victim is found, and any
-//! zone moved or removed, in O(1).
+//! Intrusive doubly linked list over zone indices: the IMP_OPEN zones in
+//! order of their last completed write, so the implicit close victim is
+//! found, and any zone moved or removed, in O(1).
 
 const NIL: u32 = u32::MAX;
 
@@ -29,7 +29,6 @@ impl Lru {
     }
 
     /// Whether zone `i` is in the list.
-    #[cfg(test)]
     pub(crate) fn contains(&self, i: u32) -> bool {
         self.linked[i as usize]
     }
@@ -37,6 +36,18 @@ impl Lru {
     /// The least recently written zone.
     pub(crate) fn front(&self) -> Option<u32> {
         (self.head != NIL).then_some(self.head)
+    }
+
+    /// The zones from least to most recently written.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut c = self.head;
+        std::iter::from_fn(move || {
+            (c != NIL).then(|| {
+                let i = c;
+                c = self.next[i as usize];
+                i
+            })
+        })
     }
 
     /// Number of zones in the list.
@@ -88,13 +99,7 @@ mod tests {
     use super::Lru;
 
     fn order(l: &Lru) -> Vec<u32> {
-        let mut v = Vec::new();
-        let mut c = l.head;
-        while c != super::NIL {
-            v.push(c);
-            c = l.next[c as usize];
-        }
-        v
+        l.iter().collect()
     }
 
     #[test]

@@ -42,6 +42,9 @@ struct ZState {
     wp: u64,
     holds_open: bool,
     holds_active: bool,
+    /// Writes are in flight: never implicitly closed, and its place in the
+    /// LRU list is only updated when they have all completed.
+    busy: bool,
 }
 
 /// Conditions, write pointers and resources of every zone.
@@ -51,8 +54,9 @@ pub(crate) struct State {
     z: Vec<ZState>,
     open: u32,
     active: u32,
-    /// Idle IMP_OPEN zones, least recently written first. A zone with writes
-    /// in flight is not in it, so it is never implicitly closed under them.
+    /// IMP_OPEN zones, least recently written first. A zone with writes in
+    /// flight keeps its place (a failed write must not move it) but is
+    /// skipped when a victim is chosen.
     lru: Lru,
 }
 
@@ -71,6 +75,7 @@ impl State {
                     wp,
                     holds_open: false,
                     holds_active,
+                    busy: false,
                 }
             })
             .collect();
@@ -144,7 +149,9 @@ impl State {
         if max == 0 || self.open < max {
             return Ok(None);
         }
-        match self.lru.front() {
+        // Busy zones are skipped; there are at most as many as requests in
+        // flight, and none at all for a caller issuing one request at a time.
+        match self.lru.iter().find(|&v| !self.z[v as usize].busy) {
             Some(v) => Ok(Some(v)),
             None => Err(self.err(
                 i,
@@ -284,8 +291,8 @@ impl State {
             self.implicit_close(v);
         }
         self.acquire(i, true, true);
-        self.lru.remove(i);
         let zs = &mut self.z[i as usize];
+        zs.busy = true;
         zs.wp = end;
         zs.cond = if end == cap_end {
             Full
@@ -303,10 +310,14 @@ impl State {
     /// Every write issued to zone `i` completed: a FULL zone gives back its
     /// resources, an IMP_OPEN zone becomes the most recently written.
     pub(crate) fn end_writes(&mut self, i: u32) {
+        self.z[i as usize].busy = false;
         match self.z[i as usize].cond {
-            ZoneCond::Full => self.release_to(i, false, false),
             ZoneCond::ImpOpen => self.lru.push_back(i),
-            _ => {}
+            ZoneCond::Full => {
+                self.release_to(i, false, false);
+                self.lru.remove(i);
+            }
+            _ => self.lru.remove(i),
         }
     }
 
@@ -325,10 +336,13 @@ impl State {
         let z = &mut self.z[i as usize];
         z.wp = wp;
         z.cond = prev;
-        if prev == ImpOpen {
-            self.lru.push_back(i);
-        } else {
+        z.busy = false;
+        if prev != ImpOpen {
             self.lru.remove(i);
+        } else if !self.lru.contains(i) {
+            // It became IMP_OPEN through an earlier write of the same batch,
+            // which succeeded: that is its most recent write.
+            self.lru.push_back(i);
         }
     }
 
