@@ -34,6 +34,7 @@ impl Lru {
     }
 
     /// The least recently written zone.
+    #[cfg(test)]
     pub(crate) fn front(&self) -> Option<u32> {
         (self.head != NIL).then_some(self.head)
     }
