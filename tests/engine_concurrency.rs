@@ -231,3 +231,27 @@ fn mixed_concurrent_operations_keep_resource_counts_consistent() {
     let after: Vec<_> = (0..16).map(|z| e.zone(z).unwrap().wp).collect();
     assert_eq!(before, after);
 }
+
+#[test]
+fn zone_with_write_in_flight_is_not_closed_implicitly() {
+    let mem = Arc::new(MemZoneStore::new(geo(4 * MB, MB, MB, 0, 2, 3, 4096)).unwrap());
+    let f = FaultyStore::new(mem);
+    let e = Arc::new(Engine::open(f.clone()).unwrap());
+    e.write(0, &[1; 512], false).unwrap();
+    e.write(MB, &[1; 512], false).unwrap(); // LRU: zone 0, then zone 1
+    f.hold(512);
+    let ea = e.clone();
+    let a = thread::spawn(move || ea.append(0, &[2; 512], false));
+    f.wait_arrived(512);
+    // Zone 0 is least recently written but busy: zone 1 is closed instead.
+    e.write(2 * MB, &[3; 512], false).unwrap();
+    assert_eq!(e.zone(0).unwrap().cond, ZoneCond::ImpOpen);
+    assert_eq!(e.zone(1).unwrap().cond, ZoneCond::Closed);
+    f.release(512, false);
+    assert_eq!(a.join().unwrap().unwrap(), 512);
+    // Zone 0's append completed after zone 2's write: zone 2 is now the
+    // least recently written.
+    e.write(MB + 512, &[4; 512], false).unwrap();
+    assert_eq!(e.zone(2).unwrap().cond, ZoneCond::Closed);
+    assert_eq!(e.zone(0).unwrap().cond, ZoneCond::ImpOpen);
+}
