@@ -1,6 +1,7 @@
 //! Open an image file (or NBD URI) as a [`BlockDevice`].
 
 use crate::device::{BlockDevice, DevResult, DeviceError};
+use crate::engine::{Engine, Qcow2ZoneStore};
 use crate::format::{BackingPolicy, FormatError, Qcow2};
 use crate::raw::RawDevice;
 use crate::storage::{FileStorage, Storage};
@@ -78,8 +79,7 @@ pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDe
 }
 
 fn open_zoned(img: Qcow2) -> DevResult<Arc<dyn BlockDevice>> {
-    let _ = img;
-    Err(DeviceError::Unsupported(
-        "zoned images need the zone engine".into(),
-    ))
+    let store = Qcow2ZoneStore::new(img)?;
+    let engine = Engine::open(Arc::new(store))?;
+    Ok(Arc::new(engine))
 }

@@ -16,7 +16,7 @@ pub type StoreResult<T> = std::result::Result<T, FormatError>;
 /// Write-pointer entries use the on-disk encoding of `spec/zoned-qcow2.md`
 /// (bits 0–58 absolute wp, bit 59 conventional, bit 60 READ_ONLY, bit 61
 /// OFFLINE), already converted to native integers; see
-/// [`crate::format::zoned::WpEntry`].
+/// [`crate::format::wp::WpEntry`].
 pub trait ZoneStore: Send + Sync + Debug {
     /// The static geometry.
     fn geometry(&self) -> ZoneGeometry;
