@@ -179,21 +179,7 @@ fn power_loss_at_every_write_leaves_no_corruption() {
         let total = full.write_count();
         for cut in 0..=total {
             let (st, durable, touched) = run_until_cut(&base, &ops, cut, cs);
-            let lens = st.pending_lengths();
-            let n = lens.len();
-            // In-order prefixes, the reverse order, and every single write
-            // dropped; the last write also torn to one sector.
-            let mut variants: Vec<(Vec<usize>, Option<(usize, usize)>)> = Vec::new();
-            for k in 0..=n {
-                variants.push(((0..k).collect(), None));
-            }
-            variants.push(((0..n).rev().collect(), None));
-            for skip in 0..n {
-                variants.push(((0..n).filter(|&i| i != skip).collect(), None));
-            }
-            if n > 0 {
-                variants.push(((0..n).collect(), Some((n - 1, 1))));
-            }
+            let variants = crash_variants(st.pending_lengths().len());
             for (vi, (keep, torn)) in variants.into_iter().enumerate() {
                 let bytes = st.crash_state(&keep, torn);
                 // qemu-img on a sample keeps the run short; zcow's own

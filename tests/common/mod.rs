@@ -106,3 +106,22 @@ pub fn tmp() -> tempfile::TempDir {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// One power-loss state: which pending writes survive (in this order) and
+/// which of them (by position) is torn to how many sectors.
+pub type CrashVariant = (Vec<usize>, Option<(usize, usize)>);
+
+/// The crash states tested for `n` unsynced writes: every in-order prefix,
+/// the reverse order, every single write dropped, and the last write torn
+/// to one sector.
+pub fn crash_variants(n: usize) -> Vec<CrashVariant> {
+    let mut v: Vec<CrashVariant> = (0..=n).map(|k| ((0..k).collect(), None)).collect();
+    v.push(((0..n).rev().collect(), None));
+    for skip in 0..n {
+        v.push(((0..n).filter(|&i| i != skip).collect(), None));
+    }
+    if n > 0 {
+        v.push(((0..n).collect(), Some((n - 1, 1))));
+    }
+    v
+}
