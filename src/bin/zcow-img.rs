@@ -226,8 +226,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let msg = format!("{e:#}").replace(": kilobytes", "\nkilobytes");
-            eprintln!("zcow-img: {msg}");
+            eprintln!("zcow-img: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,120 @@
+//! `zcow-img` commands end to end: create, info, zone report, zone set-cond.
+
+mod common;
+use common::*;
+
+fn zimg(args: &[&str]) -> std::process::Output {
+    run(s(&bin("zcow-img")), args)
+}
+
+#[test]
+fn readme_example_and_zone_commands() {
+    let d = tmp();
+    let p = d.path().join("disk.qcow2");
+    let o = zimg(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "zone.mode=host-managed,zone.size=64M,zone.conventional_zones=2,zone.max_open_zones=8",
+        s(&p),
+        "4G",
+    ]);
+    assert!(o.status.success());
+    let info = String::from_utf8(zimg(&["info", s(&p)]).stdout).unwrap();
+    let zoned: Vec<&str> = info
+        .lines()
+        .skip_while(|l| *l != "Zoned information:")
+        .take(12)
+        .collect();
+    assert_eq!(
+        zoned,
+        [
+            "Zoned information:",
+            "    model: host-managed",
+            "    zone size: 64 MiB (67108864 bytes)",
+            "    zone capacity: 64 MiB (67108864 bytes)",
+            "    zone count: 64",
+            "    conventional zones: 2",
+            "    max open zones: 8",
+            "    max active zones: 0 (unlimited)",
+            "    max append bytes: 65536",
+            "    metadata offset: 0x40000",
+            "    metadata size: 512",
+            "    zones by condition: NOT_WP 2, EMPTY 62",
+        ]
+    );
+    // Write through zcow-io, then the persistent report shows the result.
+    let io = run(
+        s(&bin("zcow-io")),
+        &["-c", "write -P 1 128M 1M", "-c", "zf 192M 64M", s(&p)],
+    );
+    assert!(
+        io.status.success(),
+        "{}",
+        String::from_utf8_lossy(&io.stderr)
+    );
+    let r = String::from_utf8(
+        zimg(&["zone", "report", "--offset", "64M", "--count", "4", s(&p)]).stdout,
+    )
+    .unwrap();
+    let lines: Vec<&str> = r.lines().collect();
+    assert_eq!(lines.len(), 6, "{r}");
+    assert!(lines[1].ends_with("conventional        NOT_WP"), "{r}");
+    assert!(
+        lines[2].contains("0x8100000") && lines[2].ends_with("CLOSED"),
+        "{r}"
+    );
+    assert!(lines[3].ends_with("FULL"), "{r}");
+    assert_eq!(lines[5], "4 zones: NOT_WP 1, EMPTY 1, CLOSED 1, FULL 1");
+    let j: serde_json::Value =
+        serde_json::from_slice(&zimg(&["zone", "report", "--output", "json", s(&p)]).stdout)
+            .unwrap();
+    assert_eq!(j["zones"].as_array().unwrap().len(), 64);
+    assert_eq!(j["summary"]["closed"], 1);
+    assert_eq!(j["zones"][2]["wp"], 0x8100000u64);
+
+    // Fault conditions are persistent and visible to zcow-io.
+    let o = zimg(&["zone", "set-cond", s(&p), "5", "offline"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "zone 5: OFFLINE\n");
+    let io = run(s(&bin("zcow-io")), &["-c", "read 320M 4k", s(&p)]);
+    assert_eq!(io.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&io.stdout),
+        "read failed: Input/output error\n"
+    );
+    let o = zimg(&["zone", "set-cond", s(&p), "6", "readonly"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "zone 6: READ_ONLY\n");
+    let io = run(s(&bin("zcow-io")), &["-c", "write 384M 4k", s(&p)]);
+    assert_eq!(
+        String::from_utf8_lossy(&io.stdout),
+        "write failed: Operation not permitted\n"
+    );
+    let o = zimg(&["zone", "set-cond", s(&p), "5", "clear"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "zone 5: EMPTY\n");
+    let o = zimg(&["zone", "set-cond", s(&p), "99", "offline"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("zone 99 does not exist"));
+}
+
+#[test]
+fn open_errors_are_reported_like_qemu_img() {
+    let d = tmp();
+    let p = d.path().join("bad.qcow2");
+    std::fs::write(&p, b"not an image at all, just some bytes........................................................................").unwrap();
+    let o = zimg(&["info", s(&p)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "zcow-img: Could not open '{}': Image is not in qcow2 format\n",
+            s(&p)
+        )
+    );
+    let o = zimg(&["create", "-f", "qcow2", s(&p), "12Q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "zcow-img: Invalid image size specified: '12Q'.\n"
+    );
+}
