@@ -152,7 +152,7 @@ fn run_until_cut(base: &[u8], ops: &[Op], cut: u64) -> (Arc<FaultStorage>, Outco
                     {
                         Err(e.to_string())
                     }
-                    Err(e) if matches!(e, zcow::engine::EngineError::Zone(_)) => Ok(()),
+                    Err(zcow::engine::EngineError::Zone(_)) => Ok(()),
                     Err(e) => Err(e.to_string()),
                 }
             }

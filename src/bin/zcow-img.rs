@@ -119,12 +119,10 @@ fn run(cli: Cli) -> Result<u8> {
                 options.push(format!("backing_fmt={f}"));
             }
             let size = match size {
-                Some(s) => Some(zcow::size::parse_size(&s).map_err(|_| {
-                    anyhow::anyhow!(
-                        "Invalid image size specified. You may use k, M, G, T, P or E suffixes for"
-                    )
-                    .context("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
-                })?),
+                Some(s) => Some(
+                    zcow::size::parse_size(&s)
+                        .map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))?,
+                ),
                 None => None,
             };
             let mut o = img::create::parse_options(&options, size).map_err(anyhow::Error::msg)?;
