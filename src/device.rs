@@ -127,7 +127,9 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// Report up to `max` zones starting with the zone holding `offset`.
     fn zone_report(&self, offset: u64, max: u32) -> DevResult<Vec<ZoneDescriptor>> {
         let _ = (offset, max);
-        Err(DeviceError::Unsupported("zone report on a non-zoned device".into()))
+        Err(DeviceError::Unsupported(
+            "zone report on a non-zoned device".into(),
+        ))
     }
     /// Zone management over `[offset, offset+len)`.
     fn zone_mgmt(&self, op: ZoneOp, offset: u64, len: u64) -> DevResult<()> {
@@ -141,7 +143,9 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// `zone_start`; returns where it landed.
     fn zone_append(&self, zone_start: u64, data: &[u8], fua: bool) -> DevResult<u64> {
         let _ = (zone_start, data, fua);
-        Err(DeviceError::Unsupported("zone append on a non-zoned device".into()))
+        Err(DeviceError::Unsupported(
+            "zone append on a non-zoned device".into(),
+        ))
     }
     /// Human description of what is behind the device (for `info`).
     fn describe(&self) -> String {

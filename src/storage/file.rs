@@ -82,7 +82,9 @@ impl Storage for FileStorage {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| Self::io(Op::Sync, 0, 0, e))
+        self.file
+            .sync_data()
+            .map_err(|e| Self::io(Op::Sync, 0, 0, e))
     }
 
     fn len(&self) -> Result<u64> {

@@ -60,7 +60,9 @@ pub enum StorageError {
         source: std::io::Error,
     },
     /// A read went past the end of the store.
-    #[error("read of {len} bytes at offset {offset:#x} runs past the end of the file ({size} bytes)")]
+    #[error(
+        "read of {len} bytes at offset {offset:#x} runs past the end of the file ({size} bytes)"
+    )]
     ShortRead {
         /// Byte offset in the store.
         offset: u64,
