@@ -20,6 +20,15 @@ pub struct OpenOptions {
 
 /// Open `path` as a block device.
 pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDevice>> {
+    // NBD URIs go to the NBD client.
+    if let Some(s) = path.to_str() {
+        if ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
+            .iter()
+            .any(|p| s.starts_with(p))
+        {
+            return crate::nbd::connect_uri(s);
+        }
+    }
     let store = FileStorage::open(path, opts.read_only)
         .map_err(|e| DeviceError::Invalid(format!("Could not open '{}': {e}", path.display())))?;
     Ok(Arc::new(RawDevice::new(Arc::new(store), opts.read_only)?))

@@ -17,3 +17,4 @@ pub(crate) mod transmission;
 
 pub use proto::{NbdError, Result};
 pub use server::{Listener, Server, ServerConfig, ServerStats, ZonedWrites};
+pub use client::{connect_uri, NbdClient, NbdDevice};
