@@ -41,13 +41,19 @@ fn zoned_client_geometry_report_and_commands() {
     let srv = InProc::start(dev.clone(), cfg());
     let remote = connect_uri(&srv.uri()).expect("connect");
     assert_eq!(remote.zone_geometry(), dev.zone_geometry());
-    assert_eq!(remote.zone_report(0, 64).unwrap(), dev.zone_report(0, 64).unwrap());
+    assert_eq!(
+        remote.zone_report(0, 64).unwrap(),
+        dev.zone_report(0, 64).unwrap()
+    );
 
     let z3 = 3 * MIB;
     let a = pattern(1, 64 * 1024);
     remote.write(z3, &a, false).expect("write at wp");
     // Not at the write pointer: EINVAL, nothing changes.
-    assert_eq!(errno_of(remote.write(z3 + 128 * 1024, &a, false).unwrap_err()), libc::EINVAL);
+    assert_eq!(
+        errno_of(remote.write(z3 + 128 * 1024, &a, false).unwrap_err()),
+        libc::EINVAL
+    );
     // Appends land at the wp, one after the other.
     let b = pattern(2, 8192);
     assert_eq!(remote.zone_append(z3, &b, false).unwrap(), z3 + 65536);
@@ -57,17 +63,43 @@ fn zoned_client_geometry_report_and_commands() {
     assert_eq!(&back[..65536], &a[..]);
     assert_eq!(&back[65536..], &b[..]);
     // Append errors: conventional zone (EINVAL), too long (EINVAL).
-    assert_eq!(errno_of(remote.zone_append(0, &b, false).unwrap_err()), libc::EINVAL);
-    assert_eq!(errno_of(remote.zone_append(z3, &vec![0; 65536 + 512], false).unwrap_err()), libc::EINVAL);
+    assert_eq!(
+        errno_of(remote.zone_append(0, &b, false).unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(
+            remote
+                .zone_append(z3, &vec![0; 65536 + 512], false)
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
 
     // Management.
     remote.zone_mgmt(ZoneOp::Open, 5 * MIB, MIB).unwrap();
     remote.zone_mgmt(ZoneOp::Close, z3, MIB).unwrap();
     remote.zone_mgmt(ZoneOp::Finish, 6 * MIB, 2 * MIB).unwrap();
-    assert_eq!(errno_of(remote.zone_mgmt(ZoneOp::Open, 6 * MIB, MIB).unwrap_err()), libc::EINVAL);
-    assert_eq!(errno_of(remote.write(6 * MIB, &b, false).unwrap_err()), libc::ENOSPC);
-    assert_eq!(errno_of(remote.zone_mgmt(ZoneOp::Open, 0, MIB).unwrap_err()), libc::EINVAL);
-    assert_eq!(errno_of(remote.zone_mgmt(ZoneOp::Open, 5 * MIB + 4096, MIB).unwrap_err()), libc::EINVAL);
+    assert_eq!(
+        errno_of(remote.zone_mgmt(ZoneOp::Open, 6 * MIB, MIB).unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(remote.write(6 * MIB, &b, false).unwrap_err()),
+        libc::ENOSPC
+    );
+    assert_eq!(
+        errno_of(remote.zone_mgmt(ZoneOp::Open, 0, MIB).unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(
+            remote
+                .zone_mgmt(ZoneOp::Open, 5 * MIB + 4096, MIB)
+                .unwrap_err()
+        ),
+        libc::EINVAL
+    );
     let zones = remote.zone_report(0, 64).unwrap();
     assert_eq!(zones, dev.zone_report(0, 64).unwrap());
     assert_eq!(zones[3].cond, ZoneCond::Closed);
@@ -76,7 +108,10 @@ fn zoned_client_geometry_report_and_commands() {
     assert_eq!(zones[6].cond, ZoneCond::Full);
     assert_eq!(zones[7].cond, ZoneCond::Full);
     // A report starting mid-device.
-    assert_eq!(remote.zone_report(7 * MIB + 5, 3).unwrap(), dev.zone_report(7 * MIB, 3).unwrap());
+    assert_eq!(
+        remote.zone_report(7 * MIB + 5, 3).unwrap(),
+        dev.zone_report(7 * MIB, 3).unwrap()
+    );
 
     // Reset one, then reset-all.
     remote.zone_mgmt(ZoneOp::Reset, z3, MIB).unwrap();
@@ -84,32 +119,64 @@ fn zoned_client_geometry_report_and_commands() {
     assert!(back.iter().all(|&x| x == 0));
     remote.zone_mgmt(ZoneOp::Reset, 0, 16 * MIB).unwrap();
     let zones = remote.zone_report(0, 64).unwrap();
-    assert!(zones[2..].iter().all(|z| z.cond == ZoneCond::Empty && z.wp == z.start));
-    assert!(srv.stats.zoned_sessions.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(zones[2..]
+        .iter()
+        .all(|z| z.cond == ZoneCond::Empty && z.wp == z.start));
+    assert!(
+        srv.stats
+            .zoned_sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }
 
 #[test]
 fn zoned_commands_need_the_option_and_both_header_forms_work() {
     let dev = zoned_dev();
     let srv = InProc::start(dev.clone(), cfg());
-    let addr = zcow::nbd::client::Address::Tcp { host: "127.0.0.1".into(), port: srv.port };
+    let addr = zcow::nbd::client::Address::Tcp {
+        host: "127.0.0.1".into(),
+        port: srv.port,
+    };
     // Without X_ZONED: zone commands are unknown commands (EINVAL), the
     // connection survives, and no geometry is reported.
-    let c = NbdClient::connect(&addr, &ClientOptions { zoned: false, ..ClientOptions::default() }).unwrap();
+    let c = NbdClient::connect(
+        &addr,
+        &ClientOptions {
+            zoned: false,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
     assert!(c.info().zoned.is_none());
-    let r = c.raw_command(CMD_X_ZONE_OPEN, 0, 3 * MIB, MIB, None).unwrap();
+    let r = c
+        .raw_command(CMD_X_ZONE_OPEN, 0, 3 * MIB, MIB, None)
+        .unwrap();
     assert_eq!(r.map(|e| e.0), Some(NBD_EINVAL));
     assert_eq!(c.raw_command(CMD_FLUSH, 0, 0, 0, None).unwrap(), None);
     drop(c);
     // Structured replies only (no EH), zoned on.
-    let c = NbdClient::connect(&addr, &ClientOptions { extended_headers: false, ..ClientOptions::default() }).unwrap();
+    let c = NbdClient::connect(
+        &addr,
+        &ClientOptions {
+            extended_headers: false,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(c.info().mode, ReplyMode::Structured);
     let z = c.info().zoned.expect("zoned info");
-    assert_eq!((z.zone_size, z.zone_capacity, z.nr_zones, z.max_append), (MIB, 768 * 1024, 16, 65536));
+    assert_eq!(
+        (z.zone_size, z.zone_capacity, z.nr_zones, z.max_append),
+        (MIB, 768 * 1024, 16, 65536)
+    );
     assert_eq!(z.flags & XZ_FLAG_APPEND, XZ_FLAG_APPEND);
     let d = NbdDevice::new(c, "t".into()).unwrap();
     assert_eq!(d.zone_geometry().unwrap().conventional_zones, 2);
-    assert_eq!(d.zone_append(4 * MIB, &[7u8; 4096], false).unwrap(), 4 * MIB);
+    assert_eq!(
+        d.zone_append(4 * MIB, &[7u8; 4096], false).unwrap(),
+        4 * MIB
+    );
     assert_eq!(d.zone_report(4 * MIB, 1).unwrap()[0].wp, 4 * MIB + 4096);
 }
 
@@ -162,22 +229,39 @@ fn zoned_unaware_qemu_io_strict_policy() {
     let uri = srv.uri();
     // In-order writes fill a sequential zone; a write not at the wp fails.
     let out = ok(Command::new("qemu-io").args([
-        "-f", "raw",
-        "-c", "write -P 0x11 2M 64k",
-        "-c", "write -P 0x12 2112k 64k",
-        "-c", "write -P 0x13 0 4k",
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x11 2M 64k",
+        "-c",
+        "write -P 0x12 2112k 64k",
+        "-c",
+        "write -P 0x13 0 4k",
         &uri,
     ]));
-    assert!(out.contains("wrote 65536/65536 bytes at offset 2162688"), "{out}");
+    assert!(
+        out.contains("wrote 65536/65536 bytes at offset 2162688"),
+        "{out}"
+    );
     let bad = run(
         Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x14 3076k 4k", &uri]),
         std::time::Duration::from_secs(30),
     );
-    let text = String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
+    let text =
+        String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
     assert!(text.contains("Invalid argument"), "{text}");
     ok(Command::new("qemu-io").args([
-        "-f", "raw", "-c", "read -P 0x11 2M 64k", "-c", "read -P 0x12 2112k 64k",
-        "-c", "read -P 0 3076k 4k", "-c", "read -P 0x13 0 4k", &uri,
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x11 2M 64k",
+        "-c",
+        "read -P 0x12 2112k 64k",
+        "-c",
+        "read -P 0 3076k 4k",
+        "-c",
+        "read -P 0x13 0 4k",
+        &uri,
     ]));
     // Sequential convert without -W into zone 4 works.
     let dir = tempfile::tempdir().unwrap();
@@ -194,20 +278,37 @@ fn zoned_unaware_qemu_io_strict_policy() {
     // With --target-is-zero, qemu-img convert -n skips the zero areas and
     // writes the data in order.
     ok(Command::new("qemu-img")
-        .args(["convert", "-n", "--target-is-zero", "-f", "raw", "-O", "raw"])
+        .args([
+            "convert",
+            "-n",
+            "--target-is-zero",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+        ])
         .arg(&src)
         .arg(&uri));
     let mut back = vec![0u8; 512 * 1024];
     dev.read(4 * MIB, &mut back).unwrap();
-    assert_eq!(&back[..], &data[4 * MIB as usize..4 * MIB as usize + 512 * 1024]);
-    assert_eq!(dev.zone_report(4 * MIB, 1).unwrap()[0].wp, 4 * MIB + 512 * 1024);
+    assert_eq!(
+        &back[..],
+        &data[4 * MIB as usize..4 * MIB as usize + 512 * 1024]
+    );
+    assert_eq!(
+        dev.zone_report(4 * MIB, 1).unwrap()[0].wp,
+        4 * MIB + 512 * 1024
+    );
     // base:allocation shows the unwritten zone tail as zero.
     let map = ok(Command::new("qemu-img").args(["map", "-f", "raw", "--output=json", &uri]));
     let tail = map
         .lines()
         .find(|l| l.contains(&format!("\"start\": {},", 4 * MIB + 512 * 1024)))
         .unwrap_or_else(|| panic!("{map}"));
-    assert!(tail.contains("\"zero\": true") && tail.contains("\"data\": false"), "{map}");
+    assert!(
+        tail.contains("\"zero\": true") && tail.contains("\"data\": false"),
+        "{map}"
+    );
 }
 
 #[test]
@@ -216,7 +317,13 @@ fn zoned_readonly_policy_for_unaware_clients() {
         return;
     }
     let dev = zoned_dev();
-    let srv = InProc::start(dev.clone(), ServerConfig { zoned_writes: ZonedWrites::ReadOnly, ..cfg() });
+    let srv = InProc::start(
+        dev.clone(),
+        ServerConfig {
+            zoned_writes: ZonedWrites::ReadOnly,
+            ..cfg()
+        },
+    );
     let out = ok(Command::new("nbdinfo").arg(srv.uri()));
     assert!(out.contains("is_read_only: true"), "{out}");
     assert!(out.contains("x-zoned:state"), "{out}");
@@ -235,10 +342,17 @@ fn zoned_state_context_via_nbdinfo_and_python() {
     dev.write(2 * MIB, &[5u8; 8192], false).unwrap();
     dev.zone_mgmt(ZoneOp::Finish, 3 * MIB, MIB).unwrap();
     let srv = InProc::start(dev.clone(), cfg());
-    let out = ok(Command::new("nbdinfo").arg("--map=x-zoned:state").arg(srv.uri()));
+    let out = ok(Command::new("nbdinfo")
+        .arg("--map=x-zoned:state")
+        .arg(srv.uri()));
     let rows: Vec<Vec<u64>> = out
         .lines()
-        .map(|l| l.split_whitespace().take(3).map(|x| x.parse().unwrap()).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .take(3)
+                .map(|x| x.parse().unwrap())
+                .collect()
+        })
         .collect();
     // Zone 0 (conventional, even), zone 1 (conventional, odd), zone 2:
     // written [2M, 2M+8K) IMP_OPEN, then empty to capacity, then beyond cap.
@@ -246,9 +360,15 @@ fn zoned_state_context_via_nbdinfo_and_python() {
     assert_eq!(rows[1], vec![MIB, MIB, 0x10 | 0x400]);
     assert_eq!(rows[2], vec![2 * MIB, 8192, 0x2 | 0x20 | 0x100]);
     assert_eq!(rows[3], vec![2 * MIB + 8192, 768 * 1024 - 8192, 0x2 | 0x20]);
-    assert_eq!(rows[4], vec![2 * MIB + 768 * 1024, 256 * 1024, 0x2 | 0x20 | 0x200]);
+    assert_eq!(
+        rows[4],
+        vec![2 * MIB + 768 * 1024, 256 * 1024, 0x2 | 0x20 | 0x200]
+    );
     // Zone 3 finished: FULL, written to the capacity and beyond.
-    assert_eq!(rows[5], vec![3 * MIB, 768 * 1024, 0xE | 0x20 | 0x100 | 0x400]);
+    assert_eq!(
+        rows[5],
+        vec![3 * MIB, 768 * 1024, 0xE | 0x20 | 0x100 | 0x400]
+    );
 
     let script = format!(
         r#"

@@ -229,7 +229,9 @@ pub struct NbdClient {
 
 impl std::fmt::Debug for NbdClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NbdClient").field("info", &self.info).finish()
+        f.debug_struct("NbdClient")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -398,11 +400,16 @@ impl NbdClient {
             }
         }
         if !have_export {
-            return Err(NbdError::Protocol("GO succeeded without INFO_EXPORT".into()));
+            return Err(NbdError::Protocol(
+                "GO succeeded without INFO_EXPORT".into(),
+            ));
         }
 
         let ConnIo {
-            reader, writer, sock, ..
+            reader,
+            writer,
+            sock,
+            ..
         } = io;
         let inner = Arc::new(Inner {
             writer: Mutex::new(writer),
@@ -428,11 +435,7 @@ impl NbdClient {
 
     /// Id of a selected meta context.
     pub fn context_id(&self, name: &str) -> Option<u32> {
-        self.info
-            .contexts
-            .iter()
-            .find(|c| c.1 == name)
-            .map(|c| c.0)
+        self.info.contexts.iter().find(|c| c.1 == name).map(|c| c.0)
     }
 
     fn extended(&self) -> bool {
@@ -747,7 +750,9 @@ fn read_chunk(slot: &mut Slot, typ: u16, len: u64, r: &mut dyn Read) -> Result<(
         let off = read_u64(r)?;
         let n = len - 8;
         let rel = off.checked_sub(slot.offset);
-        let fits = rel.and_then(|x| x.checked_add(n)).is_some_and(|e| e <= slot.acc.data.len() as u64);
+        let fits = rel
+            .and_then(|x| x.checked_add(n))
+            .is_some_and(|e| e <= slot.acc.data.len() as u64);
         if !fits {
             return Err(NbdError::Protocol("data chunk outside the request".into()));
         }
@@ -848,8 +853,10 @@ impl NbdDevice {
             label,
             geometry: None,
         };
-        if let (Some(z), Some(_)) = (dev.client.info.zoned, dev.client.context_id(CTX_X_ZONED_STATE))
-        {
+        if let (Some(z), Some(_)) = (
+            dev.client.info.zoned,
+            dev.client.context_id(CTX_X_ZONED_STATE),
+        ) {
             if z.zone_size == 0 || z.nr_zones == 0 {
                 return Err(NbdError::Protocol("zoned info with zero zones".into()));
             }
@@ -1086,16 +1093,19 @@ pub fn connect_uri(uri: &str) -> DevResult<Arc<dyn BlockDevice>> {
         ..ClientOptions::default()
     };
     if t.tls {
-        let dir = t.tls_certificates.clone().ok_or_else(|| {
-            DeviceError::Invalid("nbds:// needs ?tls-certificates=DIR".into())
-        })?;
+        let dir = t
+            .tls_certificates
+            .clone()
+            .ok_or_else(|| DeviceError::Invalid("nbds:// needs ?tls-certificates=DIR".into()))?;
         opts.tls = Some(client_config(&dir).map_err(nbd_to_dev)?);
         if let Address::Tcp { host, .. } = &t.address {
             opts.tls_server_name = host.clone();
         }
     }
     let c = NbdClient::connect(&t.address, &opts).map_err(nbd_to_dev)?;
-    Ok(Arc::new(NbdDevice::new(c, uri.to_string()).map_err(nbd_to_dev)?))
+    Ok(Arc::new(
+        NbdDevice::new(c, uri.to_string()).map_err(nbd_to_dev)?,
+    ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,6 @@ pub mod server;
 pub mod tls;
 pub(crate) mod transmission;
 
+pub use client::{connect_uri, NbdClient, NbdDevice};
 pub use proto::{NbdError, Result};
 pub use server::{Listener, Server, ServerConfig, ServerStats, ZonedWrites};
-pub use client::{connect_uri, NbdClient, NbdDevice};

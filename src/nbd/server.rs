@@ -85,8 +85,6 @@ pub struct ServerStats {
     pub connections: AtomicU64,
     /// Connections currently open.
     pub active: AtomicUsize,
-    /// Connections refused because of the connection limit.
-    pub refused: AtomicU64,
     /// Sessions that entered transmission with extended headers.
     pub extended_headers: AtomicU64,
     /// Sessions that entered transmission with structured replies.
@@ -328,6 +326,13 @@ impl Server {
             if served && !self.shared.cfg.persistent && active == 0 {
                 return Ok(());
             }
+            let max = self.shared.cfg.max_connections;
+            if max != 0 && active >= max {
+                // Like qemu-nbd: stop accepting while full; further clients
+                // wait in the listen backlog until a slot frees.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             let mut pfd = libc::pollfd {
                 fd: listener.fd(),
                 events: libc::POLLIN,
@@ -348,16 +353,6 @@ impl Server {
                 }
             };
             next_id += 1;
-            let max = self.shared.cfg.max_connections;
-            if max != 0 && active >= max {
-                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.shared.trace(
-                    next_id,
-                    format_args!("refused: {active} clients already connected (limit {max})"),
-                );
-                sock.shutdown();
-                continue;
-            }
             served = true;
             self.shared.stats.active.fetch_add(1, Ordering::SeqCst);
             self.shared

@@ -113,12 +113,18 @@ impl ServerProc {
     /// Start `zcow-nbd -t --trace -p PORT ARGS... IMAGE` and wait until it
     /// listens (its PID file appears).
     pub fn start(image: &Path, args: &[&str]) -> ServerProc {
+        Self::start_opts(image, args, true)
+    }
+
+    /// Like [`ServerProc::start`]; `persistent` adds `-t`.
+    pub fn start_opts(image: &Path, args: &[&str], persistent: bool) -> ServerProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let pid = dir.path().join("pid");
         let log = dir.path().join("stderr.log");
         let child = Command::new(bin())
-            .args(["-t", "--trace", "-p", &port.to_string()])
+            .args(if persistent { &["-t"][..] } else { &[][..] })
+            .args(["--trace", "-p", &port.to_string()])
             .arg("--pid-file")
             .arg(&pid)
             .args(args)
@@ -138,7 +144,10 @@ impl ServerProc {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("zcow-nbd exited early ({st}): {}", s.log_text());
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "zcow-nbd did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "zcow-nbd did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         s

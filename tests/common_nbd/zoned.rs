@@ -66,17 +66,40 @@ fn zerr(kind: ZoneErrorKind, i: u32, st: &St, g: &ZoneGeometry, detail: String) 
 }
 
 impl ZonedMem {
-    fn seq_write(&self, st: &mut St, offset: u64, data: Option<&[u8]>, len: u64, append: bool) -> DevResult<u64> {
+    fn seq_write(
+        &self,
+        st: &mut St,
+        offset: u64,
+        data: Option<&[u8]>,
+        len: u64,
+        append: bool,
+    ) -> DevResult<u64> {
         let g = &self.g;
-        let i = g.zone_index(offset).ok_or(DeviceError::OutOfRange { offset, len, size: g.device_size })?;
+        let i = g.zone_index(offset).ok_or(DeviceError::OutOfRange {
+            offset,
+            len,
+            size: g.device_size,
+        })?;
         if g.is_conventional(i) {
             if append {
-                return Err(zerr(ZoneErrorKind::InvalidCommand, i, st, g, "append to a conventional zone".into()));
+                return Err(zerr(
+                    ZoneErrorKind::InvalidCommand,
+                    i,
+                    st,
+                    g,
+                    "append to a conventional zone".into(),
+                ));
             }
             // Conventional: plain write, may cross into the next conventional zone.
             let end = offset + len;
             if end > g.zone_start(g.conventional_zones) {
-                return Err(zerr(ZoneErrorKind::Boundary, i, st, g, "write crosses into a sequential zone".into()));
+                return Err(zerr(
+                    ZoneErrorKind::Boundary,
+                    i,
+                    st,
+                    g,
+                    "write crosses into a sequential zone".into(),
+                ));
             }
             match data {
                 Some(d) => st.data[offset as usize..end as usize].copy_from_slice(d),
@@ -87,29 +110,71 @@ impl ZonedMem {
         let (wp, cond) = st.zones[i as usize];
         let start = g.zone_start(i);
         if offset % 512 != 0 || len % 512 != 0 {
-            return Err(zerr(ZoneErrorKind::InvalidCommand, i, st, g, format!("write at {offset:#x} not 512-aligned")));
+            return Err(zerr(
+                ZoneErrorKind::InvalidCommand,
+                i,
+                st,
+                g,
+                format!("write at {offset:#x} not 512-aligned"),
+            ));
         }
         if append {
             if offset != start {
-                return Err(zerr(ZoneErrorKind::InvalidCommand, i, st, g, "append not at zone start".into()));
+                return Err(zerr(
+                    ZoneErrorKind::InvalidCommand,
+                    i,
+                    st,
+                    g,
+                    "append not at zone start".into(),
+                ));
             }
             if g.max_append_bytes == 0 {
-                return Err(zerr(ZoneErrorKind::Unsupported, i, st, g, "append unsupported".into()));
+                return Err(zerr(
+                    ZoneErrorKind::Unsupported,
+                    i,
+                    st,
+                    g,
+                    "append unsupported".into(),
+                ));
             }
             if len > g.max_append_bytes as u64 {
-                return Err(zerr(ZoneErrorKind::InvalidCommand, i, st, g, "append too long".into()));
+                return Err(zerr(
+                    ZoneErrorKind::InvalidCommand,
+                    i,
+                    st,
+                    g,
+                    "append too long".into(),
+                ));
             }
         }
         if cond == ZoneCond::Full {
-            return Err(zerr(ZoneErrorKind::ZoneFull, i, st, g, format!("write at {offset:#x}: zone is full")));
+            return Err(zerr(
+                ZoneErrorKind::ZoneFull,
+                i,
+                st,
+                g,
+                format!("write at {offset:#x}: zone is full"),
+            ));
         }
         let at = if append { wp } else { offset };
         if at != wp {
-            return Err(zerr(ZoneErrorKind::UnalignedWrite, i, st, g, format!("write at {offset:#x} is not at the write pointer")));
+            return Err(zerr(
+                ZoneErrorKind::UnalignedWrite,
+                i,
+                st,
+                g,
+                format!("write at {offset:#x} is not at the write pointer"),
+            ));
         }
         let capend = start + g.zone_cap(i);
         if at + len > capend {
-            return Err(zerr(ZoneErrorKind::Boundary, i, st, g, format!("write at {at:#x} length {len:#x} passes the capacity")));
+            return Err(zerr(
+                ZoneErrorKind::Boundary,
+                i,
+                st,
+                g,
+                format!("write at {at:#x} length {len:#x} passes the capacity"),
+            ));
         }
         match data {
             Some(d) => st.data[at as usize..(at + len) as usize].copy_from_slice(d),
@@ -146,12 +211,14 @@ impl BlockDevice for ZonedMem {
     fn write(&self, offset: u64, data: &[u8], _fua: bool) -> DevResult<()> {
         check_range(offset, data.len() as u64, self.g.device_size)?;
         let mut st = self.st.lock().unwrap();
-        self.seq_write(&mut st, offset, Some(data), data.len() as u64, false).map(|_| ())
+        self.seq_write(&mut st, offset, Some(data), data.len() as u64, false)
+            .map(|_| ())
     }
     fn write_zeroes(&self, offset: u64, len: u64, _flags: ZeroFlags) -> DevResult<()> {
         check_range(offset, len, self.g.device_size)?;
         let mut st = self.st.lock().unwrap();
-        self.seq_write(&mut st, offset, None, len, false).map(|_| ())
+        self.seq_write(&mut st, offset, None, len, false)
+            .map(|_| ())
     }
     fn discard(&self, offset: u64, len: u64) -> DevResult<()> {
         check_range(offset, len, self.g.device_size)?;
@@ -169,16 +236,28 @@ impl BlockDevice for ZonedMem {
             let i = self.g.zone_index(pos).unwrap();
             let zend = (self.g.zone_start(i) + self.g.zone_len(i)).min(end);
             if self.g.is_conventional(i) {
-                out.push(Extent { len: zend - pos, hole: false, zero: false });
+                out.push(Extent {
+                    len: zend - pos,
+                    hole: false,
+                    zero: false,
+                });
             } else {
                 let wp = st.zones[i as usize].0;
                 if pos < wp {
                     let e = wp.min(zend);
-                    out.push(Extent { len: e - pos, hole: false, zero: false });
+                    out.push(Extent {
+                        len: e - pos,
+                        hole: false,
+                        zero: false,
+                    });
                     pos = e;
                 }
                 if pos < zend {
-                    out.push(Extent { len: zend - pos, hole: true, zero: true });
+                    out.push(Extent {
+                        len: zend - pos,
+                        hole: true,
+                        zero: true,
+                    });
                 }
             }
             pos = zend;
@@ -189,7 +268,11 @@ impl BlockDevice for ZonedMem {
         Some(self.g)
     }
     fn zone_report(&self, offset: u64, max: u32) -> DevResult<Vec<ZoneDescriptor>> {
-        let first = self.g.zone_index(offset).ok_or(DeviceError::OutOfRange { offset, len: 0, size: self.g.device_size })?;
+        let first = self.g.zone_index(offset).ok_or(DeviceError::OutOfRange {
+            offset,
+            len: 0,
+            size: self.g.device_size,
+        })?;
         let st = self.st.lock().unwrap();
         Ok((first..self.g.nr_zones.min(first.saturating_add(max)))
             .map(|i| {
@@ -209,9 +292,19 @@ impl BlockDevice for ZonedMem {
     fn zone_mgmt(&self, op: ZoneOp, offset: u64, len: u64) -> DevResult<()> {
         let g = &self.g;
         let mut st = self.st.lock().unwrap();
-        let i0 = g.zone_index(offset).ok_or(DeviceError::OutOfRange { offset, len, size: g.device_size })?;
+        let i0 = g.zone_index(offset).ok_or(DeviceError::OutOfRange {
+            offset,
+            len,
+            size: g.device_size,
+        })?;
         if offset != g.zone_start(i0) || len == 0 {
-            return Err(zerr(ZoneErrorKind::InvalidCommand, i0, &st, g, format!("{} at {offset:#x}: not zone aligned", op.verb())));
+            return Err(zerr(
+                ZoneErrorKind::InvalidCommand,
+                i0,
+                &st,
+                g,
+                format!("{} at {offset:#x}: not zone aligned", op.verb()),
+            ));
         }
         let all = op == ZoneOp::Reset && offset == 0 && len == g.device_size;
         let mut pos = offset;
@@ -223,17 +316,34 @@ impl BlockDevice for ZonedMem {
                 if all {
                     continue;
                 }
-                return Err(zerr(ZoneErrorKind::InvalidCommand, i, &st, g, format!("{} of a conventional zone", op.verb())));
+                return Err(zerr(
+                    ZoneErrorKind::InvalidCommand,
+                    i,
+                    &st,
+                    g,
+                    format!("{} of a conventional zone", op.verb()),
+                ));
             }
             let (wp, cond) = st.zones[i as usize];
             let new = match (op, cond) {
                 (ZoneOp::Open, ZoneCond::Full) => {
-                    return Err(zerr(ZoneErrorKind::InvalidTransition, i, &st, g, "open of a full zone".into()))
+                    return Err(zerr(
+                        ZoneErrorKind::InvalidTransition,
+                        i,
+                        &st,
+                        g,
+                        "open of a full zone".into(),
+                    ))
                 }
                 (ZoneOp::Open, _) => (wp, ZoneCond::ExpOpen),
-                (ZoneOp::Close, ZoneCond::ImpOpen | ZoneCond::ExpOpen) => {
-                    (wp, if wp == start { ZoneCond::Empty } else { ZoneCond::Closed })
-                }
+                (ZoneOp::Close, ZoneCond::ImpOpen | ZoneCond::ExpOpen) => (
+                    wp,
+                    if wp == start {
+                        ZoneCond::Empty
+                    } else {
+                        ZoneCond::Closed
+                    },
+                ),
                 (ZoneOp::Close, _) => (wp, cond),
                 (ZoneOp::Finish, _) => (start + g.zone_len(i), ZoneCond::Full),
                 (ZoneOp::Reset, _) => {
@@ -245,7 +355,9 @@ impl BlockDevice for ZonedMem {
             st.zones[i as usize] = new;
         }
         if pos != offset + len && !(pos == g.device_size) {
-            return Err(DeviceError::Invalid("length not a multiple of the zone size".into()));
+            return Err(DeviceError::Invalid(
+                "length not a multiple of the zone size".into(),
+            ));
         }
         Ok(())
     }
