@@ -195,7 +195,7 @@ pub struct ExportInfo {
 struct Acc {
     data: Vec<u8>,
     error: Option<(u32, String)>,
-    extents: Vec<(u32, Vec<(u64, u64)>)>,
+    extents: ContextExtents,
     append: Option<u64>,
 }
 
@@ -586,7 +586,7 @@ impl NbdClient {
         offset: u64,
         len: u64,
         req_one: bool,
-    ) -> Result<Vec<(u32, Vec<(u64, u64)>)>> {
+    ) -> Result<ContextExtents> {
         let len = if self.extended() {
             len
         } else {

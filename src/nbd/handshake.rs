@@ -229,11 +229,9 @@ pub(crate) fn negotiate(srv: &Shared, io: &mut ConnIo, conn: u64) -> Result<Outc
                             b.extend_from_slice(&4096u32.to_be_bytes());
                             b.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
                         }
-                        INFO_X_ZONED => {
-                            if st.zoned {
-                                if let Some(z) = srv.zoned_info() {
-                                    z.encode(&mut b);
-                                }
+                        INFO_X_ZONED if st.zoned => {
+                            if let Some(z) = srv.zoned_info() {
+                                z.encode(&mut b);
                             }
                         }
                         _ => {}

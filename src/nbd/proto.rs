@@ -589,6 +589,9 @@ pub fn encode_chunk_header(
     }
 }
 
+/// Block-status answer: per context id, (length, status) extents.
+pub type ContextExtents = Vec<(u32, Vec<(u64, u64)>)>;
+
 /// A reply header as read by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyHeader {

@@ -205,7 +205,7 @@ enum Seg {
 enum Reply {
     Ok,
     Read(Vec<Seg>),
-    Status(Vec<(u32, Vec<(u64, u64)>)>),
+    Status(ContextExtents),
     Append(u64),
 }
 
@@ -526,7 +526,7 @@ impl Conn<'_> {
     fn block_status(
         &self,
         r: &Request,
-    ) -> std::result::Result<Vec<(u32, Vec<(u64, u64)>)>, (u32, String)> {
+    ) -> std::result::Result<ContextExtents, (u32, String)> {
         if self.sess.contexts.is_empty() {
             return Err(einval("no metadata context was negotiated"));
         }

@@ -183,9 +183,7 @@ impl ZonedMem {
         let nwp = at + len;
         let ncond = if nwp == capend {
             ZoneCond::Full
-        } else if cond == ZoneCond::ExpOpen {
-            cond
-        } else if len == 0 {
+        } else if cond == ZoneCond::ExpOpen || len == 0 {
             cond
         } else {
             ZoneCond::ImpOpen
@@ -354,7 +352,7 @@ impl BlockDevice for ZonedMem {
             };
             st.zones[i as usize] = new;
         }
-        if pos != offset + len && !(pos == g.device_size) {
+        if pos != offset + len && pos != g.device_size {
             return Err(DeviceError::Invalid(
                 "length not a multiple of the zone size".into(),
             ));
