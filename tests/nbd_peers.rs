@@ -396,3 +396,56 @@ fn server_lifecycle_non_persistent_and_sigterm() {
     assert!(st.success(), "{st}");
     assert!(!srv.dir.path().join("pid").exists());
 }
+
+#[test]
+fn unix_socket_and_fork() {
+    if !need("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = raw_image(dir.path(), true);
+    let sock = dir.path().join("nbd.sock");
+    let pid = dir.path().join("pid");
+    // --fork: the parent returns once the socket is listening.
+    let st = Command::new(bin())
+        .args(["-t", "--fork", "-e", "0", "-k"])
+        .arg(&sock)
+        .arg("--pid-file")
+        .arg(&pid)
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    while !pid.exists() {
+        assert!(t.elapsed() < Duration::from_secs(5), "no PID file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let server_pid: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let out = ok(Command::new("qemu-img").args(["info", &uri]));
+    assert!(out.contains("virtual size: 64 MiB"), "{out}");
+    let dev = zcow::nbd::connect_uri(&uri).unwrap();
+    let mut b = vec![0u8; 4096];
+    dev.read(1 << 20, &mut b).unwrap();
+    assert_eq!(
+        b,
+        pattern(42, SIZE as usize)[1 << 20..(1 << 20) + 4096].to_vec()
+    );
+    drop(dev);
+    // SAFETY: the forked server's PID, from its own PID file.
+    unsafe { libc::kill(server_pid, libc::SIGTERM) };
+    let t = Instant::now();
+    while sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "server did not clean up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

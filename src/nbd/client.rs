@@ -581,12 +581,7 @@ impl NbdClient {
     }
 
     /// Block status: per context id, (length, status) extents.
-    pub fn block_status(
-        &self,
-        offset: u64,
-        len: u64,
-        req_one: bool,
-    ) -> Result<ContextExtents> {
+    pub fn block_status(&self, offset: u64, len: u64, req_one: bool) -> Result<ContextExtents> {
         let len = if self.extended() {
             len
         } else {

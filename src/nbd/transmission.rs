@@ -523,10 +523,7 @@ impl Conn<'_> {
         Ok(segs)
     }
 
-    fn block_status(
-        &self,
-        r: &Request,
-    ) -> std::result::Result<ContextExtents, (u32, String)> {
+    fn block_status(&self, r: &Request) -> std::result::Result<ContextExtents, (u32, String)> {
         if self.sess.contexts.is_empty() {
             return Err(einval("no metadata context was negotiated"));
         }
