@@ -449,3 +449,52 @@ fn unix_socket_and_fork() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn peers_libnbd_option_mode_and_old_clients() {
+    if !need_python_nbd() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = raw_image(dir.path(), true);
+    let srv = ServerProc::start(&img, &["-x", "e1", "-D", "first", "-e", "0"]);
+    let script = format!(
+        r#"
+import nbd
+uri = "{uri}"
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_uri(uri)
+names = []
+h.opt_list(lambda n, d: names.append((n, d)))
+print("list", names)
+ctxs = []
+h.opt_list_meta_context(lambda c: ctxs.append(c))
+print("contexts", ctxs)
+h.set_export_name("e1")
+h.opt_info()
+print("info size", h.get_size())
+h.opt_abort()
+# Structured replies off: simple replies.
+h = nbd.NBD()
+h.set_request_structured_replies(False)
+h.connect_uri(uri)
+print("simple", h.get_structured_replies_negotiated(), len(h.pread(4096, 4096)))
+h.shutdown()
+# Non-fixed newstyle.
+h = nbd.NBD()
+h.set_handshake_flags(0)
+h.set_request_structured_replies(False)
+h.connect_uri(uri)
+print("oldnewstyle", h.get_protocol(), len(h.pread(512, 0)))
+h.shutdown()
+"#,
+        uri = format!("{}/e1", srv.uri())
+    );
+    let out = ok(Command::new("/usr/bin/python3").arg("-c").arg(script));
+    assert!(out.contains("list [('e1', 'first')]"), "{out}");
+    assert!(out.contains("contexts ['base:allocation']"), "{out}");
+    assert!(out.contains("info size 67108864"), "{out}");
+    assert!(out.contains("simple False 4096"), "{out}");
+    assert!(out.contains("oldnewstyle newstyle 512"), "{out}");
+}
