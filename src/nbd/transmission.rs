@@ -1,7 +1,7 @@
-//! Transmission phase: one reader (this connection's thread) parses
-//! requests and reads payloads, worker threads execute them against the
-//! device and write replies under a mutex, so many requests are in flight
-//! and replies go out in completion order.
+//! Transmission phase: worker threads take turns reading one request (and
+//! its payload) under a reader lock, execute it against the device and
+//! write the reply under a writer lock, so many requests are in flight and
+//! replies go out in completion order.
 //!
 //! Bounds: at most [`MAX_INFLIGHT`] requests and [`MAX_INFLIGHT_BYTES`] of
 //! payload/read buffers per connection; the reader stops reading while the
@@ -14,10 +14,10 @@
 use super::handshake::{Ctx, Session};
 use super::proto::*;
 use super::server::Shared;
-use super::tls::ConnIo;
+use super::tls::{ConnIo, Sock};
 use crate::device::{DeviceError, ZeroFlags};
 use crate::zone::{ZoneCond, ZoneGeometry, ZoneOp, ZoneType};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -39,39 +39,6 @@ struct Job {
     cost: u64,
     ticket: Option<(u32, u64)>,
     early: Option<(u32, String)>,
-}
-
-#[derive(Default)]
-struct Queue {
-    m: Mutex<(VecDeque<Job>, bool)>,
-    cv: Condvar,
-}
-
-impl Queue {
-    fn push(&self, j: Job) {
-        if let Ok(mut g) = self.m.lock() {
-            g.0.push_back(j);
-        }
-        self.cv.notify_one();
-    }
-    fn close(&self) {
-        if let Ok(mut g) = self.m.lock() {
-            g.1 = true;
-        }
-        self.cv.notify_all();
-    }
-    fn pop(&self) -> Option<Job> {
-        let mut g = self.m.lock().ok()?;
-        loop {
-            if let Some(j) = g.0.pop_front() {
-                return Some(j);
-            }
-            if g.1 {
-                return None;
-            }
-            g = self.cv.wait(g).ok()?;
-        }
-    }
 }
 
 #[derive(Default)]
@@ -144,15 +111,15 @@ struct Conn<'a> {
     id: u64,
     writer: Writer,
     failed: AtomicBool,
-    queue: Queue,
     budget: Budget,
     seq: ZoneSeq,
+    sock: Sock,
 }
 
 /// Run the transmission phase until the client disconnects.
 pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
     let ConnIo {
-        mut reader,
+        reader,
         writer,
         sock,
         ..
@@ -163,26 +130,39 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
         id,
         writer: Mutex::new(writer),
         failed: AtomicBool::new(false),
-        queue: Queue::default(),
         budget: Budget::default(),
         seq: ZoneSeq::default(),
+        sock,
     };
+    // Leader/follower: each worker takes the reader lock, reads one request,
+    // releases the lock and handles the request itself, so no hand-off
+    // between threads happens per request.
+    let reader: Mutex<(Box<dyn Read + Send>, bool)> = Mutex::new((reader, false));
     let workers = srv.cfg.workers.max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| {
-                while let Some(job) = conn.queue.pop() {
-                    conn.work(job);
-                }
+            s.spawn(|| loop {
+                let job = {
+                    let Ok(mut g) = reader.lock() else { return };
+                    if g.1 || conn.failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match conn.next_job(&mut *g.0) {
+                        Some(j) => j,
+                        None => {
+                            g.1 = true;
+                            return;
+                        }
+                    }
+                };
+                conn.work(job);
             });
         }
-        conn.read_loop(&mut *reader);
-        conn.queue.close();
     });
     if let Ok(mut w) = conn.writer.lock() {
         let _ = w.flush();
     }
-    sock.shutdown();
+    conn.sock.shutdown();
 }
 
 fn dev_err(e: DeviceError) -> (u32, String) {
@@ -214,11 +194,14 @@ impl Conn<'_> {
         self.sess.mode == ReplyMode::Extended
     }
 
-    fn read_loop(&self, reader: &mut dyn Read) {
+    /// Read the next request (and its payload) off the wire; `None` ends
+    /// the connection (DISC, EOF, protocol error). Called with the reader
+    /// lock held, so tickets are issued in arrival order.
+    fn next_job(&self, reader: &mut dyn Read) -> Option<Job> {
         let ext = self.extended();
-        loop {
+        {
             if self.failed.load(Ordering::Relaxed) {
-                return;
+                return None;
             }
             let req = match Request::read_from(reader, ext) {
                 Ok(r) => r,
@@ -227,7 +210,7 @@ impl Conn<'_> {
                     {
                         self.srv.trace(self.id, format_args!("read request: {e}"));
                     }
-                    return;
+                    return None;
                 }
             };
             self.srv.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -266,10 +249,10 @@ impl Conn<'_> {
                             self.id,
                             format_args!("payload of {payload_len} bytes: disconnecting"),
                         );
-                        return;
+                        return None;
                     }
                     if drain(reader, payload_len).is_err() {
-                        return;
+                        return None;
                     }
                     early = Some(einval(if carries_data {
                         format!(
@@ -286,12 +269,12 @@ impl Conn<'_> {
                     if reader.read_exact(&mut payload).is_err() {
                         // Client vanished mid-payload: nothing was written.
                         self.budget.release(cost);
-                        return;
+                        return None;
                     }
                 }
             } else {
                 if req.typ == CMD_DISC {
-                    return;
+                    return None;
                 }
                 if req.typ == CMD_READ && req.length <= MAX_PAYLOAD as u64 {
                     cost = req.length;
@@ -311,13 +294,13 @@ impl Conn<'_> {
                     }
                 }
             }
-            self.queue.push(Job {
+            Some(Job {
                 req,
                 payload,
                 cost,
                 ticket,
                 early,
-            });
+            })
         }
     }
 
@@ -340,7 +323,9 @@ impl Conn<'_> {
             );
         }
         if !self.failed.load(Ordering::Relaxed) && self.send(&job.req, result).is_err() {
+            // Wake the reader too: the connection is unusable.
             self.failed.store(true, Ordering::Relaxed);
+            self.sock.shutdown();
         }
         self.budget.release(job.cost);
     }
