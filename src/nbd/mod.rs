@@ -3,7 +3,7 @@
 //!
 //! - [`proto`]: constants, wire formats, typed errors.
 //! - [`server`]: [`server::Server`] — listeners, connection limits,
-//!   handshake ([`handshake`]) and transmission ([`transmission`]).
+//!   handshake and transmission phases (private modules `handshake`, `transmission`).
 //! - [`tls`]: sockets and rustls sessions shared by reader and writer.
 //! - [`client`]: [`client::NbdClient`], [`client::NbdDevice`] and
 //!   [`client::connect_uri`].
