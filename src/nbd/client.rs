@@ -767,7 +767,10 @@ fn read_chunk(slot: &mut Slot, typ: u16, len: u64, r: &mut dyn Read) -> Result<(
             let off = c.u64().ok_or_else(bad)?;
             let n = c.u32().ok_or_else(bad)? as u64;
             let rel = off.checked_sub(slot.offset).ok_or_else(bad)?;
-            if !slot.is_read || rel + n > slot.acc.data.len() as u64 {
+            let fits = rel
+                .checked_add(n)
+                .is_some_and(|e| e <= slot.acc.data.len() as u64);
+            if !slot.is_read || !fits {
                 return Err(bad());
             }
             slot.acc.data[rel as usize..(rel + n) as usize].fill(0);
