@@ -466,3 +466,118 @@ fn hardening_too_many_connections() {
     std::thread::sleep(Duration::from_millis(300));
     healthy(srv.port);
 }
+
+/// A hostile server: a valid handshake, then `reply` for the first request.
+fn hostile_server(reply: Vec<u8>, cookie_from_req: bool) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let mut g = Vec::new();
+        g.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        g.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        g.extend_from_slice(&3u16.to_be_bytes());
+        let _ = s.write_all(&g);
+        let _ = read_u32(&mut s);
+        loop {
+            let (Ok(_), Ok(opt), Ok(len)) = (read_u64(&mut s), read_u32(&mut s), read_u32(&mut s))
+            else {
+                return;
+            };
+            let _ = read_vec(&mut s, len as usize);
+            let mut b = Vec::new();
+            if opt == OPT_GO {
+                let mut info = INFO_EXPORT.to_be_bytes().to_vec();
+                info.extend_from_slice(&(1u64 << 20).to_be_bytes());
+                info.extend_from_slice(&1u16.to_be_bytes());
+                encode_option_reply(&mut b, opt, REP_INFO, &info);
+            }
+            let typ = if opt == OPT_EXTENDED_HEADERS || opt == OPT_X_ZONED {
+                REP_ERR_UNSUP
+            } else {
+                REP_ACK
+            };
+            encode_option_reply(&mut b, opt, typ, &[]);
+            let _ = s.write_all(&b);
+            if opt == OPT_GO {
+                break;
+            }
+        }
+        let Ok(req) = Request::read_from(&mut s, false) else {
+            return;
+        };
+        let mut r = reply.clone();
+        if cookie_from_req {
+            // Patch the cookie in (structured chunk header: bytes 8..16).
+            r[8..16].copy_from_slice(&req.cookie.to_be_bytes());
+        }
+        let _ = s.write_all(&r);
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    port
+}
+
+#[test]
+fn hardening_client_survives_hostile_servers() {
+    let mut cases: Vec<(Vec<u8>, bool)> = Vec::new();
+    // Reply for an unknown cookie.
+    let mut b = Vec::new();
+    encode_simple_reply(&mut b, 0, 0xdead);
+    cases.push((b, false));
+    // Data chunk outside the request.
+    let mut b = Vec::new();
+    encode_chunk_header(
+        &mut b,
+        false,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        0,
+        0,
+        8 + 16,
+    );
+    b.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    b.extend_from_slice(&[0u8; 16]);
+    cases.push((b, true));
+    // Hole chunk with an offset that would overflow.
+    let mut b = Vec::new();
+    encode_chunk_header(
+        &mut b,
+        false,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_HOLE,
+        0,
+        0,
+        12,
+    );
+    b.extend_from_slice(&(u64::MAX - 2).to_be_bytes());
+    b.extend_from_slice(&16u32.to_be_bytes());
+    cases.push((b, true));
+    // Gigantic non-data chunk.
+    let mut b = Vec::new();
+    encode_chunk_header(
+        &mut b,
+        false,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        0,
+        0,
+        u32::MAX as u64,
+    );
+    cases.push((b, true));
+    // Unknown non-error chunk type.
+    let mut b = Vec::new();
+    encode_chunk_header(&mut b, false, REPLY_FLAG_DONE, 0x1234, 0, 0, 0);
+    cases.push((b, true));
+    // Bad magic.
+    cases.push((vec![0xffu8; 32], false));
+    for (i, (reply, patch)) in cases.into_iter().enumerate() {
+        let port = hostile_server(reply, patch);
+        let dev = zcow::nbd::connect_uri(&format!("nbd://127.0.0.1:{port}")).expect("handshake");
+        let mut buf = [0u8; 16];
+        let t = Instant::now();
+        assert!(dev.read(0, &mut buf).is_err(), "case {i} accepted");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Further requests fail cleanly too.
+        assert!(dev.flush().is_err(), "case {i}");
+    }
+}
