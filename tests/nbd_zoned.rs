@@ -397,3 +397,43 @@ h.shutdown()
     assert_eq!(lines[2], "2097152 8192 2 2 True");
     assert!(lines.contains(&"3145728 786432 14 2 True"), "{out}");
 }
+
+#[test]
+fn zoned_wp_context_only_with_extended_headers() {
+    let dev = zoned_dev();
+    dev.write(2 * MIB, &[5u8; 8192], false).unwrap();
+    dev.zone_mgmt(ZoneOp::Finish, 3 * MIB, MIB).unwrap();
+    let srv = InProc::start(dev.clone(), cfg());
+    let addr = zcow::nbd::client::Address::Tcp {
+        host: "127.0.0.1".into(),
+        port: srv.port,
+    };
+    let want = vec![CTX_X_ZONED_WP.to_string(), CTX_X_ZONED_STATE.to_string()];
+    let c = NbdClient::connect(
+        &addr,
+        &ClientOptions {
+            contexts: want.clone(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let id = c.context_id(CTX_X_ZONED_WP).expect("x-zoned:wp with EH");
+    let r = c.block_status(MIB + 4096, 4 * MIB, false).unwrap();
+    let wp = &r.iter().find(|x| x.0 == id).unwrap().1;
+    assert_eq!(
+        wp[..4],
+        [(MIB - 4096, 0), (MIB, 8192), (MIB, MIB), (MIB, 0)]
+    );
+    drop(c);
+    let c = NbdClient::connect(
+        &addr,
+        &ClientOptions {
+            contexts: want,
+            extended_headers: false,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(c.context_id(CTX_X_ZONED_WP).is_none());
+    assert!(c.context_id(CTX_X_ZONED_STATE).is_some());
+}

@@ -14,12 +14,16 @@ pub(crate) enum Ctx {
     Base,
     /// `x-zoned:state`.
     ZonedState,
+    /// `x-zoned:wp` (64-bit values, extended headers only).
+    ZonedWp,
 }
 
 /// Context id of `base:allocation`.
 pub(crate) const CTX_ID_BASE: u32 = 1;
 /// Context id of `x-zoned:state`.
 pub(crate) const CTX_ID_ZONED: u32 = 2;
+/// Context id of `x-zoned:wp`.
+pub(crate) const CTX_ID_ZONED_WP: u32 = 3;
 
 /// What was negotiated for the transmission phase.
 #[derive(Debug, Clone)]
@@ -285,7 +289,7 @@ pub(crate) fn negotiate(srv: &Shared, io: &mut ConnIo, conn: u64) -> Result<Outc
                     send_err(io, opt, REP_ERR_UNKNOWN, "export not found")?;
                     continue;
                 }
-                let offered = srv.offered_contexts();
+                let offered = srv.offered_contexts(st.extended);
                 let mut chosen: Vec<(u32, Ctx, &str)> = Vec::new();
                 let mut add = |c: (u32, Ctx, &'static str)| {
                     if !chosen.iter().any(|x| x.0 == c.0) {

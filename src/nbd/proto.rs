@@ -213,6 +213,8 @@ pub const NBD_ESHUTDOWN: u32 = 108;
 pub const CTX_BASE_ALLOCATION: &str = "base:allocation";
 /// Context name `x-zoned:state`.
 pub const CTX_X_ZONED_STATE: &str = "x-zoned:state";
+/// Context name `x-zoned:wp` (64-bit, extended headers only).
+pub const CTX_X_ZONED_WP: &str = "x-zoned:wp";
 /// base:allocation: unallocated.
 pub const STATE_HOLE: u32 = 1;
 /// base:allocation: reads as zero.

@@ -2,7 +2,7 @@
 //! limits, the handshake time limit, and one thread per connection that
 //! runs the handshake and then the transmission phase.
 
-use super::handshake::{self, Ctx, Outcome, Session, CTX_ID_BASE, CTX_ID_ZONED};
+use super::handshake::{self, Ctx, Outcome, Session, CTX_ID_BASE, CTX_ID_ZONED, CTX_ID_ZONED_WP};
 use super::proto::*;
 use super::tls::{ConnIo, Sock};
 use super::transmission;
@@ -115,10 +115,14 @@ impl Shared {
         self.cfg.tls.is_some()
     }
 
-    pub(crate) fn offered_contexts(&self) -> Vec<(u32, Ctx, &'static str)> {
+    /// Contexts on offer; `x-zoned:wp` has 64-bit values, so only with EH.
+    pub(crate) fn offered_contexts(&self, extended: bool) -> Vec<(u32, Ctx, &'static str)> {
         let mut v = vec![(CTX_ID_BASE, Ctx::Base, CTX_BASE_ALLOCATION)];
         if self.geometry.is_some() {
             v.push((CTX_ID_ZONED, Ctx::ZonedState, CTX_X_ZONED_STATE));
+            if extended {
+                v.push((CTX_ID_ZONED_WP, Ctx::ZonedWp, CTX_X_ZONED_WP));
+            }
         }
         v
     }

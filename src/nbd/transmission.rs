@@ -533,6 +533,10 @@ impl Conn<'_> {
                     Some(g) => self.zoned_extents(g, r.offset, r.length)?,
                     None => vec![(r.length, 0)],
                 },
+                Ctx::ZonedWp => match &self.srv.geometry {
+                    Some(g) => self.wp_extents(g, r.offset, r.length)?,
+                    None => vec![(r.length, 0)],
+                },
             };
             exts = split_extents(exts, max_ext);
             if req_one {
@@ -572,6 +576,47 @@ impl Conn<'_> {
             v.push((len, 0));
         }
         Ok(v)
+    }
+
+    /// `x-zoned:wp`: one extent per zone (from the request offset), the
+    /// status being the write pointer relative to the zone start
+    /// (conventional zones: 0).
+    fn wp_extents(
+        &self,
+        g: &ZoneGeometry,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<Vec<(u64, u64)>, (u32, String)> {
+        let end = offset + len;
+        let mut pos = offset;
+        let mut out = Vec::new();
+        while pos < end && out.len() < MAX_EXTENTS {
+            let zones = self.srv.device.zone_report(pos, 256).map_err(dev_err)?;
+            let before = pos;
+            for z in zones {
+                let zend = z.start.saturating_add(z.len);
+                if zend <= pos {
+                    continue;
+                }
+                let rel = if z.zone_type == ZoneType::Conventional {
+                    0
+                } else {
+                    z.wp.saturating_sub(z.start)
+                };
+                out.push((zend - pos, rel));
+                pos = zend;
+                if pos >= end || out.len() >= MAX_EXTENTS {
+                    break;
+                }
+            }
+            if pos == before || g.zone_index(pos).is_none() {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Err((NBD_EIO, "zone report returned nothing".into()));
+        }
+        Ok(out)
     }
 
     fn zoned_extents(
