@@ -458,6 +458,7 @@ fn peers_libnbd_option_mode_and_old_clients() {
     let dir = tempfile::tempdir().unwrap();
     let img = raw_image(dir.path(), true);
     let srv = ServerProc::start(&img, &["-x", "e1", "-D", "first", "-e", "0"]);
+    let uri_e1 = format!("{}/e1", srv.uri());
     let script = format!(
         r#"
 import nbd
@@ -489,7 +490,7 @@ h.connect_uri(uri)
 print("oldnewstyle", h.get_protocol(), len(h.pread(512, 0)))
 h.shutdown()
 "#,
-        uri = format!("{}/e1", srv.uri())
+        uri = uri_e1
     );
     let out = ok(Command::new("/usr/bin/python3").arg("-c").arg(script));
     assert!(out.contains("list [('e1', 'first')]"), "{out}");
