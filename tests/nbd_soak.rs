@@ -203,3 +203,62 @@ fn crash_sigkill_under_load_keeps_flushed_data() {
     dev.read(off, &mut b).unwrap();
     assert_eq!(b, pattern(seed, len));
 }
+
+/// Zone append throughput over NBD at depth 1/8/32 next to plain
+/// sequential writes (in-memory devices, so this measures the protocol
+/// path). Run with `cargo test --release --test nbd_soak -- --ignored
+/// --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_zone_append_vs_sequential_write() {
+    use common_nbd::zoned::ZonedMem;
+    use std::sync::atomic::AtomicU64;
+    const ZONE: u64 = 64 << 20;
+    const CHUNK: usize = 64 << 10;
+    let run = |dev: Arc<dyn zcow::device::BlockDevice>, depth: usize, append: bool| -> f64 {
+        let srv = InProc::start(
+            dev,
+            ServerConfig {
+                max_connections: 0,
+                ..ServerConfig::default()
+            },
+        );
+        let client = NbdClient::connect(
+            &Address::Tcp {
+                host: "127.0.0.1".into(),
+                port: srv.port,
+            },
+            &ClientOptions::default(),
+        )
+        .unwrap();
+        let next = AtomicU64::new(0);
+        let data = pattern(1, CHUNK);
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..depth {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let off = k * CHUNK as u64;
+                    if off >= 4 * ZONE {
+                        return;
+                    }
+                    if append {
+                        client.zone_append(off / ZONE * ZONE, &data, false).unwrap();
+                    } else {
+                        client.write(off, &data, false).unwrap();
+                    }
+                });
+            }
+        });
+        (4 * ZONE) as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
+    };
+    for depth in [1, 8, 32] {
+        let z = run(
+            Arc::new(ZonedMem::new(8 * ZONE, ZONE, ZONE, 0, 1 << 20)),
+            depth,
+            true,
+        );
+        let w = run(Arc::new(RawDevice::memory(8 * ZONE).unwrap()), depth, false);
+        eprintln!("depth {depth:2}: zone append {z:8.0} MiB/s, sequential write {w:8.0} MiB/s, ratio {:.2}", z / w);
+    }
+}
