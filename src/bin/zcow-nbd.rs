@@ -225,6 +225,12 @@ fn run() -> Result<()> {
         }
     }
     let served = server.serve(&listener);
+    // On a signal: cut clients off, let requests already read finish, then
+    // flush, so nothing acknowledged stays in a cache.
+    server.disconnect_all();
+    if !server.wait_idle(Duration::from_secs(10)) {
+        eprintln!("zcow-nbd: requests still running after 10 s; flushing anyway");
+    }
     let flushed = device.flush();
     if let Some(p) = &args.socket {
         let _ = std::fs::remove_file(p);
@@ -234,6 +240,5 @@ fn run() -> Result<()> {
     }
     served.context("serving")?;
     flushed.context("final flush")?;
-    // Connections still open after a signal are cut off here.
     std::process::exit(0);
 }

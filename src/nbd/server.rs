@@ -8,12 +8,13 @@ use super::tls::{ConnIo, Sock};
 use super::transmission;
 use crate::device::BlockDevice;
 use crate::zone::ZoneGeometry;
+use std::collections::HashMap;
 use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// What unaware clients (no `NBD_OPT_X_ZONED`) may do on a zoned export.
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub cfg: ServerConfig,
     pub stats: Arc<ServerStats>,
     pub geometry: Option<ZoneGeometry>,
+    /// Open connections, so a shutdown can cut them off.
+    pub conns: Mutex<HashMap<u64, Sock>>,
 }
 
 impl Shared {
@@ -296,6 +299,7 @@ impl Server {
                 cfg,
                 stats: Arc::new(ServerStats::default()),
                 geometry,
+                conns: Mutex::new(HashMap::new()),
             }),
             shutdown: Arc::new(AtomicBool::new(false)),
         }
@@ -377,6 +381,29 @@ impl Server {
         }
     }
 
+    /// Shut down every open connection: no new requests are read, requests
+    /// already read still run to completion.
+    pub fn disconnect_all(&self) {
+        if let Ok(c) = self.shared.conns.lock() {
+            for s in c.values() {
+                s.shutdown();
+            }
+        }
+    }
+
+    /// Wait until no connection is open (every in-flight request finished);
+    /// false on timeout.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while self.shared.stats.active.load(Ordering::SeqCst) > 0 {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Serve one already-connected client on the calling thread.
     pub fn serve_stream(&self, sock: Sock) {
         self.shared.stats.active.fetch_add(1, Ordering::SeqCst);
@@ -394,6 +421,16 @@ impl Drop for ActiveGuard {
 }
 
 fn serve_connection(shared: &Arc<Shared>, sock: Sock, id: u64) {
+    if let (Ok(mut c), Ok(s)) = (shared.conns.lock(), sock.try_clone()) {
+        c.insert(id, s);
+    }
+    serve_registered(shared, sock, id);
+    if let Ok(mut c) = shared.conns.lock() {
+        c.remove(&id);
+    }
+}
+
+fn serve_registered(shared: &Arc<Shared>, sock: Sock, id: u64) {
     let watchdog_sock = sock.try_clone().ok();
     let mut io = match ConnIo::plain(sock) {
         Ok(io) => io,
