@@ -443,6 +443,19 @@ mod tests {
         assert_eq!(parse_info_request(&huge), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn option_parsers_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = parse_info_request(&data);
+            let _ = parse_meta_request(&data);
+            let _ = ZonedInfo::decode(&data);
+            let _ = Request::read_from(&mut &data[..], false);
+            let _ = Request::read_from(&mut &data[..], true);
+            let _ = ReplyHeader::read_from(&mut &data[..]);
+            let _ = read_option_reply(&mut &data[..], 256);
+        }
+    }
+
     #[test]
     fn meta_query_matching() {
         assert!(context_matches(
