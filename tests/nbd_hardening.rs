@@ -447,20 +447,40 @@ fn hardening_handshake_time_limit() {
 fn hardening_too_many_connections() {
     let (srv, _) = server(ServerConfig {
         max_connections: 2,
+        handshake_limit: Duration::from_millis(1500),
         ..cfg()
     });
     let a = Raw::go(srv.port, false);
-    let b = Raw::go(srv.port, true);
-    // The third waits in the backlog: no greeting while two are connected.
+    let mut b = Raw::go(srv.port, true);
+    // The third waits: no greeting while two clients are connected...
     let mut c = Raw::connect(srv.port);
-    c.s.set_read_timeout(Some(Duration::from_millis(500)))
+    c.s.set_read_timeout(Some(Duration::from_millis(400)))
         .unwrap();
     let mut g = [0u8; 18];
-    assert!(c.s.read_exact(&mut g).is_err());
+    let mut got = 0;
+    while got < 18 {
+        match c.s.read(&mut g[got..]) {
+            Ok(n) if n > 0 => got += n,
+            _ => break,
+        }
+    }
+    assert_eq!(got, 0, "greeted while the server was full");
+    // ...and is served as soon as one leaves.
     drop(a);
     c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    // Now it is served (read the greeting fresh on a new socket: the
-    // timed-out read may have consumed part of it on the old one).
+    c.s.read_exact(&mut g).unwrap();
+    assert_eq!(&g[..8], b"NBDMAGIC");
+    // The busy clients were not disturbed.
+    b.req(0, CMD_READ, 3, 0, 8, &[]);
+    assert_eq!(b.answer().1, 0);
+    // A client that waits longer than the handshake limit is closed.
+    let mut d = Raw::connect(srv.port);
+    let t = Instant::now();
+    d.expect_closed(Duration::from_secs(5));
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "closed too early"
+    );
     drop(c);
     drop(b);
     std::thread::sleep(Duration::from_millis(300));

@@ -8,14 +8,14 @@ use super::tls::{ConnIo, Sock};
 use super::transmission;
 use crate::device::BlockDevice;
 use crate::zone::ZoneGeometry;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What unaware clients (no `NBD_OPT_X_ZONED`) may do on a zoned export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,9 +37,11 @@ pub struct ServerConfig {
     pub description: Option<String>,
     /// Export read-only.
     pub read_only: bool,
-    /// Most simultaneous clients; 0 = unlimited. Above 1 the export
-    /// advertises `CAN_MULTI_CONN` (all connections share one device, so a
-    /// flush on one covers writes completed on any).
+    /// Most simultaneous clients; 0 = unlimited. Further clients wait
+    /// (accepted, not greeted) until a slot frees, and are closed after
+    /// `handshake_limit`. Above 1 the export advertises `CAN_MULTI_CONN`
+    /// (all connections share one device, so a flush on one covers writes
+    /// completed on any).
     pub max_connections: usize,
     /// Time allowed for the handshake; zero = no limit.
     pub handshake_limit: Duration,
@@ -282,6 +284,9 @@ impl Listener {
     }
 }
 
+/// Most clients kept waiting for a free connection slot.
+const MAX_WAITING: usize = 64;
+
 /// An NBD server exporting one block device.
 #[derive(Debug)]
 pub struct Server {
@@ -326,28 +331,48 @@ impl Server {
     pub fn serve(&self, listener: &Listener) -> Result<()> {
         let mut served = false;
         let mut next_id = 0u64;
+        // Clients over the connection limit wait here (like qemu-nbd's
+        // listen backlog, but bounded): admitted when a slot frees, closed
+        // cleanly once they have waited longer than the handshake limit.
+        let mut waiting: VecDeque<(Sock, Instant)> = VecDeque::new();
+        let max = self.shared.cfg.max_connections;
+        let limit = self.shared.cfg.handshake_limit;
         loop {
             if self.shutdown.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let active = self.shared.stats.active.load(Ordering::SeqCst);
-            if served && !self.shared.cfg.persistent && active == 0 {
-                return Ok(());
+            while let Some((_, t)) = waiting.front() {
+                if limit.is_zero() || t.elapsed() <= limit {
+                    break;
+                }
+                if let Some((s, _)) = waiting.pop_front() {
+                    self.shared.trace(
+                        0,
+                        format_args!("closing a client that waited for a free slot"),
+                    );
+                    s.shutdown();
+                }
             }
-            let max = self.shared.cfg.max_connections;
-            if max != 0 && active >= max {
-                // Like qemu-nbd: stop accepting while full; further clients
-                // wait in the listen backlog until a slot frees.
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
+            while !waiting.is_empty()
+                && (max == 0 || self.shared.stats.active.load(Ordering::SeqCst) < max)
+            {
+                if let Some((s, _)) = waiting.pop_front() {
+                    next_id += 1;
+                    self.spawn_connection(s, next_id);
+                }
+            }
+            let active = self.shared.stats.active.load(Ordering::SeqCst);
+            if served && !self.shared.cfg.persistent && active == 0 && waiting.is_empty() {
+                return Ok(());
             }
             let mut pfd = libc::pollfd {
                 fd: listener.fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
+            let timeout = if waiting.is_empty() { 200 } else { 20 };
             // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+            let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
             if n <= 0 {
                 continue;
             }
@@ -360,24 +385,35 @@ impl Server {
                     continue;
                 }
             };
-            next_id += 1;
             served = true;
-            self.shared.stats.active.fetch_add(1, Ordering::SeqCst);
-            self.shared
-                .stats
-                .connections
-                .fetch_add(1, Ordering::Relaxed);
-            let shared = self.shared.clone();
-            let id = next_id;
-            let spawned = std::thread::Builder::new()
-                .name(format!("nbd-conn-{id}"))
-                .spawn(move || {
-                    let _guard = ActiveGuard(shared.stats.clone());
-                    serve_connection(&shared, sock, id);
-                });
-            if spawned.is_err() {
-                self.shared.stats.active.fetch_sub(1, Ordering::SeqCst);
+            if max != 0 && active >= max {
+                if waiting.len() >= MAX_WAITING {
+                    sock.shutdown();
+                } else {
+                    waiting.push_back((sock, Instant::now()));
+                }
+                continue;
             }
+            next_id += 1;
+            self.spawn_connection(sock, next_id);
+        }
+    }
+
+    fn spawn_connection(&self, sock: Sock, id: u64) {
+        self.shared.stats.active.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .stats
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                let _guard = ActiveGuard(shared.stats.clone());
+                serve_connection(&shared, sock, id);
+            });
+        if spawned.is_err() {
+            self.shared.stats.active.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
