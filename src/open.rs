@@ -35,9 +35,17 @@ fn probe_qcow2(path: &Path) -> DevResult<bool> {
     Ok(u32::from_be_bytes(m) == crate::format::header::QCOW_MAGIC)
 }
 
-/// Open `path` as a block device: raw, plain qcow2, or a zoned qcow2 image
-/// through the zone engine.
+/// Open `path` as a block device: an NBD URI through the NBD client, or a
+/// raw, plain qcow2 or zoned qcow2 image (zoned ones through the engine).
 pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDevice>> {
+    if let Some(s) = path.to_str() {
+        if ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
+            .iter()
+            .any(|p| s.starts_with(p))
+        {
+            return crate::nbd::connect_uri(s);
+        }
+    }
     let fmt = match opts.format.as_deref() {
         Some(f) => f.to_string(),
         None => {

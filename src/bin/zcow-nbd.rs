@@ -1,1 +1,244 @@
-fn main() {}
+//! zcow-nbd: serve a zcow image (qcow2, zoned qcow2 or raw) over NBD.
+//! Flags follow qemu-nbd where they apply.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use zcow::nbd::{tls, Listener, Server, ServerConfig, ZonedWrites};
+use zcow::open::{open_device, OpenOptions};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Cache {
+    /// Writes reach the host page cache; FLUSH/FUA make them durable.
+    Writeback,
+    /// Every write is durable before it is acknowledged.
+    Writethrough,
+    /// Like writethrough here (no O_DIRECT).
+    None,
+    /// Like writethrough here (no O_DIRECT).
+    Directsync,
+    /// Like writeback.
+    Unsafe,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Discard {
+    /// TRIM succeeds and does nothing.
+    Ignore,
+    /// Same as ignore.
+    Off,
+    /// TRIM deallocates.
+    Unmap,
+    /// Same as unmap.
+    On,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ZonedPolicy {
+    /// Sequential zones accept writes only at the write pointer.
+    Strict,
+    /// Clients without the zoned extension see a read-only export.
+    Readonly,
+}
+
+/// Serve a zcow image (qcow2, zoned qcow2 or raw) over NBD.
+///
+/// By default it listens on 127.0.0.1 port 10809 (loopback only; pass
+/// `-b 0.0.0.0` to listen on every interface), serves one client at a time
+/// and exits when the last client disconnects (use -t to keep running).
+/// Started by systemd-style socket activation (LISTEN_FDS/LISTEN_PID, fd 3)
+/// it serves on the inherited socket, e.g. `nbdinfo -- [ zcow-nbd IMAGE ]`.
+#[derive(Debug, Parser)]
+#[command(name = "zcow-nbd", version)]
+struct Args {
+    /// Image file to export.
+    image: PathBuf,
+    /// TCP port to listen on.
+    #[arg(short = 'p', long, default_value_t = 10809)]
+    port: u16,
+    /// Address to listen on. Default 127.0.0.1 (loopback only, unlike
+    /// qemu-nbd which binds 0.0.0.0).
+    #[arg(short = 'b', long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Listen on this Unix socket instead of TCP.
+    #[arg(short = 'k', long)]
+    socket: Option<PathBuf>,
+    /// Export name (default: empty).
+    #[arg(short = 'x', long, default_value = "")]
+    export_name: String,
+    /// Export description.
+    #[arg(short = 'D', long)]
+    description: Option<String>,
+    /// Export read-only.
+    #[arg(short = 'r', long)]
+    read_only: bool,
+    /// Keep serving after the last client disconnects.
+    #[arg(short = 't', long)]
+    persistent: bool,
+    /// Most simultaneous clients (0 = unlimited); above 1 the export
+    /// advertises multi-conn.
+    #[arg(short = 'e', long, default_value_t = 1)]
+    shared: usize,
+    /// Image format (probed when absent).
+    #[arg(short = 'f', long, value_parser = ["qcow2", "raw"])]
+    format: Option<String>,
+    /// Write the server's PID to this file.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Fork into the background once listening.
+    #[arg(long)]
+    fork: bool,
+    /// Cache mode.
+    #[arg(long, value_enum, default_value = "writeback")]
+    cache: Cache,
+    /// What TRIM does.
+    #[arg(long, value_enum, default_value = "ignore")]
+    discard: Discard,
+    /// Seconds a client may take for the handshake (0 = no limit).
+    #[arg(long, default_value_t = 10)]
+    handshake_limit: u64,
+    /// Directory with server-cert.pem, server-key.pem (and ca-cert.pem);
+    /// TLS becomes mandatory.
+    #[arg(long)]
+    tls_creds: Option<PathBuf>,
+    /// Require clients to present a certificate signed by ca-cert.pem.
+    #[arg(long, requires = "tls_creds")]
+    tls_require_client_cert: bool,
+    /// Write policy on zoned images for clients without the zoned
+    /// extension.
+    #[arg(long, value_enum, default_value = "strict")]
+    zoned_writes: ZonedPolicy,
+    /// Worker threads per connection.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Log options and commands to stderr.
+    #[arg(long)]
+    trace: bool,
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::SeqCst);
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("zcow-nbd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let writethrough = matches!(
+        args.cache,
+        Cache::Writethrough | Cache::None | Cache::Directsync
+    );
+    let device = open_device(
+        &args.image,
+        &OpenOptions {
+            format: args.format.clone(),
+            read_only: args.read_only,
+            allow_backing: false,
+        },
+    )
+    .with_context(|| format!("cannot open {}", args.image.display()))?;
+
+    let tls = match &args.tls_creds {
+        Some(dir) => Some(
+            tls::server_config(dir, args.tls_require_client_cert)
+                .with_context(|| format!("TLS credentials in {}", dir.display()))?,
+        ),
+        None => None,
+    };
+
+    let listener = match Listener::from_socket_activation().context("socket activation")? {
+        Some(l) => l,
+        None => match &args.socket {
+            Some(p) => Listener::bind_unix(p)
+                .with_context(|| format!("cannot listen on {}", p.display()))?,
+            None => Listener::bind_tcp(&args.bind, args.port)
+                .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?,
+        },
+    };
+
+    if args.fork {
+        // No threads exist yet, so forking is safe.
+        // SAFETY: fork/setsid have no memory-safety preconditions here.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork failed: {}", std::io::Error::last_os_error());
+        }
+        if pid > 0 {
+            std::process::exit(0);
+        }
+        // SAFETY: see above.
+        unsafe { libc::setsid() };
+    }
+    if let Some(p) = &args.pid_file {
+        let mut f = std::fs::File::create(p)
+            .with_context(|| format!("cannot write PID file {}", p.display()))?;
+        writeln!(f, "{}", std::process::id())?;
+    }
+
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+
+    let cfg = ServerConfig {
+        export_name: args.export_name.clone(),
+        description: args.description.clone(),
+        read_only: args.read_only,
+        max_connections: args.shared,
+        handshake_limit: Duration::from_secs(args.handshake_limit),
+        tls,
+        zoned_writes: match args.zoned_writes {
+            ZonedPolicy::Strict => ZonedWrites::Strict,
+            ZonedPolicy::Readonly => ZonedWrites::ReadOnly,
+        },
+        discard: matches!(args.discard, Discard::Unmap | Discard::On),
+        writethrough,
+        persistent: args.persistent,
+        workers: args.workers.clamp(1, 64),
+        trace: args.trace,
+    };
+    let server = Arc::new(Server::new(device.clone(), cfg));
+    let flag = server.shutdown_flag();
+    std::thread::spawn(move || loop {
+        if SIGNALLED.load(Ordering::SeqCst) {
+            flag.store(true, Ordering::SeqCst);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    if args.trace {
+        if let Some(p) = listener.port() {
+            eprintln!("zcow-nbd: listening on port {p}");
+        }
+    }
+    let served = server.serve(&listener);
+    // On a signal: cut clients off, let requests already read finish, then
+    // flush, so nothing acknowledged stays in a cache.
+    server.disconnect_all();
+    if !server.wait_idle(Duration::from_secs(10)) {
+        eprintln!("zcow-nbd: requests still running after 10 s; flushing anyway");
+    }
+    let flushed = device.flush();
+    if let Some(p) = &args.socket {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(p) = &args.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    served.context("serving")?;
+    flushed.context("final flush")?;
+    std::process::exit(0);
+}

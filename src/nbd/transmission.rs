@@ -1,0 +1,900 @@
+//! Transmission phase: worker threads take turns reading one request (and
+//! its payload) under a reader lock, execute it against the device and
+//! write the reply under a writer lock, so many requests are in flight and
+//! replies go out in completion order.
+//!
+//! Bounds: at most [`MAX_INFLIGHT`] requests and [`MAX_INFLIGHT_BYTES`] of
+//! payload/read buffers per connection; the reader stops reading while the
+//! budget is exhausted, which pushes back on the client.
+//!
+//! Ordering: on a zoned device, WRITE / WRITE_ZEROES / TRIM / APPEND that
+//! target the same zone run in arrival order (a ticket per zone), which is
+//! what a pipelining sequential writer needs.
+
+use super::handshake::{Ctx, Session};
+use super::proto::*;
+use super::server::Shared;
+use super::tls::{ConnIo, Sock};
+use crate::device::{DeviceError, ZeroFlags};
+use crate::zone::{ZoneCond, ZoneGeometry, ZoneOp, ZoneType};
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+
+/// Requests in flight per connection.
+pub const MAX_INFLIGHT: usize = 128;
+/// Payload and read-buffer bytes in flight per connection.
+pub const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
+/// Most extents in one block-status chunk.
+const MAX_EXTENTS: usize = 65536;
+/// Zero runs shorter than this are sent as data, not as hole chunks.
+const MIN_HOLE_CHUNK: u64 = 4096;
+
+type Writer = Mutex<BufWriter<Box<dyn Write + Send>>>;
+
+struct Job {
+    req: Request,
+    payload: Vec<u8>,
+    cost: u64,
+    ticket: Option<(u32, u64)>,
+    early: Option<(u32, String)>,
+}
+
+#[derive(Default)]
+struct Budget {
+    m: Mutex<(usize, u64)>,
+    cv: Condvar,
+}
+
+impl Budget {
+    fn acquire(&self, cost: u64) {
+        let Ok(mut g) = self.m.lock() else { return };
+        while g.0 >= MAX_INFLIGHT || (g.1 > 0 && g.1 + cost > MAX_INFLIGHT_BYTES) {
+            g = match self.cv.wait(g) {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+        }
+        g.0 += 1;
+        g.1 += cost;
+    }
+    fn release(&self, cost: u64) {
+        if let Ok(mut g) = self.m.lock() {
+            g.0 = g.0.saturating_sub(1);
+            g.1 = g.1.saturating_sub(cost);
+        }
+        self.cv.notify_all();
+    }
+}
+
+/// Per-zone FIFO: tickets issued in arrival order, served in that order.
+#[derive(Default)]
+struct ZoneSeq {
+    m: Mutex<HashMap<u32, (u64, u64)>>,
+    cv: Condvar,
+}
+
+impl ZoneSeq {
+    fn issue(&self, zone: u32) -> u64 {
+        let Ok(mut g) = self.m.lock() else { return 0 };
+        let e = g.entry(zone).or_insert((0, 0));
+        let t = e.0;
+        e.0 += 1;
+        t
+    }
+    fn wait(&self, zone: u32, t: u64) {
+        let Ok(mut g) = self.m.lock() else { return };
+        while g.get(&zone).is_some_and(|e| e.1 != t) {
+            g = match self.cv.wait(g) {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+        }
+    }
+    fn done(&self, zone: u32) {
+        if let Ok(mut g) = self.m.lock() {
+            if let Some(e) = g.get_mut(&zone) {
+                e.1 += 1;
+                if e.1 == e.0 {
+                    g.remove(&zone);
+                }
+            }
+        }
+        self.cv.notify_all();
+    }
+}
+
+struct Conn<'a> {
+    srv: &'a Shared,
+    sess: Session,
+    id: u64,
+    writer: Writer,
+    failed: AtomicBool,
+    budget: Budget,
+    seq: ZoneSeq,
+    sock: Sock,
+}
+
+/// Run the transmission phase until the client disconnects.
+pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
+    let ConnIo {
+        reader,
+        writer,
+        sock,
+        ..
+    } = io;
+    let conn = Conn {
+        srv,
+        sess,
+        id,
+        writer: Mutex::new(writer),
+        failed: AtomicBool::new(false),
+        budget: Budget::default(),
+        seq: ZoneSeq::default(),
+        sock,
+    };
+    // Leader/follower: each worker takes the reader lock, reads one request,
+    // releases the lock and handles the request itself, so no hand-off
+    // between threads happens per request.
+    let reader: Mutex<(Box<dyn Read + Send>, bool)> = Mutex::new((reader, false));
+    let workers = srv.cfg.workers.max(1);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let job = {
+                    let Ok(mut g) = reader.lock() else { return };
+                    if g.1 || conn.failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match conn.next_job(&mut *g.0) {
+                        Some(j) => j,
+                        None => {
+                            g.1 = true;
+                            return;
+                        }
+                    }
+                };
+                conn.work(job);
+            });
+        }
+    });
+    if let Ok(mut w) = conn.writer.lock() {
+        let _ = w.flush();
+    }
+    conn.sock.shutdown();
+}
+
+fn dev_err(e: DeviceError) -> (u32, String) {
+    (wire_errno(e.errno()), e.to_string())
+}
+
+fn einval(msg: impl Into<String>) -> (u32, String) {
+    (NBD_EINVAL, msg.into())
+}
+
+fn in_range(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|e| e <= size)
+}
+
+enum Seg {
+    Data(u64, Vec<u8>),
+    Hole(u64, u64),
+}
+
+enum Reply {
+    Ok,
+    Read(Vec<Seg>),
+    Status(ContextExtents),
+    Append(u64),
+}
+
+impl Conn<'_> {
+    fn extended(&self) -> bool {
+        self.sess.mode == ReplyMode::Extended
+    }
+
+    /// Read the next request (and its payload) off the wire; `None` ends
+    /// the connection (DISC, EOF, protocol error). Called with the reader
+    /// lock held, so tickets are issued in arrival order.
+    fn next_job(&self, reader: &mut dyn Read) -> Option<Job> {
+        let ext = self.extended();
+        {
+            if self.failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let req = match Request::read_from(reader, ext) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !matches!(&e, NbdError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+                    {
+                        self.srv.trace(self.id, format_args!("read request: {e}"));
+                    }
+                    return None;
+                }
+            };
+            self.srv.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if self.srv.cfg.trace {
+                self.srv.trace(
+                    self.id,
+                    format_args!(
+                        "{} flags {:#x} cookie {} offset {:#x} len {:#x}",
+                        command_name(req.typ),
+                        req.flags,
+                        req.cookie,
+                        req.offset,
+                        req.length
+                    ),
+                );
+            }
+            let carries_data =
+                req.typ == CMD_WRITE || (self.sess.zoned && req.typ == CMD_X_ZONE_APPEND);
+            // With EH a WRITE's length is its payload length whether or not
+            // PAYLOAD_LEN is set (QEMU leaves it clear); other commands carry
+            // a payload only with PAYLOAD_LEN.
+            let payload_len = if carries_data || (ext && req.flags & CMD_FLAG_PAYLOAD_LEN != 0) {
+                req.length
+            } else {
+                0
+            };
+            let mut early = None;
+            let mut payload = Vec::new();
+            let mut cost = 0u64;
+            if payload_len > 0 {
+                if payload_len > MAX_PAYLOAD as u64 || !carries_data {
+                    // Keep the stream in sync by skipping the payload, then
+                    // fail just this request; past 4 GiB it is abuse.
+                    if payload_len > u32::MAX as u64 {
+                        self.srv.trace(
+                            self.id,
+                            format_args!("payload of {payload_len} bytes: disconnecting"),
+                        );
+                        return None;
+                    }
+                    if drain(reader, payload_len).is_err() {
+                        return None;
+                    }
+                    early = Some(einval(if carries_data {
+                        format!(
+                            "payload of {payload_len} bytes exceeds the maximum of {MAX_PAYLOAD}"
+                        )
+                    } else {
+                        "unexpected payload for this command".to_string()
+                    }));
+                    self.budget.acquire(0);
+                } else {
+                    cost = payload_len;
+                    self.budget.acquire(cost);
+                    payload = vec![0u8; payload_len as usize];
+                    if reader.read_exact(&mut payload).is_err() {
+                        // Client vanished mid-payload: nothing was written.
+                        self.budget.release(cost);
+                        return None;
+                    }
+                }
+            } else {
+                if req.typ == CMD_DISC {
+                    return None;
+                }
+                if req.typ == CMD_READ && req.length <= MAX_PAYLOAD as u64 {
+                    cost = req.length;
+                }
+                self.budget.acquire(cost);
+            }
+            let mut ticket = None;
+            if early.is_none() {
+                if let Some(g) = &self.srv.geometry {
+                    if matches!(
+                        req.typ,
+                        CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM | CMD_X_ZONE_APPEND
+                    ) {
+                        if let Some(z) = g.zone_index(req.offset) {
+                            ticket = Some((z, self.seq.issue(z)));
+                        }
+                    }
+                }
+            }
+            Some(Job {
+                req,
+                payload,
+                cost,
+                ticket,
+                early,
+            })
+        }
+    }
+
+    fn work(&self, job: Job) {
+        if let Some((z, t)) = job.ticket {
+            self.seq.wait(z, t);
+        }
+        let result = match job.early {
+            Some(e) => Err(e),
+            None => self.execute(&job.req, &job.payload),
+        };
+        if let Some((z, _)) = job.ticket {
+            self.seq.done(z);
+        }
+        drop(job.payload);
+        if let Err((e, msg)) = &result {
+            self.srv.trace(
+                self.id,
+                format_args!("cookie {} failed: errno {e}: {msg}", job.req.cookie),
+            );
+        }
+        if !self.failed.load(Ordering::Relaxed) && self.send(&job.req, result).is_err() {
+            // Wake the reader too: the connection is unusable.
+            self.failed.store(true, Ordering::Relaxed);
+            self.sock.shutdown();
+        }
+        self.budget.release(job.cost);
+    }
+
+    fn execute(&self, r: &Request, payload: &[u8]) -> std::result::Result<Reply, (u32, String)> {
+        let dev = &self.srv.device;
+        let size = dev.size();
+        let fua = r.flags & CMD_FLAG_FUA != 0;
+        let mut allowed = CMD_FLAG_FUA;
+        if self.extended() {
+            allowed |= CMD_FLAG_PAYLOAD_LEN;
+        }
+        allowed |= match r.typ {
+            CMD_READ if self.sess.mode != ReplyMode::Simple => CMD_FLAG_DF,
+            CMD_WRITE_ZEROES => CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            CMD_BLOCK_STATUS => CMD_FLAG_REQ_ONE,
+            _ => 0,
+        };
+        if r.flags & !allowed != 0 {
+            return Err(einval(format!(
+                "invalid flags {:#x} for {}",
+                r.flags,
+                command_name(r.typ)
+            )));
+        }
+        let ro = self.sess.flags & TF_READ_ONLY != 0;
+        let writable = || {
+            if ro {
+                Err((NBD_EPERM, "the export is read-only".to_string()))
+            } else {
+                Ok(())
+            }
+        };
+        let range = || {
+            if in_range(r.offset, r.length, size) {
+                Ok(())
+            } else {
+                Err(einval(format!(
+                    "request at {:#x} length {:#x} is past the end of the export ({size:#x} bytes)",
+                    r.offset, r.length
+                )))
+            }
+        };
+        let zoned_cmd = matches!(
+            r.typ,
+            CMD_X_ZONE_OPEN
+                | CMD_X_ZONE_CLOSE
+                | CMD_X_ZONE_FINISH
+                | CMD_X_ZONE_RESET
+                | CMD_X_ZONE_APPEND
+        );
+        if zoned_cmd && !self.sess.zoned {
+            return Err(einval(format!("invalid request type ({}) received", r.typ)));
+        }
+        match r.typ {
+            CMD_READ => {
+                if r.length > MAX_PAYLOAD as u64 {
+                    let e = if r.flags & CMD_FLAG_DF != 0 {
+                        NBD_EOVERFLOW
+                    } else {
+                        NBD_EINVAL
+                    };
+                    return Err((e, format!("read of {} bytes exceeds the maximum", r.length)));
+                }
+                range()?;
+                self.read(r).map(Reply::Read)
+            }
+            CMD_WRITE => {
+                writable()?;
+                range()?;
+                dev.write(r.offset, payload, fua || self.srv.cfg.writethrough)
+                    .map_err(dev_err)?;
+                Ok(Reply::Ok)
+            }
+            CMD_FLUSH => {
+                dev.flush().map_err(dev_err)?;
+                Ok(Reply::Ok)
+            }
+            CMD_TRIM => {
+                writable()?;
+                range()?;
+                if self.srv.cfg.discard && r.length > 0 {
+                    dev.discard(r.offset, r.length).map_err(dev_err)?;
+                }
+                if fua {
+                    dev.flush().map_err(dev_err)?;
+                }
+                Ok(Reply::Ok)
+            }
+            CMD_CACHE => {
+                range()?;
+                Ok(Reply::Ok)
+            }
+            CMD_WRITE_ZEROES => {
+                writable()?;
+                range()?;
+                if r.length > 0 {
+                    let flags = ZeroFlags {
+                        may_unmap: r.flags & CMD_FLAG_NO_HOLE == 0,
+                        fast_only: r.flags & CMD_FLAG_FAST_ZERO != 0,
+                        fua: fua || self.srv.cfg.writethrough,
+                    };
+                    dev.write_zeroes(r.offset, r.length, flags)
+                        .map_err(dev_err)?;
+                }
+                Ok(Reply::Ok)
+            }
+            CMD_BLOCK_STATUS => self.block_status(r).map(Reply::Status),
+            CMD_X_ZONE_OPEN | CMD_X_ZONE_CLOSE | CMD_X_ZONE_FINISH | CMD_X_ZONE_RESET => {
+                writable()?;
+                range()?;
+                let op = match r.typ {
+                    CMD_X_ZONE_OPEN => ZoneOp::Open,
+                    CMD_X_ZONE_CLOSE => ZoneOp::Close,
+                    CMD_X_ZONE_FINISH => ZoneOp::Finish,
+                    _ => ZoneOp::Reset,
+                };
+                dev.zone_mgmt(op, r.offset, r.length).map_err(dev_err)?;
+                if fua {
+                    dev.flush().map_err(dev_err)?;
+                }
+                Ok(Reply::Ok)
+            }
+            CMD_X_ZONE_APPEND => {
+                writable()?;
+                range()?;
+                let at = dev
+                    .zone_append(r.offset, payload, fua || self.srv.cfg.writethrough)
+                    .map_err(dev_err)?;
+                Ok(Reply::Append(at))
+            }
+            t => Err(einval(format!("invalid request type ({t}) received"))),
+        }
+    }
+
+    fn read(&self, r: &Request) -> std::result::Result<Vec<Seg>, (u32, String)> {
+        let dev = &self.srv.device;
+        let end = r.offset + r.length;
+        // (offset, len, zero) runs; holes only with structured replies.
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        let holes_ok = self.sess.mode != ReplyMode::Simple && r.flags & CMD_FLAG_DF == 0;
+        if holes_ok && r.length >= MIN_HOLE_CHUNK {
+            let mut pos = r.offset;
+            if let Ok(exts) = dev.block_status(r.offset, r.length) {
+                for e in exts {
+                    if pos >= end {
+                        break;
+                    }
+                    let l = e.len.min(end - pos);
+                    if l == 0 {
+                        continue;
+                    }
+                    let zero = e.zero && l >= MIN_HOLE_CHUNK;
+                    match runs.last_mut() {
+                        Some(last) if last.2 == zero => last.1 += l,
+                        _ => runs.push((pos, l, zero)),
+                    }
+                    pos += l;
+                }
+            }
+            if pos < end {
+                match runs.last_mut() {
+                    Some(last) if !last.2 => last.1 += end - pos,
+                    _ => runs.push((pos, end - pos, false)),
+                }
+            }
+        } else if r.length > 0 {
+            runs.push((r.offset, r.length, false));
+        }
+        let mut segs = Vec::with_capacity(runs.len());
+        for (off, len, zero) in runs {
+            if zero {
+                segs.push(Seg::Hole(off, len));
+            } else {
+                let mut buf = vec![0u8; len as usize];
+                dev.read(off, &mut buf).map_err(dev_err)?;
+                segs.push(Seg::Data(off, buf));
+            }
+        }
+        Ok(segs)
+    }
+
+    fn block_status(&self, r: &Request) -> std::result::Result<ContextExtents, (u32, String)> {
+        if self.sess.contexts.is_empty() {
+            return Err(einval("no metadata context was negotiated"));
+        }
+        if r.length == 0 {
+            return Err(einval("block status of zero length"));
+        }
+        let size = self.srv.device.size();
+        if !in_range(r.offset, r.length, size) {
+            return Err(einval(format!(
+                "block status at {:#x} length {:#x} is past the end of the export",
+                r.offset, r.length
+            )));
+        }
+        let req_one = r.flags & CMD_FLAG_REQ_ONE != 0;
+        // Without EH an extent length must fit 32 bits; 2 GiB keeps alignment.
+        let max_ext = if self.extended() { u64::MAX } else { 1 << 31 };
+        let mut out = Vec::new();
+        for (id, ctx) in &self.sess.contexts {
+            let mut exts = match ctx {
+                Ctx::Base => self.base_extents(r.offset, r.length)?,
+                Ctx::ZonedState => match &self.srv.geometry {
+                    Some(g) => self.zoned_extents(g, r.offset, r.length)?,
+                    None => vec![(r.length, 0)],
+                },
+                Ctx::ZonedWp => match &self.srv.geometry {
+                    Some(g) => self.wp_extents(g, r.offset, r.length)?,
+                    None => vec![(r.length, 0)],
+                },
+            };
+            exts = split_extents(exts, max_ext);
+            if req_one {
+                exts.truncate(1);
+                if let Some(e) = exts.first_mut() {
+                    e.0 = e.0.min(r.length);
+                }
+            }
+            exts.truncate(MAX_EXTENTS);
+            out.push((*id, exts));
+        }
+        Ok(out)
+    }
+
+    fn base_extents(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<Vec<(u64, u64)>, (u32, String)> {
+        let exts = self.srv.device.block_status(offset, len).map_err(dev_err)?;
+        let mut v: Vec<(u64, u64)> = Vec::new();
+        let mut total = 0u64;
+        for e in exts {
+            if e.len == 0 || total >= len {
+                continue;
+            }
+            let l = e.len.min(len - total);
+            total += l;
+            let st =
+                (if e.hole { STATE_HOLE } else { 0 } | if e.zero { STATE_ZERO } else { 0 }) as u64;
+            match v.last_mut() {
+                Some(last) if last.1 == st => last.0 += l,
+                _ => v.push((l, st)),
+            }
+        }
+        if v.is_empty() {
+            v.push((len, 0));
+        }
+        Ok(v)
+    }
+
+    /// `x-zoned:wp`: one extent per zone (from the request offset), the
+    /// status being the write pointer relative to the zone start
+    /// (conventional zones: 0).
+    fn wp_extents(
+        &self,
+        g: &ZoneGeometry,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<Vec<(u64, u64)>, (u32, String)> {
+        let end = offset + len;
+        let mut pos = offset;
+        let mut out = Vec::new();
+        while pos < end && out.len() < MAX_EXTENTS {
+            let zones = self.srv.device.zone_report(pos, 256).map_err(dev_err)?;
+            let before = pos;
+            for z in zones {
+                let zend = z.start.saturating_add(z.len);
+                if zend <= pos {
+                    continue;
+                }
+                let rel = if z.zone_type == ZoneType::Conventional {
+                    0
+                } else {
+                    z.wp.saturating_sub(z.start)
+                };
+                out.push((zend - pos, rel));
+                pos = zend;
+                if pos >= end || out.len() >= MAX_EXTENTS {
+                    break;
+                }
+            }
+            if pos == before || g.zone_index(pos).is_none() {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Err((NBD_EIO, "zone report returned nothing".into()));
+        }
+        Ok(out)
+    }
+
+    fn zoned_extents(
+        &self,
+        g: &ZoneGeometry,
+        offset: u64,
+        len: u64,
+    ) -> std::result::Result<Vec<(u64, u64)>, (u32, String)> {
+        let end = offset + len;
+        let mut pos = offset;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        'outer: while pos < end && out.len() < MAX_EXTENTS {
+            if g.zone_index(pos).is_none() {
+                break;
+            }
+            let zones = self.srv.device.zone_report(pos, 256).map_err(dev_err)?;
+            if zones.is_empty() {
+                break;
+            }
+            let before = pos;
+            for z in zones {
+                let zend = z.start.saturating_add(z.len);
+                if zend <= pos {
+                    continue;
+                }
+                let odd = if z.index % 2 == 1 { ZSTATE_ZONE_ODD } else { 0 };
+                let base = (z.cond.value() as u32 & ZSTATE_COND_MASK)
+                    | ((z.zone_type.value() as u32) << ZSTATE_TYPE_SHIFT)
+                    | odd;
+                let mut pieces: Vec<(u64, u64, u32)> = Vec::with_capacity(3);
+                if z.zone_type == ZoneType::Conventional || z.cond == ZoneCond::NotWp {
+                    pieces.push((z.start, zend, base));
+                } else {
+                    let capend = z.start.saturating_add(z.cap).min(zend);
+                    let wp = z.wp.clamp(z.start, zend);
+                    if wp > z.start {
+                        pieces.push((z.start, wp.min(capend), base | ZSTATE_WRITTEN));
+                    }
+                    if wp < capend {
+                        pieces.push((wp, capend, base));
+                    }
+                    if capend < zend {
+                        let w = if wp > capend { ZSTATE_WRITTEN } else { 0 };
+                        pieces.push((capend, zend, base | ZSTATE_BEYOND_CAP | w));
+                    }
+                }
+                for (s, e, st) in pieces {
+                    let s = s.max(pos);
+                    if e <= s {
+                        continue;
+                    }
+                    out.push((e - s, st as u64));
+                    pos = e;
+                    if pos >= end || out.len() >= MAX_EXTENTS {
+                        break 'outer;
+                    }
+                }
+            }
+            if pos == before {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Err((NBD_EIO, "zone report returned nothing".into()));
+        }
+        Ok(out)
+    }
+
+    fn send(
+        &self,
+        r: &Request,
+        result: std::result::Result<Reply, (u32, String)>,
+    ) -> std::io::Result<()> {
+        let ext = self.extended();
+        let simple = self.sess.mode == ReplyMode::Simple;
+        let mut h = Vec::with_capacity(64);
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| std::io::Error::other("writer poisoned"))?;
+        match result {
+            Err((errno, msg)) => {
+                if simple {
+                    encode_simple_reply(&mut h, errno, r.cookie);
+                } else {
+                    let msg = clip_message(&msg).as_bytes();
+                    encode_chunk_header(
+                        &mut h,
+                        ext,
+                        REPLY_FLAG_DONE,
+                        REPLY_TYPE_ERROR,
+                        r.cookie,
+                        r.offset,
+                        6 + msg.len() as u64,
+                    );
+                    h.extend_from_slice(&errno.to_be_bytes());
+                    h.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+                    h.extend_from_slice(msg);
+                }
+                w.write_all(&h)?;
+            }
+            Ok(Reply::Ok) => {
+                if ext {
+                    encode_chunk_header(
+                        &mut h,
+                        true,
+                        REPLY_FLAG_DONE,
+                        REPLY_TYPE_NONE,
+                        r.cookie,
+                        r.offset,
+                        0,
+                    );
+                } else {
+                    encode_simple_reply(&mut h, 0, r.cookie);
+                }
+                w.write_all(&h)?;
+            }
+            Ok(Reply::Append(at)) => {
+                encode_chunk_header(
+                    &mut h,
+                    ext,
+                    REPLY_FLAG_DONE,
+                    REPLY_TYPE_X_ZONE_APPEND,
+                    r.cookie,
+                    r.offset,
+                    8,
+                );
+                h.extend_from_slice(&at.to_be_bytes());
+                w.write_all(&h)?;
+            }
+            Ok(Reply::Read(segs)) => {
+                if simple {
+                    encode_simple_reply(&mut h, 0, r.cookie);
+                    w.write_all(&h)?;
+                    for s in &segs {
+                        match s {
+                            Seg::Data(_, d) => w.write_all(d)?,
+                            Seg::Hole(_, l) => write_zeroes(&mut *w, *l)?,
+                        }
+                    }
+                } else if segs.is_empty() {
+                    encode_chunk_header(
+                        &mut h,
+                        ext,
+                        REPLY_FLAG_DONE,
+                        REPLY_TYPE_NONE,
+                        r.cookie,
+                        r.offset,
+                        0,
+                    );
+                    w.write_all(&h)?;
+                } else {
+                    let n = segs.len();
+                    for (i, s) in segs.iter().enumerate() {
+                        h.clear();
+                        let fl = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
+                        match s {
+                            Seg::Data(off, d) => {
+                                encode_chunk_header(
+                                    &mut h,
+                                    ext,
+                                    fl,
+                                    REPLY_TYPE_OFFSET_DATA,
+                                    r.cookie,
+                                    r.offset,
+                                    8 + d.len() as u64,
+                                );
+                                h.extend_from_slice(&off.to_be_bytes());
+                                w.write_all(&h)?;
+                                w.write_all(d)?;
+                            }
+                            Seg::Hole(off, l) => {
+                                encode_chunk_header(
+                                    &mut h,
+                                    ext,
+                                    fl,
+                                    REPLY_TYPE_OFFSET_HOLE,
+                                    r.cookie,
+                                    r.offset,
+                                    12,
+                                );
+                                h.extend_from_slice(&off.to_be_bytes());
+                                h.extend_from_slice(&(*l as u32).to_be_bytes());
+                                w.write_all(&h)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(Reply::Status(chunks)) => {
+                let n = chunks.len();
+                for (i, (id, exts)) in chunks.iter().enumerate() {
+                    h.clear();
+                    let fl = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
+                    if ext {
+                        encode_chunk_header(
+                            &mut h,
+                            true,
+                            fl,
+                            REPLY_TYPE_BLOCK_STATUS_EXT,
+                            r.cookie,
+                            r.offset,
+                            8 + 16 * exts.len() as u64,
+                        );
+                        h.extend_from_slice(&id.to_be_bytes());
+                        h.extend_from_slice(&(exts.len() as u32).to_be_bytes());
+                        for (l, s) in exts {
+                            h.extend_from_slice(&l.to_be_bytes());
+                            h.extend_from_slice(&s.to_be_bytes());
+                        }
+                    } else {
+                        encode_chunk_header(
+                            &mut h,
+                            false,
+                            fl,
+                            REPLY_TYPE_BLOCK_STATUS,
+                            r.cookie,
+                            r.offset,
+                            4 + 8 * exts.len() as u64,
+                        );
+                        h.extend_from_slice(&id.to_be_bytes());
+                        for (l, s) in exts {
+                            h.extend_from_slice(&(*l as u32).to_be_bytes());
+                            h.extend_from_slice(&(*s as u32).to_be_bytes());
+                        }
+                    }
+                    w.write_all(&h)?;
+                }
+            }
+        }
+        w.flush()
+    }
+}
+
+fn write_zeroes(w: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
+    let z = [0u8; 8192];
+    while n > 0 {
+        let k = n.min(z.len() as u64) as usize;
+        w.write_all(&z[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
+/// Split extents longer than `max` (status unchanged).
+fn split_extents(v: Vec<(u64, u64)>, max: u64) -> Vec<(u64, u64)> {
+    if v.iter().all(|e| e.0 <= max) {
+        return v;
+    }
+    let mut out = Vec::with_capacity(v.len() + 2);
+    for (mut l, s) in v {
+        while l > max {
+            out.push((max, s));
+            l -= max;
+        }
+        if l > 0 {
+            out.push((l, s));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_total_and_status() {
+        let v = split_extents(vec![(5 << 31, 3), (7, 1)], 1 << 31);
+        assert_eq!(v.iter().map(|e| e.0).sum::<u64>(), (5 << 31) + 7);
+        assert!(v.iter().all(|e| e.0 <= 1 << 31));
+        assert_eq!(v.last(), Some(&(7, 1)));
+    }
+
+    #[test]
+    fn range_check_overflow() {
+        assert!(in_range(0, 10, 10));
+        assert!(!in_range(1, 10, 10));
+        assert!(!in_range(u64::MAX, 2, 10));
+    }
+}
