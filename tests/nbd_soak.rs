@@ -204,14 +204,13 @@ fn crash_sigkill_under_load_keeps_flushed_data() {
     assert_eq!(b, pattern(seed, len));
 }
 
-/// Zone append throughput over NBD at depth 1/8/32 next to plain
-/// sequential writes (in-memory devices, so this measures the protocol
-/// path). Run with `cargo test --release --test nbd_soak -- --ignored
-/// --nocapture bench`.
+/// Zone append throughput over NBD at depth 1/8/32 into a zoned qcow2
+/// image, next to plain sequential writes into a plain qcow2 image (files
+/// in /dev/shm, so this measures zcow rather than the disk). Run with
+/// `cargo test --release --test nbd_soak -- --ignored --nocapture bench`.
 #[test]
 #[ignore]
 fn bench_zone_append_vs_sequential_write() {
-    use common_nbd::zoned::ZonedMem;
     use std::sync::atomic::AtomicU64;
     const ZONE: u64 = 64 << 20;
     const CHUNK: usize = 64 << 10;
@@ -252,13 +251,29 @@ fn bench_zone_append_vs_sequential_write() {
         });
         (4 * ZONE) as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
     };
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let image = |zoned: bool| -> Arc<dyn zcow::device::BlockDevice> {
+        use zcow::format::create::{create, CreateOptions};
+        let p = dir.path().join(if zoned { "z.qcow2" } else { "p.qcow2" });
+        let st = zcow::storage::FileStorage::create(&p).unwrap();
+        create(
+            &st,
+            &CreateOptions {
+                size: 8 * ZONE,
+                zoned: zoned.then(|| zcow::format::zoned::ZonedCreateOptions {
+                    zone_size: Some(ZONE),
+                    max_append_bytes: Some(1 << 20),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        zcow::open::open_device(&p, &zcow::open::OpenOptions::default()).unwrap()
+    };
     for depth in [1, 8, 32] {
-        let z = run(
-            Arc::new(ZonedMem::new(8 * ZONE, ZONE, ZONE, 0, 1 << 20)),
-            depth,
-            true,
-        );
-        let w = run(Arc::new(RawDevice::memory(8 * ZONE).unwrap()), depth, false);
+        let z = run(image(true), depth, true);
+        let w = run(image(false), depth, false);
         eprintln!("depth {depth:2}: zone append {z:8.0} MiB/s, sequential write {w:8.0} MiB/s, ratio {:.2}", z / w);
     }
 }

@@ -1,10 +1,9 @@
 //! Zoned extension end to end: our client against the server exporting a
-//! zoned device (test double until the engine is merged), plus unaware
-//! peers (qemu-io, nbdinfo, python nbd) under both write policies.
+//! zoned qcow2 image through the real engine, plus unaware peers (qemu-io,
+//! nbdinfo, python nbd) under both write policies.
 
 mod common_nbd;
 
-use common_nbd::zoned::ZonedMem;
 use common_nbd::*;
 use std::process::Command;
 use std::sync::Arc;
@@ -16,9 +15,32 @@ use zcow::zone::{ZoneCond, ZoneOp};
 
 const MIB: u64 = 1 << 20;
 
-fn zoned_dev() -> Arc<ZonedMem> {
-    // 16 zones of 1 MiB, capacity 768 KiB, 2 conventional, append ≤ 64 KiB.
-    Arc::new(ZonedMem::new(16 * MIB, MIB, 768 * 1024, 2, 65536))
+fn zoned_dev() -> Arc<zcow::engine::Engine> {
+    // 16 zones of 1 MiB, capacity 768 KiB, 2 conventional, append ≤ 64 KiB,
+    // in a zoned qcow2 image (in memory) served through the engine.
+    use zcow::format::create::{create, CreateOptions};
+    use zcow::format::zoned::ZonedCreateOptions;
+    let m = zcow::storage::MemStorage::new();
+    create(
+        &m,
+        &CreateOptions {
+            size: 16 * MIB,
+            cluster_size: 65536,
+            zoned: Some(ZonedCreateOptions {
+                zone_size: Some(MIB),
+                zone_capacity: Some(768 * 1024),
+                conventional_zones: Some(2),
+                max_append_bytes: Some(65536),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .expect("create zoned image");
+    let img = zcow::format::Qcow2::open(Arc::new(m), &zcow::format::OpenOptions::default())
+        .expect("open zoned image");
+    let store = zcow::engine::Qcow2ZoneStore::new(img).expect("zoned store");
+    Arc::new(zcow::engine::Engine::open(Arc::new(store)).expect("engine"))
 }
 
 fn cfg() -> ServerConfig {

@@ -2,8 +2,6 @@
 //! an in-process server, and a small zoned test double.
 #![allow(dead_code)]
 
-pub mod zoned;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
