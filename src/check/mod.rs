@@ -63,6 +63,11 @@ pub struct CheckOptions {
     pub quiet: bool,
     /// `-p`: progress bar (only when stderr is a terminal).
     pub progress: bool,
+    /// `-f FMT`: `None` probes like qemu-img (a file without the qcow2
+    /// magic is "raw" and cannot be checked: exit 63); `Some("qcow2")`
+    /// insists on qcow2 (such a file fails to open: exit 1); `Some("raw")`
+    /// always gives exit 63.
+    pub format: Option<String>,
     /// The file name as the user gave it (for messages and JSON); defaults
     /// to the path.
     pub display_name: Option<String>,
@@ -405,6 +410,10 @@ pub fn run_check(
     };
     let human = opts.output == OutputFormat::Human;
     let quiet = opts.quiet;
+    if opts.format.as_deref() == Some("raw") {
+        writeln!(err, "zcow-img: This image format does not support checks")?;
+        return Ok(63);
+    }
     let mut pre_out: Vec<u8> = Vec::new();
     let r = check_store(store, opts.repair, opts.progress, err, |c| {
         if human && !quiet {
@@ -414,6 +423,19 @@ pub fn run_check(
     out.write_all(&pre_out)?;
     let rep = match r {
         Ok(r) => r,
+        Err(CheckOpenError::NotSupported) if opts.format.as_deref() == Some("qcow2") => {
+            let mut head = [0u8; 8];
+            let n = std::fs::File::open(path)
+                .and_then(|f| std::os::unix::fs::FileExt::read_at(&f, &mut head, 0))
+                .unwrap_or(0);
+            let m = if n == 8 && head[..4] == *b"QFI\xfb" && head[4..] == [0, 0, 0, 1] {
+                "Unsupported qcow2 version 1"
+            } else {
+                "Image is not in qcow2 format"
+            };
+            writeln!(err, "zcow-img: Could not open '{name}': {m}")?;
+            return Ok(1);
+        }
         Err(CheckOpenError::NotSupported) => {
             writeln!(err, "zcow-img: This image format does not support checks")?;
             return Ok(63);

@@ -106,6 +106,7 @@ impl Mode {
             quiet: false,
             progress: false,
             display_name: Some("t.qcow2".into()),
+            format: Some("qcow2".into()),
         }
     }
 }
