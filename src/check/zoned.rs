@@ -264,7 +264,9 @@ pub(crate) fn check(
         o.corrupt(cx, res, false, &format!("zone model {} is not host-managed (1)", z.model));
     }
     if z.reserved != [0; 3] {
-        newz.reserved = [0; 3];
+        if fix.errors {
+            newz.reserved = [0; 3];
+        }
         o.corrupt(cx, res, fix.errors, &format!("reserved bytes 1-3 of the extension are not zero ({:02x?})", z.reserved));
     }
     let size_ok = z.zone_size >= 512 && z.zone_size.is_power_of_two();
@@ -323,6 +325,8 @@ pub(crate) fn check(
             let body = newz.encode();
             if cx.img.write(at, &body[..56]).is_err() {
                 res.check_errors += 1;
+            } else if let Some(h) = cx.img.header.zoned_mut() {
+                *h = newz.clone();
             }
         }
     }
