@@ -160,6 +160,10 @@ pub(crate) fn inc_refcounts(
     Ok(())
 }
 
+/// How often one L1 table may map the same L2 table before zcow stops
+/// walking it again.
+const MAX_L2_REPEATS: u32 = 8;
+
 /// Where an L1 table belongs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum L1Kind {
@@ -181,7 +185,10 @@ pub(crate) fn check_l1(
         return Ok(());
     }
     inc_refcounts(cx, res, w, l1_offset, l1_size as u64 * 8, Class::Single)?;
-    let l1 = match super::image::read_u64s(&*cx.img.store, l1_offset, l1_size as u64) {
+    // Entries past EOF read as zero: only read what the file holds, so a
+    // huge declared table costs nothing.
+    let in_file = cx.img.file_len().saturating_sub(l1_offset).div_ceil(8);
+    let l1 = match super::image::read_u64s(&*cx.img.store, l1_offset, (l1_size as u64).min(in_file)) {
         Ok(t) => t,
         Err(e) => {
             let _ = writeln!(cx.err, "ERROR: I/O error in check_refcounts_l1");
@@ -190,6 +197,7 @@ pub(crate) fn check_l1(
         }
     };
     let l2_entries = cx.img.cs / cx.img.header.l2_entry_size();
+    let mut seen: HashMap<u64, u32> = HashMap::new();
     for (i, &e) in l1.iter().enumerate() {
         if e == 0 {
             continue;
@@ -215,6 +223,18 @@ pub(crate) fn check_l1(
                 "L1 entry {i} points at {} L2 table (offset 0x{l2_off:x}); the real table and its data cannot be found",
                 if unaligned { "an unaligned" } else { "a missing" }
             ));
+        }
+        // One L1 table never legitimately maps one L2 table twice; walking a
+        // table referenced thousands of times would make check hang on a
+        // hostile image, so repeats beyond a few are not walked again.
+        let n = seen.entry(l2_off).or_insert(0);
+        *n += 1;
+        if *n > MAX_L2_REPEATS {
+            if *n == MAX_L2_REPEATS + 1 {
+                let _ = writeln!(cx.err, "zcow: L2 table at 0x{l2_off:x} is mapped by more than {MAX_L2_REPEATS} entries of one L1 table; later entries are not walked");
+                w.incomplete.push(format!("the L2 table at 0x{l2_off:x} is mapped many times by one L1 table"));
+            }
+            continue;
         }
         // QEMU parses even an unaligned "table"; repair must not trust what
         // such garbage references.
@@ -447,6 +467,7 @@ pub(crate) fn calculate_refcounts(
         let _ = writeln!(cx.err, "ERROR {nb} snapshots in image with data file");
         res.corruptions += 1;
     }
+    let mut l1_seen: HashMap<u64, u32> = HashMap::new();
     for i in 0..nb {
         let (id, name, off, size) = {
             let s = &cx.snaps.list[i];
@@ -464,6 +485,17 @@ pub(crate) fn calculate_refcounts(
             res.corruptions += 1;
             w.incomplete
                 .push(format!("snapshot {id} ({name}) has an oversized L1 table"));
+            continue;
+        }
+        // Snapshots never share an L1 table; a hostile table of 65536
+        // entries naming the same one would otherwise cost 65536 walks.
+        let n = l1_seen.entry(off).or_insert(0u32);
+        *n += 1;
+        if *n > MAX_L2_REPEATS {
+            if *n == MAX_L2_REPEATS + 1 {
+                let _ = writeln!(cx.err, "zcow: L1 table at 0x{off:x} is named by more than {MAX_L2_REPEATS} snapshots; later ones are not walked");
+                w.incomplete.push(format!("the L1 table at 0x{off:x} is named by many snapshots"));
+            }
             continue;
         }
         check_l1(cx, res, w, off, size, L1Kind::Snapshot, fix)?;
