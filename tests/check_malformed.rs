@@ -71,9 +71,15 @@ fn fuzz(src: &Path, rounds: u32, seed: u64) {
         assert!(c2.is_ok(), "round {r} seed {seed}: repair panicked");
         let c3 = std::panic::catch_unwind(|| run(&p, None));
         assert!(c3.is_ok(), "round {r} seed {seed}: re-check panicked");
-        assert!(t.elapsed() < Duration::from_secs(10), "round {r} seed {seed}: too slow");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "round {r} seed {seed}: too slow"
+        );
         for code in [c.unwrap(), c2.unwrap(), c3.unwrap()] {
-            assert!([0, 1, 2, 3, 63].contains(&code), "round {r}: exit code {code}");
+            assert!(
+                [0, 1, 2, 3, 63].contains(&code),
+                "round {r}: exit code {code}"
+            );
         }
     }
 }
@@ -84,10 +90,28 @@ fn check_malformed_qemu_images_never_panic() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    must(d.path(), "qemu-img", &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"]);
-    must(d.path(), "qemu-io", &["-c", "write -P 0xaa 0 128k", "-c", "write -P 0xbb 1M 64k", "t.qcow2"]);
+    must(
+        d.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"],
+    );
+    must(
+        d.path(),
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0xaa 0 128k",
+            "-c",
+            "write -P 0xbb 1M 64k",
+            "t.qcow2",
+        ],
+    );
     must(d.path(), "qemu-img", &["snapshot", "-c", "s1", "t.qcow2"]);
-    must(d.path(), "qemu-io", &["-c", "write -P 0xcc 0 64k", "t.qcow2"]);
+    must(
+        d.path(),
+        "qemu-io",
+        &["-c", "write -P 0xcc 0 64k", "t.qcow2"],
+    );
     fuzz(&d.path().join("t.qcow2"), 150, 0x1234_5678);
 }
 
@@ -126,7 +150,11 @@ fn check_huge_declared_sizes_fail_cleanly() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    must(d.path(), "qemu-img", &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"]);
+    must(
+        d.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"],
+    );
     let p = d.path().join("t.qcow2");
     // 32 MiB L1 at offset 0, every snapshot-table limit, a 2^55 data offset.
     patch(&p, 36, &0x0040_0000u32.to_be_bytes());

@@ -11,11 +11,21 @@ use std::path::Path;
 
 /// Base image of the reference: header, reftable, refblock, L1, L2, data 5–7.
 fn base(dir: &Path) {
-    must(dir, "qemu-img", &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"]);
+    must(
+        dir,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"],
+    );
     must(
         dir,
         "qemu-io",
-        &["-c", "write -P 0xaa 0 128k", "-c", "write -P 0xbb 1M 64k", "t.qcow2"],
+        &[
+            "-c",
+            "write -P 0xaa 0 128k",
+            "-c",
+            "write -P 0xbb 1M 64k",
+            "t.qcow2",
+        ],
     );
 }
 
@@ -35,27 +45,57 @@ fn cases() -> Vec<(&'static str, Setup)> {
             patch(p, 0x20010, &[0, 1]);
         }),
         ("03-data-refcount-0", |_, p| patch(p, 0x2000a, &[0, 0])),
-        ("04-refblock-zeroed", |_, p| patch(p, 0x20000, &[0u8; 0x10000])),
+        ("04-refblock-zeroed", |_, p| {
+            patch(p, 0x20000, &[0u8; 0x10000])
+        }),
         ("05-reftable-entry-zero", |_, p| patch(p, 0x10000, &be(0))),
-        ("06-reftable-unaligned", |_, p| patch(p, 0x10000, &be(0x20200))),
-        ("07-reftable-reserved", |_, p| patch(p, 0x10000, &be(0x20001))),
-        ("08-refblock-beyond-eof", |_, p| patch(p, 0x10000, &be(0x100_0000))),
+        ("06-reftable-unaligned", |_, p| {
+            patch(p, 0x10000, &be(0x20200))
+        }),
+        ("07-reftable-reserved", |_, p| {
+            patch(p, 0x10000, &be(0x20001))
+        }),
+        ("08-refblock-beyond-eof", |_, p| {
+            patch(p, 0x10000, &be(0x100_0000))
+        }),
         ("09-reftable-clusters-0", |_, p| patch(p, 56, &[0, 0, 0, 0])),
         ("10-l2-to-unrefcounted", |_, p| {
             patch(p, 0x80000, &[0xcc; 0x10000]);
             patch(p, 0x40010, &be(0x8000_0000_0008_0000));
         }),
-        ("11-l2-beyond-eof", |_, p| patch(p, 0x40010, &be(0x8000_0000_0100_0000))),
-        ("12-l2-unaligned-data", |_, p| patch(p, 0x40008, &be(0x8000_0000_0006_0200))),
-        ("13-l2-unaligned-zero-alloc", |_, p| patch(p, 0x40008, &be(0x8000_0000_0006_0201))),
-        ("14-l2-reserved", |_, p| patch(p, 0x40008, &be(0x8100_0000_0006_0000))),
-        ("15-l1-reserved", |_, p| patch(p, 0x30000, &be(0x8000_0000_0004_0001))),
-        ("16-l1-unaligned", |_, p| patch(p, 0x30000, &be(0x8000_0000_0004_0200))),
-        ("17-l1-beyond-eof", |_, p| patch(p, 0x30000, &be(0x8000_0000_0100_0000))),
-        ("18-l2-copied-cleared", |_, p| patch(p, 0x40000, &be(0x50000))),
-        ("19-l1-copied-cleared", |_, p| patch(p, 0x30000, &be(0x40000))),
-        ("20-l2-to-refblock", |_, p| patch(p, 0x40010, &be(0x8000_0000_0002_0000))),
-        ("21-l2-to-l1", |_, p| patch(p, 0x40010, &be(0x8000_0000_0003_0000))),
+        ("11-l2-beyond-eof", |_, p| {
+            patch(p, 0x40010, &be(0x8000_0000_0100_0000))
+        }),
+        ("12-l2-unaligned-data", |_, p| {
+            patch(p, 0x40008, &be(0x8000_0000_0006_0200))
+        }),
+        ("13-l2-unaligned-zero-alloc", |_, p| {
+            patch(p, 0x40008, &be(0x8000_0000_0006_0201))
+        }),
+        ("14-l2-reserved", |_, p| {
+            patch(p, 0x40008, &be(0x8100_0000_0006_0000))
+        }),
+        ("15-l1-reserved", |_, p| {
+            patch(p, 0x30000, &be(0x8000_0000_0004_0001))
+        }),
+        ("16-l1-unaligned", |_, p| {
+            patch(p, 0x30000, &be(0x8000_0000_0004_0200))
+        }),
+        ("17-l1-beyond-eof", |_, p| {
+            patch(p, 0x30000, &be(0x8000_0000_0100_0000))
+        }),
+        ("18-l2-copied-cleared", |_, p| {
+            patch(p, 0x40000, &be(0x50000))
+        }),
+        ("19-l1-copied-cleared", |_, p| {
+            patch(p, 0x30000, &be(0x40000))
+        }),
+        ("20-l2-to-refblock", |_, p| {
+            patch(p, 0x40010, &be(0x8000_0000_0002_0000))
+        }),
+        ("21-l2-to-l1", |_, p| {
+            patch(p, 0x40010, &be(0x8000_0000_0003_0000))
+        }),
         ("22-dirty", |_, p| patch(p, 79, &[1])),
         ("23-corrupt", |_, p| patch(p, 79, &[2])),
         ("22b-dirty-leak", |_, p| {
@@ -69,12 +109,18 @@ fn cases() -> Vec<(&'static str, Setup)> {
         ("32-cluster-bits-8", |_, p| patch(p, 20, &[0, 0, 0, 8])),
         ("32-cluster-bits-22", |_, p| patch(p, 20, &[0, 0, 0, 22])),
         ("32-refcount-order-7", |_, p| patch(p, 96, &[0, 0, 0, 7])),
-        ("32-header-length-100", |_, p| patch(p, 100, &[0, 0, 0, 100])),
+        ("32-header-length-100", |_, p| {
+            patch(p, 100, &[0, 0, 0, 100])
+        }),
         ("32-l1-offset-unaligned", |_, p| patch(p, 40, &be(0x30200))),
-        ("32-reftable-offset-unaligned", |_, p| patch(p, 48, &be(0x10200))),
+        ("32-reftable-offset-unaligned", |_, p| {
+            patch(p, 48, &be(0x10200))
+        }),
         ("32-l1-size-0", |_, p| patch(p, 36, &[0, 0, 0, 0])),
         ("16b-l1-size-huge", |_, p| patch(p, 36, &[0, 0x10, 0, 1])),
-        ("32-extension-too-large", |_, p| patch(p, 0x74, &[0x7f, 0xff, 0xff, 0xff])),
+        ("32-extension-too-large", |_, p| {
+            patch(p, 0x74, &[0x7f, 0xff, 0xff, 0xff])
+        }),
         ("32-bad-magic", |_, p| patch(p, 0, &[0, 0, 0, 0])),
         ("33-reftable-offset-0", |_, p| patch(p, 48, &be(0))),
         ("33-l1-offset-0", |_, p| patch(p, 40, &be(0))),
@@ -159,6 +205,8 @@ const SAFER: &[(&str, &[Mode], &str)] = &[
      "qemu-img grows the file to 4 GiB for garbage refblock pointers read from the header; zcow refuses the aliased rebuild"),
     ("33-l1-offset-0", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "qemu-img frees the real L1, L2 and data clusters (all guest data lost); zcow keeps them"),
+    ("44-overflow-1bit", &[Mode::All, Mode::AllJson],
+     "qemu-img sets COPIED on both entries sharing the overflowed cluster (a guest write then overwrites shared data in place); zcow refuses"),
     ("s-l1-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "qemu-img frees every cluster only the broken snapshot uses (destroys its data); zcow keeps them"),
     ("s-l1-too-large", &[Mode::Leaks, Mode::All, Mode::AllJson],
@@ -217,7 +265,12 @@ fn run_cases(make_base: fn(&Path), cases: Vec<(&'static str, Setup)>) {
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -254,11 +307,23 @@ fn check_matches_qemu_img_on_clean_variants() {
     let mut failures = Vec::new();
     for v in variants {
         let d = tempfile::tempdir().unwrap();
-        must(d.path(), "qemu-img", &["create", "-q", "-f", "qcow2", "-o", v, "t.qcow2", "16M"]);
+        must(
+            d.path(),
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", v, "t.qcow2", "16M"],
+        );
         must(
             d.path(),
             "qemu-io",
-            &["-c", "write -P 0x11 0 100k", "-c", "write -P 0x22 3M 8k", "-c", "write -z 5M 64k", "t.qcow2"],
+            &[
+                "-c",
+                "write -P 0x11 0 100k",
+                "-c",
+                "write -P 0x22 3M 8k",
+                "-c",
+                "write -z 5M 64k",
+                "t.qcow2",
+            ],
         );
         for mode in [Mode::Plain, Mode::PlainJson] {
             let q = qemu_check(d.path(), mode);
@@ -270,9 +335,21 @@ fn check_matches_qemu_img_on_clean_variants() {
     }
     // Compressed image.
     let d = tempfile::tempdir().unwrap();
-    must(d.path(), "qemu-img", &["create", "-q", "-f", "qcow2", "a.qcow2", "4M"]);
-    must(d.path(), "qemu-io", &["-c", "write -P 0x33 0 200k", "a.qcow2"]);
-    must(d.path(), "qemu-img", &["convert", "-c", "-O", "qcow2", "a.qcow2", "t.qcow2"]);
+    must(
+        d.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "a.qcow2", "4M"],
+    );
+    must(
+        d.path(),
+        "qemu-io",
+        &["-c", "write -P 0x33 0 200k", "a.qcow2"],
+    );
+    must(
+        d.path(),
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", "a.qcow2", "t.qcow2"],
+    );
     for mode in [Mode::Plain, Mode::PlainJson] {
         let q = qemu_check(d.path(), mode);
         let (z, _) = zcow_check(d.path(), mode);
@@ -281,4 +358,201 @@ fn check_matches_qemu_img_on_clean_variants() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+fn l2_of(p: &Path) -> u64 {
+    read64(p, read64(p, 40)) & MASK
+}
+
+fn refblock_of(p: &Path) -> u64 {
+    read64(p, read64(p, 48)) & MASK
+}
+
+fn extl2_base(dir: &Path) {
+    must(
+        dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "t.qcow2",
+            "64M",
+        ],
+    );
+    must(
+        dir,
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0xaa 0 128k",
+            "-c",
+            "write -P 0xbb 1M 4k",
+            "t.qcow2",
+        ],
+    );
+}
+
+#[test]
+fn check_matches_qemu_img_on_extended_l2_cases() {
+    run_cases(
+        extl2_base,
+        vec![
+            ("x-clean", |_, _| {}),
+            ("42-alloc-and-zero", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 8, &0x0000_0001_ffff_ffffu64.to_be_bytes());
+            }),
+            ("43-unallocated-with-alloc-bits", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 5 * 16 + 8, &1u64.to_be_bytes());
+            }),
+            ("x-bit0-ignored", |_, p| {
+                let l2 = l2_of(p);
+                let e = read64(p, l2);
+                patch(p, l2, &(e | 1).to_be_bytes());
+            }),
+            ("x-unaligned-zero-alloc", |_, p| {
+                // Preallocated (no alloc bits) entry at an unaligned offset.
+                let l2 = l2_of(p);
+                let e = read64(p, l2 + 16);
+                patch(p, l2 + 16, &(e | 0x200).to_be_bytes());
+                patch(p, l2 + 24, &0xffff_ffff_0000_0000u64.to_be_bytes());
+            }),
+        ],
+    );
+}
+
+fn compressed_base(dir: &Path) {
+    must(
+        dir,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "a.qcow2", "4M"],
+    );
+    must(dir, "qemu-io", &["-c", "write -P 0x33 0 256k", "a.qcow2"]);
+    must(
+        dir,
+        "qemu-img",
+        &["convert", "-c", "-O", "qcow2", "a.qcow2", "t.qcow2"],
+    );
+}
+
+#[test]
+fn check_matches_qemu_img_on_compressed_cases() {
+    run_cases(
+        compressed_base,
+        vec![
+            ("c-clean", |_, _| {}),
+            ("40-compressed-copied", |_, p| {
+                let l2 = l2_of(p);
+                let e = read64(p, l2);
+                patch(p, l2, &(e | 1 << 63).to_be_bytes());
+            }),
+            ("41-shared-compressed-refcount-low", |_, p| {
+                let l2 = l2_of(p);
+                let e = read64(p, l2);
+                let host = (e & ((1u64 << 54) - 1)) >> 16;
+                let rb = refblock_of(p);
+                patch(p, rb + 2 * host, &[0, 1]);
+            }),
+            ("c-compressed-leak", |_, p| {
+                let l2 = l2_of(p);
+                let e = read64(p, l2);
+                let host = (e & ((1u64 << 54) - 1)) >> 16;
+                let rb = refblock_of(p);
+                patch(p, rb + 2 * host, &[0, 9]);
+            }),
+        ],
+    );
+}
+
+fn rc1_base(dir: &Path) {
+    must(
+        dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=1",
+            "t.qcow2",
+            "64M",
+        ],
+    );
+    must(dir, "qemu-io", &["-c", "write -P 0xaa 0 128k", "t.qcow2"]);
+}
+
+fn rc2_base(dir: &Path) {
+    must(
+        dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=2",
+            "t.qcow2",
+            "64M",
+        ],
+    );
+    must(dir, "qemu-io", &["-c", "write -P 0xaa 0 128k", "t.qcow2"]);
+}
+
+#[test]
+fn check_matches_qemu_img_on_refcount_width_cases() {
+    let dup: Setup = |_, p| {
+        let l2 = l2_of(p);
+        let e = read64(p, l2);
+        patch(p, l2 + 16, &(e & !(1 << 63)).to_be_bytes());
+    };
+    let leak: Setup = |_, p| {
+        // Refblock of a 1/2-bit image: set the entry for cluster 20.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(21 << 16)
+            .unwrap();
+        let rb = refblock_of(p);
+        let b = read64(p, rb + 2) | 0x0000_1000_0000_0000;
+        patch(p, rb + 2, &b.to_be_bytes());
+    };
+    run_cases(rc1_base, vec![("44-overflow-1bit", dup), ("r1-leak", leak)]);
+    run_cases(rc2_base, vec![("r2-shared", dup), ("r2-leak", leak)]);
+}
+
+fn lazy_crash_base(dir: &Path) {
+    must(
+        dir,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            "t.qcow2",
+            "64M",
+        ],
+    );
+    let _ = sh(
+        dir,
+        "qemu-io",
+        &["-c", "write -P 0x5a 512 512", "-c", "sigraise 9", "t.qcow2"],
+    );
+}
+
+#[test]
+fn check_matches_qemu_img_on_lazy_refcount_crash() {
+    run_cases(lazy_crash_base, vec![("27-lazy-crash", |_, _| {})]);
 }

@@ -3,7 +3,9 @@
 //! pointer is unchanged by the repair.
 
 use std::path::{Path, PathBuf};
-use zcow::check::{run_check, run_repair, undo_repair, CheckOptions, OutputFormat, RepairMode, RepairOptions};
+use zcow::check::{
+    run_check, run_repair, undo_repair, CheckOptions, OutputFormat, RepairMode, RepairOptions,
+};
 use zcow::format::create::{create, CreateOptions};
 use zcow::format::wp::WpEntry;
 use zcow::format::zoned::ZonedCreateOptions;
@@ -50,7 +52,11 @@ fn check(p: &Path, repair: Option<RepairMode>, json: bool) -> (i32, String, Stri
         p,
         &CheckOptions {
             repair,
-            output: if json { OutputFormat::Json } else { OutputFormat::Human },
+            output: if json {
+                OutputFormat::Json
+            } else {
+                OutputFormat::Human
+            },
             display_name: Some("z.qcow2".into()),
             ..Default::default()
         },
@@ -78,7 +84,10 @@ fn patch(p: &Path, off: u64, b: &[u8]) {
 fn read(p: &Path, off: u64, n: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut b = vec![0u8; n];
-    std::fs::File::open(p).unwrap().read_exact_at(&mut b, off).unwrap();
+    std::fs::File::open(p)
+        .unwrap()
+        .read_exact_at(&mut b, off)
+        .unwrap();
     b
 }
 
@@ -124,15 +133,29 @@ fn case(name: &str, corrupt: impl Fn(&Path), code: i32, msg: &str, mode: RepairM
     corrupt(&p);
     let (c, out, err) = check(&p, None, false);
     assert_eq!(c, code, "{name}: exit code\n{out}{err}");
-    assert!(err.lines().any(|l| l == msg), "{name}: expected line {msg:?} in\n{err}");
+    assert!(
+        err.lines().any(|l| l == msg),
+        "{name}: expected line {msg:?} in\n{err}"
+    );
     let (c, out, err) = check(&p, Some(mode), false);
     assert_eq!(c, 0, "{name}: repair\n{out}{err}");
-    assert!(out.contains("Double checking the fixed image now..."), "{name}: {out}");
+    assert!(
+        out.contains("Double checking the fixed image now..."),
+        "{name}: {out}"
+    );
     let (c, out, err) = check(&p, None, false);
     assert_eq!(c, 0, "{name}: after repair\n{out}{err}");
     assert!(err.is_empty(), "{name}: {err}");
-    assert_eq!(guest(&p, 0, 65536), vec![0x11; 65536], "{name}: zone 0 data");
-    assert_eq!(guest(&p, ZONE, 3 * 65536), vec![0x22; 3 * 65536], "{name}: zone 1 data");
+    assert_eq!(
+        guest(&p, 0, 65536),
+        vec![0x11; 65536],
+        "{name}: zone 0 data"
+    );
+    assert_eq!(
+        guest(&p, ZONE, 3 * 65536),
+        vec![0x22; 3 * 65536],
+        "{name}: zone 1 data"
+    );
 }
 
 #[test]
@@ -141,7 +164,10 @@ fn check_zoned_clean_image() {
     let p = zoned_image(d.path());
     let (c, out, err) = check(&p, None, false);
     assert_eq!((c, err.as_str()), (0, ""), "{out}");
-    assert!(out.starts_with("No errors were found on the image.\n"), "{out}");
+    assert!(
+        out.starts_with("No errors were found on the image.\n"),
+        "{out}"
+    );
     let (c, out, _) = check(&p, None, true);
     assert_eq!(c, 0);
     assert!(out.contains("\"zoned\": {"), "{out}");
@@ -309,7 +335,10 @@ fn check_zoned_forbidden_snapshot_and_missing_extension() {
     let (c, _, err) = check(&p, None, false);
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("ERROR zoned: incompatible feature bit 5 (zoned format) is set but the image has no zoned header extension"), "{err}");
-    assert!(err.contains("Leaked cluster 4 refcount=1 reference=0"), "{err}");
+    assert!(
+        err.contains("Leaked cluster 4 refcount=1 reference=0"),
+        "{err}"
+    );
     // -r all clears the bit (a plain qcow2 image is left) and frees the
     // array nothing refers to any more.
     let (c, _, err) = check(&p, Some(RepairMode::All), false);
@@ -336,7 +365,13 @@ fn check_zoned_array_aliasing_data() {
     patch(&p, at as u64, &(arr | 1 << 63).to_be_bytes());
     let (c, _, err) = check(&p, None, false);
     assert_eq!(c, 2);
-    assert!(err.contains(&format!("ERROR zoned: write-pointer array cluster {} overlaps other metadata or data", arr / 65536)), "{err}");
+    assert!(
+        err.contains(&format!(
+            "ERROR zoned: write-pointer array cluster {} overlaps other metadata or data",
+            arr / 65536
+        )),
+        "{err}"
+    );
     // Repair must not raise the refcount to make the alias look legal.
     let (c, _, err) = check(&p, Some(RepairMode::All), false);
     assert_eq!(c, 2, "{err}");
@@ -384,5 +419,9 @@ fn check_repair_dry_run_backup_and_undo() {
     assert_ne!(std::fs::read(&p).unwrap(), before);
     assert_eq!(check(&p, None, false).0, 0);
     undo_repair(&p, &bk).unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), before, "undo restores the image");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        before,
+        "undo restores the image"
+    );
 }

@@ -33,11 +33,19 @@ pub(crate) fn check_bitmaps(cx: &mut Ctx, res: &mut Counts, w: &mut Walk) -> Res
     if b.nb_bitmaps == 0 {
         return Ok(());
     }
-    inc_refcounts(cx, res, w, b.directory_offset, b.directory_size, Class::Single)?;
+    inc_refcounts(
+        cx,
+        res,
+        w,
+        b.directory_offset,
+        b.directory_size,
+        Class::Single,
+    )?;
     let file_len = cx.img.file_len();
     if b.directory_size > MAX_DIR || b.directory_size > file_len {
         res.corruptions += 1;
-        w.incomplete.push("the bitmap directory cannot be read".into());
+        w.incomplete
+            .push("the bitmap directory cannot be read".into());
         return Err(EINVAL);
     }
     let mut dir = vec![0u8; b.directory_size as usize];
@@ -47,7 +55,8 @@ pub(crate) fn check_bitmaps(cx: &mut Ctx, res: &mut Counts, w: &mut Walk) -> Res
     for _ in 0..b.nb_bitmaps {
         if pos + 24 > dir.len() {
             res.corruptions += 1;
-            w.incomplete.push("the bitmap directory is truncated".into());
+            w.incomplete
+                .push("the bitmap directory is truncated".into());
             return Err(EINVAL);
         }
         let toff = be64(&dir, pos);
@@ -61,7 +70,8 @@ pub(crate) fn check_bitmaps(cx: &mut Ctx, res: &mut Counts, w: &mut Walk) -> Res
         inc_refcounts(cx, res, w, toff, tsize * 8, Class::Single)?;
         if tsize * 8 > file_len || toff & (cx.img.cs - 1) != 0 {
             res.corruptions += 1;
-            w.incomplete.push(format!("the bitmap table at 0x{toff:x} cannot be read"));
+            w.incomplete
+                .push(format!("the bitmap table at 0x{toff:x} cannot be read"));
             return Ok(());
         }
         let t = super::image::read_u64s(&*cx.img.store, toff, tsize)?;

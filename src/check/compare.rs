@@ -26,7 +26,11 @@ pub(crate) fn compare_refcounts(
         let r1 = match cx.img.get_refcount(i, &mut *cx.err) {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(cx.err, "Can't get refcount for cluster {i}: {}", strerror(e));
+                let _ = writeln!(
+                    cx.err,
+                    "Can't get refcount for cluster {i}: {}",
+                    strerror(e)
+                );
                 res.check_errors += 1;
                 continue;
             }
@@ -123,7 +127,11 @@ pub(crate) fn check_oflag_copied(
         };
         if (r == 1) != (e & COPIED != 0) {
             res.corruptions += 1;
-            let refuse = if repair { w.distrust(l2_off >> cb) } else { None };
+            let refuse = if repair {
+                w.distrust(l2_off >> cb)
+            } else {
+                None
+            };
             let fixing = repair && refuse.is_none();
             let _ = writeln!(
                 cx.err,
@@ -153,7 +161,9 @@ pub(crate) fn check_oflag_copied(
         }
         // Never write into a table that is itself suspect.
         let table_refusal = if l2_off & (cs - 1) != 0 {
-            Some(format!("its L2 table offset 0x{l2_off:x} is not cluster aligned"))
+            Some(format!(
+                "its L2 table offset 0x{l2_off:x} is not cluster aligned"
+            ))
         } else {
             w.distrust(l2_off >> cb)
         };

@@ -74,9 +74,7 @@ impl CheckImage {
     /// Open like QEMU's check mode: the header must parse; the snapshot
     /// table is not validated; `refcount_table_clusters == 0` is accepted.
     pub fn open(store: Arc<dyn Storage>, rw: bool) -> Result<Self, OpenError> {
-        let len = store
-            .len()
-            .map_err(|e| OpenError::Refused(e.to_string()))?;
+        let len = store.len().map_err(|e| OpenError::Refused(e.to_string()))?;
         let mut first = vec![0u8; len.min(112) as usize];
         store
             .read_at(0, &mut first)
@@ -89,7 +87,8 @@ impl CheckImage {
         if be32(&first[4..8]) == 1 {
             return Err(OpenError::NotSupported);
         }
-        let cs = Header::peek_cluster_size(&first).map_err(|e| OpenError::Refused(e.to_string()))?;
+        let cs =
+            Header::peek_cluster_size(&first).map_err(|e| OpenError::Refused(e.to_string()))?;
         let mut c0 = vec![0u8; cs.min(len) as usize];
         store
             .read_at(0, &mut c0)

@@ -78,7 +78,6 @@ impl Imrt {
         }
         v
     }
-
 }
 
 /// A growable bit set over cluster indices.

@@ -14,8 +14,8 @@ pub mod errno;
 mod image;
 mod imrt;
 mod rebuild;
-pub mod report;
 pub mod repair;
+pub mod report;
 mod snapshots;
 mod walk;
 pub mod zoned;
@@ -178,8 +178,16 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
     let refusal = if rebuild && fix.errors {
         w.incomplete
             .first()
-            .map(|why| format!("{why}; a rebuild would give refcount 0 to clusters that may still be in use"))
-            .or_else(|| w.any_distrust().map(|why| format!("{why}; a rebuild would make the corruption look consistent")))
+            .map(|why| {
+                format!(
+                    "{why}; a rebuild would give refcount 0 to clusters that may still be in use"
+                )
+            })
+            .or_else(|| {
+                w.any_distrust().map(|why| {
+                    format!("{why}; a rebuild would make the corruption look consistent")
+                })
+            })
     } else {
         None
     };
@@ -271,7 +279,13 @@ fn check_pass(cx: &mut Ctx, fix: Fix) -> (Counts, Option<zoned::ZonedSummary>, R
         return (result, None, Err(e));
     }
     let mut zres = Counts::default();
-    let zsum = zoned::check(cx, &mut zres, fix, &w, result.corruptions == 0 && result.check_errors == 0);
+    let zsum = zoned::check(
+        cx,
+        &mut zres,
+        fix,
+        &w,
+        result.corruptions == 0 && result.check_errors == 0,
+    );
     result.add(&zres, false);
     if fix.any() && result.check_errors == 0 && result.corruptions == 0 {
         let inc = cx.img.header.incompatible_features;
@@ -404,7 +418,10 @@ pub fn run_check(
         Ok(s) => Arc::new(s) as Arc<dyn Storage>,
         Err(e) => {
             let m = strerror(e.raw_os_error().unwrap_or(EIO));
-            writeln!(err, "zcow-img: Could not open '{name}': Could not open '{name}': {m}")?;
+            writeln!(
+                err,
+                "zcow-img: Could not open '{name}': Could not open '{name}': {m}"
+            )?;
             return Ok(1);
         }
     };

@@ -84,7 +84,12 @@ pub(crate) fn rebuild(cx: &mut Ctx, w: &mut Walk) -> Result<(), Errno> {
     let mut rt: Vec<u64> = Vec::new();
     let n = w.imrt.n;
     if let Err(e) = write_refblocks(cx, w, 0, n, &mut rt) {
-        let _ = writeln!(cx.err, "{}: ERROR writing refblock: {}", cx.prog, strerror(e));
+        let _ = writeln!(
+            cx.err,
+            "{}: ERROR writing refblock: {}",
+            cx.prog,
+            strerror(e)
+        );
         return Err(e);
     }
     let cs = cx.img.cs;
@@ -95,14 +100,24 @@ pub(crate) fn rebuild(cx: &mut Ctx, w: &mut Walk) -> Result<(), Errno> {
         let start = match alloc_imrt(w, clusters, &mut ff) {
             Ok(s) => s,
             Err(e) => {
-                let _ = writeln!(cx.err, "{}: ERROR allocating reftable: {}", cx.prog, strerror(e));
+                let _ = writeln!(
+                    cx.err,
+                    "{}: ERROR allocating reftable: {}",
+                    cx.prog,
+                    strerror(e)
+                );
                 return Err(e);
             }
         };
         let changed = match write_refblocks(cx, w, start, start + clusters, &mut rt) {
             Ok(c) => c,
             Err(e) => {
-                let _ = writeln!(cx.err, "{}: ERROR writing refblock: {}", cx.prog, strerror(e));
+                let _ = writeln!(
+                    cx.err,
+                    "{}: ERROR writing refblock: {}",
+                    cx.prog,
+                    strerror(e)
+                );
                 return Err(e);
             }
         };
@@ -119,7 +134,12 @@ pub(crate) fn rebuild(cx: &mut Ctx, w: &mut Walk) -> Result<(), Errno> {
     }
     let r = cx.img.write(rt_off, &bytes).and_then(|_| cx.img.sync());
     if let Err(e) = r {
-        let _ = writeln!(cx.err, "{}: ERROR writing reftable: {}", cx.prog, strerror(e));
+        let _ = writeln!(
+            cx.err,
+            "{}: ERROR writing reftable: {}",
+            cx.prog,
+            strerror(e)
+        );
         return Err(e);
     }
     let mut hf = rt_off.to_be_bytes().to_vec();
@@ -129,7 +149,12 @@ pub(crate) fn rebuild(cx: &mut Ctx, w: &mut Walk) -> Result<(), Errno> {
         .write_header_field(crate::format::header::field::REFTABLE_OFFSET, &hf)
         .and_then(|_| cx.img.sync());
     if let Err(e) = r {
-        let _ = writeln!(cx.err, "{}: ERROR setting reftable: {}", cx.prog, strerror(e));
+        let _ = writeln!(
+            cx.err,
+            "{}: ERROR setting reftable: {}",
+            cx.prog,
+            strerror(e)
+        );
         return Err(e);
     }
     cx.img.reftable = rt;

@@ -142,9 +142,8 @@ impl Storage for JournalStorage {
                     st.saved.insert(c, orig);
                 }
                 if self.dry_run {
-                    if !st.overlay.contains_key(&c) {
-                        let b = self.base_chunk(c)?;
-                        st.overlay.insert(c, b);
+                    if let std::collections::btree_map::Entry::Vacant(v) = st.overlay.entry(c) {
+                        v.insert(self.base_chunk(c)?);
                     }
                     let lo = offset.max(c);
                     let hi = end.min(c + CHUNK);
@@ -250,9 +249,7 @@ pub fn undo_repair(image: &Path, backup: &Path) -> anyhow::Result<()> {
         let off = rd(pos)?;
         let len = rd(pos + 8)? as usize;
         pos += 16;
-        let data = b
-            .get(pos..pos + len)
-            .context("backup file is truncated")?;
+        let data = b.get(pos..pos + len).context("backup file is truncated")?;
         st.write_at(off, data)?;
         pos += len;
     }
@@ -274,7 +271,10 @@ pub fn run_repair(
         Ok(s) => Arc::new(s) as Arc<dyn Storage>,
         Err(e) => {
             let m = super::errno::strerror(e.raw_os_error().unwrap_or(libc::EIO));
-            writeln!(err, "zcow-img: Could not open '{name}': Could not open '{name}': {m}")?;
+            writeln!(
+                err,
+                "zcow-img: Could not open '{name}': Could not open '{name}': {m}"
+            )?;
             return Ok(1);
         }
     };
@@ -283,7 +283,13 @@ pub fn run_repair(
     if let (Some(bk), false) = (&opts.backup, opts.dry_run) {
         let probe = Arc::new(JournalStorage::new(base.clone(), true)?);
         let mut sink = Vec::new();
-        let _ = check_store(probe.clone(), Some(RepairMode::All), false, &mut sink, |_| {});
+        let _ = check_store(
+            probe.clone(),
+            Some(RepairMode::All),
+            false,
+            &mut sink,
+            |_| {},
+        );
         let (orig_len, recs) = probe.originals();
         write_backup(bk, orig_len, &recs)?;
     }
@@ -318,11 +324,19 @@ pub fn run_repair(
         if written.is_empty() {
             writeln!(out, "Nothing to repair.")?;
         } else {
-            let list: Vec<String> = written.iter().take(32).map(|o| format!("0x{o:x}")).collect();
+            let list: Vec<String> = written
+                .iter()
+                .take(32)
+                .map(|o| format!("0x{o:x}"))
+                .collect();
             writeln!(
                 out,
                 "{} {} 4 KiB block(s) of metadata: {}{}",
-                if opts.dry_run { "Dry run: would rewrite" } else { "Rewrote" },
+                if opts.dry_run {
+                    "Dry run: would rewrite"
+                } else {
+                    "Rewrote"
+                },
                 written.len(),
                 list.join(" "),
                 if written.len() > 32 { " ..." } else { "" }
@@ -330,7 +344,11 @@ pub fn run_repair(
             if opts.dry_run {
                 writeln!(out, "Dry run: nothing was written to '{name}'.")?;
             } else if let Some(bk) = &opts.backup {
-                writeln!(out, "Original contents saved to '{}' (undo with zcow-img repair --undo).", bk.display())?;
+                writeln!(
+                    out,
+                    "Original contents saved to '{}' (undo with zcow-img repair --undo).",
+                    bk.display()
+                )?;
             }
         }
     }

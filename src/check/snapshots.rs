@@ -194,8 +194,8 @@ pub(crate) fn alloc_clusters(cx: &mut Ctx, n: u64) -> Result<u64, Errno> {
     let mut run = 0u64;
     let mut c = 1u64;
     while c < covered {
-        let free = cx.img.has_refblock(c, &mut *cx.err)
-            && cx.img.get_refcount(c, &mut *cx.err)? == 0;
+        let free =
+            cx.img.has_refblock(c, &mut *cx.err) && cx.img.get_refcount(c, &mut *cx.err)? == 0;
         if free {
             run += 1;
             if run == n {
@@ -247,7 +247,11 @@ fn encode(cx: &Ctx) -> Vec<u8> {
         } else {
             cx.img.header.size / 512 * 512
         };
-        let icount = if old >= 24 { be64(&s.extra, 16) } else { u64::MAX };
+        let icount = if old >= 24 {
+            be64(&s.extra, 16)
+        } else {
+            u64::MAX
+        };
         let unknown: &[u8] = if old > 24 { &s.extra[24..] } else { &[] };
         let mut h = s.hdr;
         h[12..14].copy_from_slice(&(s.id_raw.len() as u16).to_be_bytes());
@@ -295,7 +299,11 @@ pub(crate) fn fix_table(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<(), 
     })();
     if let Err(e) = r {
         res.check_errors += 1;
-        let _ = writeln!(cx.err, "ERROR failed to update snapshot table: {}", strerror(e));
+        let _ = writeln!(
+            cx.err,
+            "ERROR failed to update snapshot table: {}",
+            strerror(e)
+        );
         return Err(e);
     }
     res.corruptions_fixed += res.corruptions;

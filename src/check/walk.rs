@@ -81,17 +81,17 @@ impl Walk {
         if kinds > 1 || (s && self.imrt.get(i) > 1) {
             return Some(format!(
                 "cluster {i} is used by {} at once (metadata aliasing)",
-                [
-                    (s, "metadata"),
-                    (l, "an L2 table"),
-                    (d, "guest data")
-                ]
-                .iter()
-                .filter(|x| x.0)
-                .map(|x| x.1)
-                .collect::<Vec<_>>()
-                .join(" and ")
-                    + if s && kinds == 1 { " more than once" } else { "" }
+                [(s, "metadata"), (l, "an L2 table"), (d, "guest data")]
+                    .iter()
+                    .filter(|x| x.0)
+                    .map(|x| x.1)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+                    + if s && kinds == 1 {
+                        " more than once"
+                    } else {
+                        ""
+                    }
             ));
         }
         None
@@ -188,7 +188,8 @@ pub(crate) fn check_l1(
     // Entries past EOF read as zero: only read what the file holds, so a
     // huge declared table costs nothing.
     let in_file = cx.img.file_len().saturating_sub(l1_offset).div_ceil(8);
-    let l1 = match super::image::read_u64s(&*cx.img.store, l1_offset, (l1_size as u64).min(in_file)) {
+    let l1 = match super::image::read_u64s(&*cx.img.store, l1_offset, (l1_size as u64).min(in_file))
+    {
         Ok(t) => t,
         Err(e) => {
             let _ = writeln!(cx.err, "ERROR: I/O error in check_refcounts_l1");
@@ -232,7 +233,9 @@ pub(crate) fn check_l1(
         if *n > MAX_L2_REPEATS {
             if *n == MAX_L2_REPEATS + 1 {
                 let _ = writeln!(cx.err, "zcow: L2 table at 0x{l2_off:x} is mapped by more than {MAX_L2_REPEATS} entries of one L1 table; later entries are not walked");
-                w.incomplete.push(format!("the L2 table at 0x{l2_off:x} is mapped many times by one L1 table"));
+                w.incomplete.push(format!(
+                    "the L2 table at 0x{l2_off:x} is mapped many times by one L1 table"
+                ));
             }
             continue;
         }
@@ -297,7 +300,10 @@ fn check_l2(
             }
         }
         if !matches!(ty, ClusterType::Compressed { .. }) && entry & L2_RESERVED != 0 {
-            let _ = writeln!(cx.err, "ERROR found l2 entry with reserved bits set: {entry:x}");
+            let _ = writeln!(
+                cx.err,
+                "ERROR found l2 entry with reserved bits set: {entry:x}"
+            );
             res.corruptions += 1;
         }
         match ty {
@@ -476,8 +482,9 @@ pub(crate) fn calculate_refcounts(
         if off & (cs - 1) != 0 {
             let _ = writeln!(cx.err, "ERROR snapshot {id} ({name}) l1_offset={}: L1 table is not cluster aligned; snapshot table entry corrupted", super::image::hash_x(off));
             res.corruptions += 1;
-            w.incomplete
-                .push(format!("snapshot {id} ({name}) has an unaligned L1 table offset"));
+            w.incomplete.push(format!(
+                "snapshot {id} ({name}) has an unaligned L1 table offset"
+            ));
             continue;
         }
         if size as u64 > crate::format::header::MAX_L1_BYTES / 8 {
@@ -494,7 +501,9 @@ pub(crate) fn calculate_refcounts(
         if *n > MAX_L2_REPEATS {
             if *n == MAX_L2_REPEATS + 1 {
                 let _ = writeln!(cx.err, "zcow: L1 table at 0x{off:x} is named by more than {MAX_L2_REPEATS} snapshots; later ones are not walked");
-                w.incomplete.push(format!("the L1 table at 0x{off:x} is named by many snapshots"));
+                w.incomplete.push(format!(
+                    "the L1 table at 0x{off:x} is named by many snapshots"
+                ));
             }
             continue;
         }
@@ -542,7 +551,10 @@ fn check_refblocks(
         let off = e & REFT_OFFSET_MASK;
         let cluster = off >> cx.img.cb;
         if e & REFT_RESERVED_MASK != 0 {
-            let _ = writeln!(cx.err, "ERROR refcount table entry {i} has reserved bits set");
+            let _ = writeln!(
+                cx.err,
+                "ERROR refcount table entry {i} has reserved bits set"
+            );
             res.corruptions += 1;
             *rebuild = true;
             continue;

@@ -102,7 +102,9 @@ fn geometry_ok(z: &ZonedExt, size: u64, cs: u64, file_len: u64) -> bool {
         && z.zonedmeta_size == 8 * z.nr_zones as u64
         && z.zonedmeta_offset != 0
         && z.zonedmeta_offset % cs == 0
-        && z.zonedmeta_offset.checked_add(z.zonedmeta_size).is_some_and(|e| e <= file_len)
+        && z.zonedmeta_offset
+            .checked_add(z.zonedmeta_size)
+            .is_some_and(|e| e <= file_len)
 }
 
 /// Load the write-pointer array when the geometry is sound enough.
@@ -237,18 +239,47 @@ pub(crate) fn check(
     o.sum.conventional_zones = z.conventional_zones;
     if !bit {
         let ok = fix.errors && set_bit(cx).is_ok();
-        o.corrupt(cx, res, ok, "zoned header extension present but incompatible feature bit 5 (zoned format) is clear");
+        o.corrupt(
+            cx,
+            res,
+            ok,
+            "zoned header extension present but incompatible feature bit 5 (zoned format) is clear",
+        );
     }
     // Features zones cannot be combined with.
     let h = cx.img.header.clone();
     let forbidden = [
-        (h.version < 3, "zoned images must be qcow2 version 3 (compat=1.1)".to_string()),
-        (h.backing_file.is_some(), "zoned images cannot have a backing file".into()),
-        (cx.img.has_data_file(), "zoned images cannot use an external data file".into()),
-        (cx.img.raw_nb_snapshots > 0, format!("zoned images cannot have internal snapshots ({} found)", cx.img.raw_nb_snapshots)),
-        (res_compressed(cx, w), "zoned images cannot contain compressed clusters".into()),
-        (h.extended_l2(), "zoned images cannot use extended L2 entries".into()),
-        (h.crypt_method != 0, "zoned images cannot be encrypted".into()),
+        (
+            h.version < 3,
+            "zoned images must be qcow2 version 3 (compat=1.1)".to_string(),
+        ),
+        (
+            h.backing_file.is_some(),
+            "zoned images cannot have a backing file".into(),
+        ),
+        (
+            cx.img.has_data_file(),
+            "zoned images cannot use an external data file".into(),
+        ),
+        (
+            cx.img.raw_nb_snapshots > 0,
+            format!(
+                "zoned images cannot have internal snapshots ({} found)",
+                cx.img.raw_nb_snapshots
+            ),
+        ),
+        (
+            res_compressed(cx, w),
+            "zoned images cannot contain compressed clusters".into(),
+        ),
+        (
+            h.extended_l2(),
+            "zoned images cannot use extended L2 entries".into(),
+        ),
+        (
+            h.crypt_method != 0,
+            "zoned images cannot be encrypted".into(),
+        ),
     ];
     for (bad, msg) in forbidden {
         if bad {
@@ -261,25 +292,63 @@ pub(crate) fn check(
     let file_len = cx.img.file_len();
     let mut newz = z.clone();
     if z.model != MODEL_HOST_MANAGED {
-        o.corrupt(cx, res, false, &format!("zone model {} is not host-managed (1)", z.model));
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!("zone model {} is not host-managed (1)", z.model),
+        );
     }
     if z.reserved != [0; 3] {
         if fix.errors {
             newz.reserved = [0; 3];
         }
-        o.corrupt(cx, res, fix.errors, &format!("reserved bytes 1-3 of the extension are not zero ({:02x?})", z.reserved));
+        o.corrupt(
+            cx,
+            res,
+            fix.errors,
+            &format!(
+                "reserved bytes 1-3 of the extension are not zero ({:02x?})",
+                z.reserved
+            ),
+        );
     }
     let size_ok = z.zone_size >= 512 && z.zone_size.is_power_of_two();
     if !size_ok {
-        o.corrupt(cx, res, false, &format!("zone_size {} is not a power of two of at least 512 bytes", z.zone_size));
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "zone_size {} is not a power of two of at least 512 bytes",
+                z.zone_size
+            ),
+        );
     }
     if z.zone_capacity == 0 || z.zone_capacity > z.zone_size || z.zone_capacity % 512 != 0 {
-        o.corrupt(cx, res, false, &format!("zone_capacity {} must be a non-zero multiple of 512 no larger than zone_size {}", z.zone_capacity, z.zone_size));
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "zone_capacity {} must be a non-zero multiple of 512 no larger than zone_size {}",
+                z.zone_capacity, z.zone_size
+            ),
+        );
     }
-    let expected = if size_ok { z.expected_zones(size) } else { z.nr_zones as u64 };
+    let expected = if size_ok {
+        z.expected_zones(size)
+    } else {
+        z.nr_zones as u64
+    };
     let array_clusters_bytes = z.zonedmeta_size.div_ceil(cs) * cs;
     if expected > MAX_ZONES {
-        o.corrupt(cx, res, false, &format!("{expected} zones exceed the maximum of {MAX_ZONES}"));
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!("{expected} zones exceed the maximum of {MAX_ZONES}"),
+        );
     } else if z.nr_zones as u64 != expected || z.zonedmeta_size != 8 * expected {
         // The array size can be derived when its clusters still hold it.
         let can = fix.errors && 8 * expected <= array_clusters_bytes && expected > 0;
@@ -288,27 +357,75 @@ pub(crate) fn check(
             newz.zonedmeta_size = 8 * expected;
         }
         if z.nr_zones as u64 != expected {
-            o.corrupt(cx, res, can, &format!("nr_zones is {} but a {size}-byte disk with {}-byte zones has {expected}", z.nr_zones, z.zone_size));
+            o.corrupt(
+                cx,
+                res,
+                can,
+                &format!(
+                    "nr_zones is {} but a {size}-byte disk with {}-byte zones has {expected}",
+                    z.nr_zones, z.zone_size
+                ),
+            );
         }
         if z.zonedmeta_size != 8 * expected {
-            o.corrupt(cx, res, can, &format!("zonedmeta_size is {} but {expected} zones need {}", z.zonedmeta_size, 8 * expected));
+            o.corrupt(
+                cx,
+                res,
+                can,
+                &format!(
+                    "zonedmeta_size is {} but {expected} zones need {}",
+                    z.zonedmeta_size,
+                    8 * expected
+                ),
+            );
         }
     }
     let nz = newz.nr_zones;
     if newz.conventional_zones >= nz && nz > 0 {
-        o.corrupt(cx, res, false, &format!("conventional_zones {} must be below nr_zones {nz}", z.conventional_zones));
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "conventional_zones {} must be below nr_zones {nz}",
+                z.conventional_zones
+            ),
+        );
     }
     let seq = nz.saturating_sub(z.conventional_zones);
-    if z.max_active_zones > seq || z.max_open_zones > seq || (z.max_active_zones != 0 && z.max_open_zones > z.max_active_zones) {
+    if z.max_active_zones > seq
+        || z.max_open_zones > seq
+        || (z.max_active_zones != 0 && z.max_open_zones > z.max_active_zones)
+    {
         o.corrupt(cx, res, false, &format!("zone limits max_open_zones {} / max_active_zones {} do not fit the {seq} sequential zones", z.max_open_zones, z.max_active_zones));
     }
     if z.max_append_bytes % 512 != 0 || (z.max_append_bytes as u64) >= z.zone_capacity {
-        o.corrupt(cx, res, false, &format!("max_append_bytes {} must be a multiple of 512 below zone_capacity {}", z.max_append_bytes, z.zone_capacity));
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "max_append_bytes {} must be a multiple of 512 below zone_capacity {}",
+                z.max_append_bytes, z.zone_capacity
+            ),
+        );
     }
     let off_ok = z.zonedmeta_offset != 0 && z.zonedmeta_offset % cs == 0;
     if !off_ok {
-        o.corrupt(cx, res, false, &format!("zonedmeta_offset 0x{:x} is not a non-zero multiple of the cluster size", z.zonedmeta_offset));
-    } else if z.zonedmeta_offset.checked_add(z.zonedmeta_size).is_none_or(|e| e > file_len) {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "zonedmeta_offset 0x{:x} is not a non-zero multiple of the cluster size",
+                z.zonedmeta_offset
+            ),
+        );
+    } else if z
+        .zonedmeta_offset
+        .checked_add(z.zonedmeta_size)
+        .is_none_or(|e| e > file_len)
+    {
         o.corrupt(cx, res, false, &format!("write-pointer array at 0x{:x} ({} bytes) runs past the end of the file ({file_len} bytes)", z.zonedmeta_offset, z.zonedmeta_size));
     } else {
         // Placement: the array's clusters must belong to it alone.
@@ -316,7 +433,14 @@ pub(crate) fn check(
         let last = (z.zonedmeta_offset + z.zonedmeta_size.max(1) - 1) / cs;
         for c in first..=last {
             if let Some(why) = w.distrust(c) {
-                o.corrupt(cx, res, false, &format!("write-pointer array cluster {c} overlaps other metadata or data: {why}"));
+                o.corrupt(
+                    cx,
+                    res,
+                    false,
+                    &format!(
+                        "write-pointer array cluster {c} overlaps other metadata or data: {why}"
+                    ),
+                );
             }
         }
     }
@@ -358,14 +482,16 @@ fn res_compressed(cx: &Ctx, _w: &Walk) -> bool {
 
 fn clear_bit(cx: &mut Ctx) -> Result<(), super::errno::Errno> {
     let n = cx.img.header.incompatible_features & !INCOMPAT_ZONED;
-    cx.img.write_header_field(field::INCOMPAT, &n.to_be_bytes())?;
+    cx.img
+        .write_header_field(field::INCOMPAT, &n.to_be_bytes())?;
     cx.img.header.incompatible_features = n;
     Ok(())
 }
 
 fn set_bit(cx: &mut Ctx) -> Result<(), super::errno::Errno> {
     let n = cx.img.header.incompatible_features | INCOMPAT_ZONED;
-    cx.img.write_header_field(field::INCOMPAT, &n.to_be_bytes())?;
+    cx.img
+        .write_header_field(field::INCOMPAT, &n.to_be_bytes())?;
     cx.img.header.incompatible_features = n;
     Ok(())
 }
@@ -394,6 +520,7 @@ fn check_entries(
         dirty |= fix.errors;
     }
     let cs = cx.img.cs;
+    #[allow(clippy::needless_range_loop)] // entries[i] is rewritten in the loop
     for i in 0..entries.len() {
         let iu = i as u32;
         let e = entries[i];

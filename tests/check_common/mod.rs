@@ -82,7 +82,13 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [Mode::Plain, Mode::PlainJson, Mode::Leaks, Mode::All, Mode::AllJson];
+    pub const ALL: [Mode; 5] = [
+        Mode::Plain,
+        Mode::PlainJson,
+        Mode::Leaks,
+        Mode::All,
+        Mode::AllJson,
+    ];
     pub fn args(self) -> Vec<&'static str> {
         match self {
             Mode::Plain => vec![],
