@@ -574,3 +574,33 @@ fn lazy_crash_base(dir: &Path) {
 fn check_matches_qemu_img_on_lazy_refcount_crash() {
     run_cases(lazy_crash_base, vec![("27-lazy-crash", |_, _| {})]);
 }
+
+/// `-q` prints nothing on stdout (stderr items stay), like qemu-img.
+#[test]
+fn check_quiet_matches_qemu_img() {
+    if !have_qemu() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    base(d.path());
+    let p = d.path().join("t.qcow2");
+    patch(&p, 0x2000a, &[0, 2]);
+    let (code, out, err) = sh(d.path(), "qemu-img", &["check", "-q", "t.qcow2"]);
+    let mut zo = Vec::new();
+    let mut ze = Vec::new();
+    let opts = zcow::check::CheckOptions {
+        quiet: true,
+        ..Mode::Plain.opts()
+    };
+    let zc = zcow::check::run_check(&p, &opts, &mut zo, &mut ze).unwrap();
+    assert_eq!((zc, String::from_utf8(zo).unwrap(), String::from_utf8(ze).unwrap()), (code, out, err));
+    // Missing file.
+    let (code, _, err) = sh(d.path(), "qemu-img", &["check", "nope.qcow2"]);
+    let mut ze = Vec::new();
+    let opts = zcow::check::CheckOptions {
+        display_name: Some("nope.qcow2".into()),
+        ..Default::default()
+    };
+    let zc = zcow::check::run_check(&d.path().join("nope.qcow2"), &opts, &mut Vec::new(), &mut ze).unwrap();
+    assert_eq!((zc, String::from_utf8(ze).unwrap()), (code, err.replace("qemu-img: ", "zcow-img: ")));
+}

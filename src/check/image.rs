@@ -7,12 +7,14 @@ use super::errno::{Errno, EIO};
 use crate::format::header::{Header, ParseMode};
 use crate::format::refcount;
 use crate::storage::Storage;
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
 /// Bits of a reftable entry holding the refblock offset.
 pub const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+/// Refblocks kept in memory.
+const RB_CACHE: usize = 16;
+
 /// Reserved reftable entry bits.
 pub const REFT_RESERVED_MASK: u64 = 0x1ff;
 
@@ -44,8 +46,9 @@ pub(crate) struct CheckImage {
     /// Active L1 table as loaded at open.
     pub l1: Vec<u64>,
     pub rw: bool,
-    /// Refblock cache: offset → block.
-    rb_cache: HashMap<u64, Vec<u8>>,
+    /// Refblock cache, most recent first (a short list: lookups are far
+    /// more frequent than misses, and hashing cost more than the scan).
+    rb_cache: Vec<(u64, Vec<u8>)>,
     /// QEMU reports the first corruption signal only.
     pub signaled_corruption: bool,
     /// Cached file length.
@@ -130,7 +133,7 @@ impl CheckImage {
             reftable,
             l1,
             rw,
-            rb_cache: HashMap::new(),
+            rb_cache: Vec::new(),
             signaled_corruption: false,
             file_len: len,
             header,
@@ -175,7 +178,7 @@ impl CheckImage {
         let first = off & !(cs - 1);
         let mut c = first;
         while c < end {
-            self.rb_cache.remove(&c);
+            self.rb_cache.retain(|e| e.0 != c);
             c += cs;
         }
         Ok(())
@@ -187,15 +190,20 @@ impl CheckImage {
     }
 
     fn refblock(&mut self, off: u64) -> Result<&mut Vec<u8>, Errno> {
-        if !self.rb_cache.contains_key(&off) {
-            if self.rb_cache.len() >= 64 {
-                self.rb_cache.clear();
+        match self.rb_cache.iter().position(|e| e.0 == off) {
+            Some(0) => {}
+            Some(i) => {
+                let e = self.rb_cache.remove(i);
+                self.rb_cache.insert(0, e);
             }
-            let mut b = vec![0u8; self.cs as usize];
-            self.read(off, &mut b)?;
-            self.rb_cache.insert(off, b);
+            None => {
+                let mut b = vec![0u8; self.cs as usize];
+                self.read(off, &mut b)?;
+                self.rb_cache.truncate(RB_CACHE - 1);
+                self.rb_cache.insert(0, (off, b));
+            }
         }
-        self.rb_cache.get_mut(&off).ok_or(EIO)
+        Ok(&mut self.rb_cache[0].1)
     }
 
     /// Signal a corruption like QEMU: the first one is printed. zcow never
