@@ -263,6 +263,15 @@ fn run_cases(make_base: fn(&Path), cases: Vec<(&'static str, Setup)>) {
                     !z.err.contains("Marking image as corrupt"),
                     "{name} {mode:?}: {why}"
                 );
+                if std::env::var("ZCOW_SHOW_SAFER").is_ok() {
+                    eprintln!(
+                        "SAFER {name} {mode:?}: exit {} qemu {}\n{}{}",
+                        z.code,
+                        q.code,
+                        z.err,
+                        extra.join("\n")
+                    );
+                }
                 let (after, _) = zcow_check(zd.path(), Mode::Plain);
                 assert!(after.code != 0 || z.code == 0, "{name} {mode:?}: {after:?}");
                 continue;
@@ -593,7 +602,14 @@ fn check_quiet_matches_qemu_img() {
         ..Mode::Plain.opts()
     };
     let zc = zcow::check::run_check(&p, &opts, &mut zo, &mut ze).unwrap();
-    assert_eq!((zc, String::from_utf8(zo).unwrap(), String::from_utf8(ze).unwrap()), (code, out, err));
+    assert_eq!(
+        (
+            zc,
+            String::from_utf8(zo).unwrap(),
+            String::from_utf8(ze).unwrap()
+        ),
+        (code, out, err)
+    );
     // Missing file.
     let (code, _, err) = sh(d.path(), "qemu-img", &["check", "nope.qcow2"]);
     let mut ze = Vec::new();
@@ -601,6 +617,15 @@ fn check_quiet_matches_qemu_img() {
         display_name: Some("nope.qcow2".into()),
         ..Default::default()
     };
-    let zc = zcow::check::run_check(&d.path().join("nope.qcow2"), &opts, &mut Vec::new(), &mut ze).unwrap();
-    assert_eq!((zc, String::from_utf8(ze).unwrap()), (code, err.replace("qemu-img: ", "zcow-img: ")));
+    let zc = zcow::check::run_check(
+        &d.path().join("nope.qcow2"),
+        &opts,
+        &mut Vec::new(),
+        &mut ze,
+    )
+    .unwrap();
+    assert_eq!(
+        (zc, String::from_utf8(ze).unwrap()),
+        (code, err.replace("qemu-img: ", "zcow-img: "))
+    );
 }

@@ -79,20 +79,19 @@ impl Walk {
         let (s, l, d) = (self.single.get(i), self.l2.get(i), self.data.get(i));
         let kinds = s as u8 + l as u8 + d as u8;
         if kinds > 1 || (s && self.imrt.get(i) > 1) {
-            return Some(format!(
-                "cluster {i} is used by {} at once (metadata aliasing)",
-                [(s, "metadata"), (l, "an L2 table"), (d, "guest data")]
-                    .iter()
-                    .filter(|x| x.0)
-                    .map(|x| x.1)
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-                    + if s && kinds == 1 {
-                        " more than once"
-                    } else {
-                        ""
-                    }
-            ));
+            let users: Vec<&str> = [(s, "metadata"), (l, "an L2 table"), (d, "guest data")]
+                .iter()
+                .filter(|x| x.0)
+                .map(|x| x.1)
+                .collect();
+            return Some(if kinds > 1 {
+                format!(
+                    "cluster {i} is used by {} at once (metadata aliasing)",
+                    users.join(" and ")
+                )
+            } else {
+                format!("cluster {i} is used by metadata more than once (metadata aliasing)")
+            });
         }
         None
     }
@@ -496,6 +495,9 @@ pub(crate) fn calculate_refcounts(
         }
         // Snapshots never share an L1 table; a hostile table of 65536
         // entries naming the same one would otherwise cost 65536 walks.
+        if size == 0 {
+            continue;
+        }
         let n = l1_seen.entry(off).or_insert(0u32);
         *n += 1;
         if *n > MAX_L2_REPEATS {
