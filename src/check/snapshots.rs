@@ -31,6 +31,9 @@ pub(crate) struct Snaps {
     pub list: Vec<SnapEntry>,
     pub offset: u64,
     pub size: u64,
+    /// Whether the walk counted the table's clusters (it does not when the
+    /// table runs past EOF): only then may a rewrite free them.
+    pub counted: bool,
 }
 
 fn be32(b: &[u8], o: usize) -> u32 {
@@ -292,7 +295,18 @@ pub(crate) fn fix_table(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<(), 
         cx.img.write(60, &hdr)?;
         cx.img.sync()?;
         let (old_off, old_size) = (cx.snaps.offset, cx.snaps.size);
-        free_range(cx, old_off, old_size)?;
+        if cx.snaps.counted && old_size > 0 {
+            // Never free what the new table now uses.
+            let cs = cx.img.cs;
+            let new_end = new_off + (table.len() as u64).div_ceil(cs) * cs;
+            let mut c = old_off & !(cs - 1);
+            while c < old_off + old_size {
+                if new_off == 0 || c < new_off || c >= new_end {
+                    free_range(cx, c, cs)?;
+                }
+                c += cs;
+            }
+        }
         cx.img.raw_nb_snapshots = cx.snaps.list.len() as u32;
         cx.img.raw_snapshots_offset = new_off;
         Ok(())

@@ -512,7 +512,9 @@ pub(crate) fn calculate_refcounts(
         check_l1(cx, res, w, off, size, L1Kind::Snapshot, fix)?;
     }
     let (so, ss) = (cx.snaps.offset, cx.snaps.size);
+    let before = res.corruptions;
     inc_refcounts(cx, res, w, so, ss, Class::Single)?;
+    cx.snaps.counted = res.corruptions == before;
 
     let rto = cx.img.reftable_offset;
     let rts = cx.img.reftable.len() as u64 * 8;
