@@ -425,3 +425,17 @@ fn check_repair_dry_run_backup_and_undo() {
         "undo restores the image"
     );
 }
+
+#[test]
+fn check_zoned_json_layout() {
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    patch(&p, wp_array(&p) + 24, &((3 * ZONE) | 1 << 59).to_be_bytes());
+    let (c, out, _) = check(&p, None, true);
+    assert_eq!(c, 2);
+    assert_eq!(
+        out,
+        "{\n    \"image-end-offset\": 655360,\n    \"zoned\": {\n        \"zones\": 4,\n        \"corruptions\": 1,\n        \"conventional-zones\": 1\n    },\n    \"total-clusters\": 1024,\n    \"corruptions\": 1,\n    \"check-errors\": 0,\n    \"allocated-clusters\": 4,\n    \"filename\": \"z.qcow2\",\n    \"format\": \"qcow2\"\n}\n",
+        "QDict order; no wp-byte-order when no byte order makes every entry valid"
+    );
+}
