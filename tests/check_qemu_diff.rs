@@ -358,6 +358,35 @@ fn check_matches_qemu_img_on_clean_variants() {
             }
         }
     }
+    // Persistent bitmaps (directory, tables, data clusters).
+    let d = tempfile::tempdir().unwrap();
+    must(
+        d.path(),
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"],
+    );
+    must(d.path(), "qemu-img", &["bitmap", "--add", "t.qcow2", "b0"]);
+    must(
+        d.path(),
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0xaa 0 128k",
+            "-c",
+            "write 40M 64k",
+            "t.qcow2",
+        ],
+    );
+    must(d.path(), "qemu-img", &["bitmap", "--add", "t.qcow2", "b1"]);
+    for mode in Mode::ALL {
+        let (qd, _) = copy_to_scratch(&d.path().join("t.qcow2"));
+        let (zd, _) = copy_to_scratch(&d.path().join("t.qcow2"));
+        let q = qemu_check(qd.path(), mode);
+        let (z, _) = zcow_check(zd.path(), mode);
+        if q != z {
+            failures.push(format!("bitmaps {mode:?}\n{q:?}\n{z:?}"));
+        }
+    }
     // Compressed image.
     let d = tempfile::tempdir().unwrap();
     must(
