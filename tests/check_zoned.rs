@@ -439,3 +439,13 @@ fn check_zoned_json_layout() {
         "QDict order; no wp-byte-order when no byte order makes every entry valid"
     );
 }
+
+#[test]
+fn check_zoned_finished_zone_is_clean() {
+    // A finished zone has its wp at the zone end without data there.
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    patch(&p, wp_array(&p) + 16, &(3 * ZONE).to_be_bytes());
+    let (c, out, err) = check(&p, None, false);
+    assert_eq!((c, err.as_str()), (0, ""), "{out}");
+}

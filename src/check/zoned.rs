@@ -544,7 +544,10 @@ fn check_entries(
         }
         // A sequential zone whose wp is past the data really there (the
         // data did not reach the disk before a crash): a zone-kind leak.
-        if !geo.is_conventional(iu) && !e.offline() {
+        // A FULL zone (written to capacity, or finished: wp at the zone
+        // end) legitimately has a wp past its data.
+        let full = e.wp() >= geo.zone_start(iu) + geo.zone_cap(iu);
+        if !geo.is_conventional(iu) && !e.offline() && !full {
             let start = geo.zone_start(iu);
             let data_end = w.zone_data_end.get(&iu).copied().unwrap_or(start);
             if e.wp() > data_end.max(start) {
