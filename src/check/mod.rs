@@ -285,6 +285,7 @@ fn check_pass(cx: &mut Ctx, fix: Fix) -> (Counts, Option<zoned::ZonedSummary>, R
         fix,
         &w,
         result.corruptions == 0 && result.check_errors == 0,
+        result.compressed_clusters > 0,
     );
     result.add(&zres, false);
     if fix.any() && result.check_errors == 0 && result.corruptions == 0 {

@@ -51,7 +51,8 @@ pub(crate) struct Walk {
     /// Active guest clusters past a zone's write pointer.
     pub stale: Vec<StaleCluster>,
     /// Highest guest data end per zone (for clamping a bad wp).
-    pub zone_data_end: HashMap<u32, u64>,
+    /// Indexed by zone; 0 = no data seen.
+    pub zone_data_end: Vec<u64>,
     /// Why references currently being counted are suspect.
     taint_mode: Option<String>,
 }
@@ -66,7 +67,7 @@ impl Walk {
             data: BitSet::default(),
             incomplete: Vec::new(),
             stale: Vec::new(),
-            zone_data_end: HashMap::new(),
+            zone_data_end: Vec::new(),
             taint_mode: None,
         })
     }
@@ -293,7 +294,11 @@ fn check_l2(
             let written = !matches!(ty, ClusterType::Unallocated) || (ext && bitmap != 0);
             if written {
                 if let Some(zi) = z.zone_of(guest) {
-                    let end = w.zone_data_end.entry(zi).or_insert(0);
+                    let zi = zi as usize;
+                    if zi >= w.zone_data_end.len() {
+                        w.zone_data_end.resize(zi + 1, 0);
+                    }
+                    let end = &mut w.zone_data_end[zi];
                     *end = (*end).max(guest + cs);
                 }
             }

@@ -222,6 +222,7 @@ pub(crate) fn check(
     fix: Fix,
     w: &Walk,
     rc_clean: bool,
+    compressed: bool,
 ) -> Option<ZonedSummary> {
     let bit = cx.img.header.incompatible_features & INCOMPAT_ZONED != 0;
     let ext = cx.img.header.zoned().cloned();
@@ -269,7 +270,7 @@ pub(crate) fn check(
             ),
         ),
         (
-            res_compressed(cx, w),
+            compressed,
             "zoned images cannot contain compressed clusters".into(),
         ),
         (
@@ -462,24 +463,6 @@ pub(crate) fn check(
     Some(sum)
 }
 
-fn res_compressed(cx: &Ctx, _w: &Walk) -> bool {
-    // Any compressed L2 entry in the active table counts; the walk's
-    // fragmentation counters are per pass, so scan the L1 directly.
-    let cs = cx.img.cs;
-    let mut t = vec![0u8; cs as usize];
-    for &e in &cx.img.l1 {
-        let off = e & crate::format::l2::OFFSET_MASK;
-        if off == 0 || cx.img.read(off, &mut t).is_err() {
-            continue;
-        }
-        let es = cx.img.header.l2_entry_size() as usize;
-        if t.chunks_exact(es).any(|c| c[0] & 0x40 != 0) {
-            return true;
-        }
-    }
-    false
-}
-
 fn clear_bit(cx: &mut Ctx) -> Result<(), super::errno::Errno> {
     let n = cx.img.header.incompatible_features & !INCOMPAT_ZONED;
     cx.img
@@ -530,7 +513,7 @@ fn check_entries(
             let both_faults = e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0;
             if fixed.wp() < start || fixed.wp() > end {
                 // Clamp to the data that is really in the zone.
-                let data_end = w.zone_data_end.get(&iu).copied().unwrap_or(start);
+                let data_end = w.zone_data_end.get(i).copied().filter(|&e| e != 0).unwrap_or(start);
                 let wp = data_end.clamp(start, start + geo.zone_cap(iu));
                 fixed = fixed.with_wp(if geo.is_conventional(iu) { start } else { wp });
             }
@@ -549,7 +532,7 @@ fn check_entries(
         let full = e.wp() >= geo.zone_start(iu) + geo.zone_cap(iu);
         if !geo.is_conventional(iu) && !e.offline() && !full {
             let start = geo.zone_start(iu);
-            let data_end = w.zone_data_end.get(&iu).copied().unwrap_or(start);
+            let data_end = w.zone_data_end.get(i).copied().filter(|&e| e != 0).unwrap_or(start);
             // Cluster-granular: zeros written into a partial cluster that
             // already read as zero leave no trace in the L2 table.
             if e.wp() / cs * cs > data_end.max(start) {
