@@ -31,8 +31,8 @@ pub struct RepairOptions {
 }
 
 const MAGIC: &[u8; 8] = b"ZCOWBAK1";
-/// Journal granularity (independent of the image's cluster size).
-const CHUNK: u64 = 4096;
+/// Journal granularity when the cluster size is unknown.
+const DEFAULT_CHUNK: u64 = 4096;
 
 #[derive(Debug, Default)]
 struct JState {
@@ -48,16 +48,24 @@ struct JState {
 pub struct JournalStorage {
     base: Arc<dyn Storage>,
     dry_run: bool,
+    /// Journal granularity: the image's cluster size.
+    chunk: u64,
     st: Mutex<JState>,
 }
 
 impl JournalStorage {
-    /// Wrap `base`.
-    pub fn new(base: Arc<dyn Storage>, dry_run: bool) -> crate::storage::Result<Self> {
+    /// Wrap `base`, journaling whole `chunk`-byte blocks (a power of two;
+    /// use the image's cluster size so every rewritten cluster is saved).
+    pub fn new(base: Arc<dyn Storage>, dry_run: bool, chunk: u64) -> crate::storage::Result<Self> {
         let len = base.len()?;
         Ok(Self {
             base,
             dry_run,
+            chunk: if chunk.is_power_of_two() {
+                chunk
+            } else {
+                DEFAULT_CHUNK
+            },
             st: Mutex::new(JState {
                 len,
                 orig_len: len,
@@ -92,7 +100,7 @@ impl JournalStorage {
     }
 
     fn base_chunk(&self, c: u64) -> crate::storage::Result<Vec<u8>> {
-        let mut b = vec![0u8; CHUNK as usize];
+        let mut b = vec![0u8; self.chunk as usize];
         self.base.read_at_zero_fill(c, &mut b)?;
         Ok(b)
     }
@@ -114,8 +122,8 @@ impl Storage for JournalStorage {
         }
         let mut pos = offset;
         while pos < end {
-            let c = pos / CHUNK * CHUNK;
-            let n = ((c + CHUNK).min(end) - pos) as usize;
+            let c = pos / self.chunk * self.chunk;
+            let n = ((c + self.chunk).min(end) - pos) as usize;
             let dst = &mut buf[(pos - offset) as usize..(pos - offset) as usize + n];
             let inner = (pos - c) as usize;
             match st.overlay.get(&c) {
@@ -131,7 +139,7 @@ impl Storage for JournalStorage {
         let end = offset + data.len() as u64;
         {
             let mut st = self.lock();
-            let mut c = offset / CHUNK * CHUNK;
+            let mut c = offset / self.chunk * self.chunk;
             while c < end {
                 if !st.saved.contains_key(&c) {
                     let orig = if st.dry_run_overlay_has(c) {
@@ -146,12 +154,12 @@ impl Storage for JournalStorage {
                         v.insert(self.base_chunk(c)?);
                     }
                     let lo = offset.max(c);
-                    let hi = end.min(c + CHUNK);
+                    let hi = end.min(c + self.chunk);
                     let chunk = st.overlay.get_mut(&c).ok_or(StorageError::ReadOnly)?;
                     chunk[(lo - c) as usize..(hi - c) as usize]
                         .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
                 }
-                c += CHUNK;
+                c += self.chunk;
             }
             if end > st.len {
                 st.len = end;
@@ -208,13 +216,18 @@ impl JState {
     }
 }
 
-fn write_backup(path: &Path, orig_len: u64, recs: &[(u64, Vec<u8>)]) -> anyhow::Result<()> {
+fn write_backup(
+    path: &Path,
+    orig_len: u64,
+    chunk: u64,
+    recs: &[(u64, Vec<u8>)],
+) -> anyhow::Result<()> {
     let mut f = std::fs::File::create(path)
         .with_context(|| format!("cannot create backup file '{}'", path.display()))?;
     let mut b = Vec::new();
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&orig_len.to_be_bytes());
-    b.extend_from_slice(&CHUNK.to_be_bytes());
+    b.extend_from_slice(&chunk.to_be_bytes());
     b.extend_from_slice(&(recs.len() as u64).to_be_bytes());
     for (o, d) in recs {
         b.extend_from_slice(&o.to_be_bytes());
@@ -278,10 +291,14 @@ pub fn run_repair(
             return Ok(1);
         }
     };
+    let chunk = crate::format::image::read_header_cluster(&*base)
+        .ok()
+        .and_then(|c0| crate::format::Header::peek_cluster_size(&c0).ok())
+        .unwrap_or(DEFAULT_CHUNK);
     // Backups are written before anything changes: a dry run finds the
     // chunks the repair will touch.
     if let (Some(bk), false) = (&opts.backup, opts.dry_run) {
-        let probe = Arc::new(JournalStorage::new(base.clone(), true)?);
+        let probe = Arc::new(JournalStorage::new(base.clone(), true, chunk)?);
         let mut sink = Vec::new();
         let _ = check_store(
             probe.clone(),
@@ -291,9 +308,9 @@ pub fn run_repair(
             |_| {},
         );
         let (orig_len, recs) = probe.originals();
-        write_backup(bk, orig_len, &recs)?;
+        write_backup(bk, orig_len, chunk, &recs)?;
     }
-    let journal = Arc::new(JournalStorage::new(base, opts.dry_run)?);
+    let journal = Arc::new(JournalStorage::new(base, opts.dry_run, chunk)?);
     let mut pre = Vec::new();
     let human = opts.output == OutputFormat::Human;
     let r = check_store(journal.clone(), Some(RepairMode::All), false, err, |c| {
@@ -316,7 +333,7 @@ pub fn run_repair(
         // Keep the backup complete even if the repair touched more than the
         // dry run predicted.
         let (orig_len, recs) = journal.originals();
-        write_backup(bk, orig_len, &recs)?;
+        write_backup(bk, orig_len, chunk, &recs)?;
     }
     if human {
         out.write_all(&pre)?;
@@ -331,7 +348,7 @@ pub fn run_repair(
                 .collect();
             writeln!(
                 out,
-                "{} {} 4 KiB block(s) of metadata: {}{}",
+                "{} {} metadata cluster(s) at: {}{}",
                 if opts.dry_run {
                     "Dry run: would rewrite"
                 } else {
