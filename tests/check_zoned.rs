@@ -449,3 +449,27 @@ fn check_zoned_finished_zone_is_clean() {
     let (c, out, err) = check(&p, None, false);
     assert_eq!((c, err.as_str()), (0, ""), "{out}");
 }
+
+#[test]
+fn check_progress_prints_nothing_on_a_pipe() {
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let c = run_check(
+        &p,
+        &CheckOptions {
+            progress: true,
+            ..Default::default()
+        },
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    assert_eq!(c, 0);
+    assert!(err.is_empty());
+    assert_eq!(
+        String::from_utf8(out).unwrap().lines().next(),
+        Some("No errors were found on the image.")
+    );
+}

@@ -19,6 +19,7 @@ pub(crate) fn compare_refcounts(
     let mut highest = 0;
     let mut told_incomplete = false;
     let n = w.imrt.n;
+    cx.phase("comparing refcounts");
     for i in 0..n {
         if i & 0xffff == 0 {
             cx.progress(i, n);

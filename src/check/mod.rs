@@ -150,6 +150,13 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Name the phase shown by the progress bar.
+    pub fn phase(&self, what: &'static str) {
+        if let Some(b) = &self.bar {
+            b.set_message(what);
+        }
+    }
+
     /// Update the progress bar, if any.
     pub fn progress(&self, done: u64, total: u64) {
         if let Some(b) = &self.bar {
@@ -331,7 +338,13 @@ pub fn check_store(
         Err(OpenError::Refused(m)) => return Err(CheckOpenError::Refused(m)),
     };
     let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        Some(indicatif::ProgressBar::new(1))
+        let b = indicatif::ProgressBar::new(1);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {percent:>3}%")
+        {
+            b.set_style(style.progress_chars("=> "));
+        }
+        Some(b)
     } else {
         None
     };

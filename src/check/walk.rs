@@ -199,7 +199,13 @@ pub(crate) fn check_l1(
     };
     let l2_entries = cx.img.cs / cx.img.header.l2_entry_size();
     let mut seen: HashMap<u64, u32> = HashMap::new();
+    if kind == L1Kind::Active {
+        cx.phase("counting references");
+    }
     for (i, &e) in l1.iter().enumerate() {
+        if kind == L1Kind::Active {
+            cx.progress(i as u64, l1.len() as u64);
+        }
         if e == 0 {
             continue;
         }

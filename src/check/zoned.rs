@@ -513,7 +513,12 @@ fn check_entries(
             let both_faults = e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0;
             if fixed.wp() < start || fixed.wp() > end {
                 // Clamp to the data that is really in the zone.
-                let data_end = w.zone_data_end.get(i).copied().filter(|&e| e != 0).unwrap_or(start);
+                let data_end = w
+                    .zone_data_end
+                    .get(i)
+                    .copied()
+                    .filter(|&e| e != 0)
+                    .unwrap_or(start);
                 let wp = data_end.clamp(start, start + geo.zone_cap(iu));
                 fixed = fixed.with_wp(if geo.is_conventional(iu) { start } else { wp });
             }
@@ -532,7 +537,12 @@ fn check_entries(
         let full = e.wp() >= geo.zone_start(iu) + geo.zone_cap(iu);
         if !geo.is_conventional(iu) && !e.offline() && !full {
             let start = geo.zone_start(iu);
-            let data_end = w.zone_data_end.get(i).copied().filter(|&e| e != 0).unwrap_or(start);
+            let data_end = w
+                .zone_data_end
+                .get(i)
+                .copied()
+                .filter(|&e| e != 0)
+                .unwrap_or(start);
             // Cluster-granular: zeros written into a partial cluster that
             // already read as zero leave no trace in the L2 table.
             if e.wp() / cs * cs > data_end.max(start) {
