@@ -37,7 +37,7 @@ fn run(p: &Path, repair: Option<RepairMode>) -> i32 {
     .unwrap()
 }
 
-fn fuzz(src: &Path, rounds: u32, seed: u64, qemu_agrees: bool) -> u32 {
+fn fuzz(src: &Path, rounds: u32, seed: u64, qemu_agrees: bool, hot: &[(u64, u64)]) -> u32 {
     let data = std::fs::read(src).unwrap();
     // Metadata lives in the first clusters of these small images.
     let meta = data.len().min(0x60000) as u64;
@@ -53,7 +53,14 @@ fn fuzz(src: &Path, rounds: u32, seed: u64, qemu_agrees: bool) -> u32 {
         let mut img = data.clone();
         let flips = 1 + rng.below(8);
         for _ in 0..flips {
-            let at = rng.below(meta) as usize;
+            // Half the flips hit the hot spots (header, extensions, the
+            // first tables) when any were given.
+            let at = if !hot.is_empty() && rng.below(2) == 0 {
+                let (a, n) = hot[rng.below(hot.len() as u64) as usize];
+                (a + rng.below(n)) as usize
+            } else {
+                rng.below(meta) as usize
+            };
             match rng.below(4) {
                 0 => img[at] ^= 1 << rng.below(8),
                 1 => img[at] = rng.next() as u8,
@@ -140,7 +147,13 @@ fn check_malformed_qemu_images_never_panic() {
         "qemu-io",
         &["-c", "write -P 0xcc 0 64k", "t.qcow2"],
     );
-    fuzz(&d.path().join("t.qcow2"), 200, 0x1234_5678, true);
+    fuzz(
+        &d.path().join("t.qcow2"),
+        200,
+        0x1234_5678,
+        true,
+        &[(0, 512)],
+    );
 }
 
 #[test]
@@ -169,7 +182,21 @@ fn check_malformed_zoned_images_never_panic() {
     img.write(8 << 20, &[8u8; 4096]).unwrap();
     img.flush().unwrap();
     drop(img);
-    fuzz(&p, 150, 0x9abc_def0, false);
+    // The zoned extension body sits after the feature table; the WP array
+    // follows the L1 cluster.
+    let c0 = std::fs::read(&p).unwrap();
+    let ext = c0
+        .windows(4)
+        .position(|w| w == [0x00, 0x7a, 0x62, 0x64])
+        .unwrap() as u64;
+    let wp = u64::from_be_bytes(c0[ext as usize + 56..ext as usize + 64].try_into().unwrap());
+    fuzz(
+        &p,
+        150,
+        0x9abc_def0,
+        false,
+        &[(ext, 64), (wp, 64), (0, 112)],
+    );
 }
 
 #[test]

@@ -342,7 +342,7 @@ pub(crate) fn check(
     } else {
         z.nr_zones as u64
     };
-    let array_clusters_bytes = z.zonedmeta_size.div_ceil(cs) * cs;
+    let array_clusters_bytes = z.zonedmeta_size.div_ceil(cs).saturating_mul(cs);
     if expected > MAX_ZONES {
         o.corrupt(
             cx,
