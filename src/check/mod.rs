@@ -42,6 +42,19 @@ pub enum RepairMode {
     All,
 }
 
+impl RepairMode {
+    /// Parse a `-r` argument. The error is qemu-img's message (print it
+    /// with the `zcow-img: ` prefix, then `Try 'zcow-img check --help' for
+    /// more info`, and exit 1).
+    pub fn from_arg(s: &str) -> Result<Self, String> {
+        match s {
+            "leaks" => Ok(RepairMode::Leaks),
+            "all" => Ok(RepairMode::All),
+            _ => Err(format!("--repair (-r) expects 'leaks' or 'all' not '{s}'")),
+        }
+    }
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
@@ -50,6 +63,18 @@ pub enum OutputFormat {
     Human,
     /// QEMU `ImageCheck` JSON.
     Json,
+}
+
+impl OutputFormat {
+    /// Parse an `--output` argument (qemu-img's message on failure; print
+    /// it like [`RepairMode::from_arg`]'s).
+    pub fn from_arg(s: &str) -> Result<Self, String> {
+        match s {
+            "human" => Ok(OutputFormat::Human),
+            "json" => Ok(OutputFormat::Json),
+            _ => Err(format!("--output expects 'human' or 'json' not '{s}'")),
+        }
+    }
 }
 
 /// Options of `zcow-img check`.
