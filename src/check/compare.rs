@@ -20,17 +20,30 @@ pub(crate) fn compare_refcounts(
     let mut told_incomplete = false;
     let n = w.imrt.n;
     cx.phase("comparing refcounts");
+    let rb_bits = cx.img.rb_bits;
+    let order = cx.img.order;
+    let idx_mask = (1u64 << rb_bits) - 1;
+    type Block = (u64, Result<Option<Vec<u8>>, Errno>);
+    let mut block: Option<Block> = None;
     for i in 0..n {
         if i & 0xffff == 0 {
             cx.progress(i, n);
         }
-        let r1 = match cx.img.get_refcount(i, &mut *cx.err) {
-            Ok(r) => r,
-            Err(e) => {
+        // One refblock lookup per block, not per cluster: this loop is the
+        // hot path of a big image. Fixes below only touch entry i, which is
+        // never read again, so the copy stays valid.
+        let rti = i >> rb_bits;
+        if block.as_ref().is_none_or(|b| b.0 != rti) {
+            block = Some((rti, cx.img.refblock_copy(i, &mut *cx.err)));
+        }
+        let r1 = match block.as_ref().map(|b| &b.1) {
+            Some(Ok(Some(b))) => super::imrt::rc_get(b, order, (i & idx_mask) as usize),
+            Some(Ok(None)) | None => 0,
+            Some(Err(e)) => {
                 let _ = writeln!(
                     cx.err,
                     "Can't get refcount for cluster {i}: {}",
-                    strerror(e)
+                    strerror(*e)
                 );
                 res.check_errors += 1;
                 continue;

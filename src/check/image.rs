@@ -254,6 +254,15 @@ impl CheckImage {
         Ok(refcount::get(b, order, idx))
     }
 
+    /// A copy of the refblock holding cluster `i`'s refcount (None: no
+    /// refblock, every count in its range is 0).
+    pub fn refblock_copy(&mut self, i: u64, err: &mut dyn Write) -> Result<Option<Vec<u8>>, Errno> {
+        match self.refblock_for(i, err)? {
+            None => Ok(None),
+            Some(off) => Ok(Some(self.refblock(off)?.clone())),
+        }
+    }
+
     /// Set the on-disk refcount of cluster `i`; its refblock must exist.
     pub fn set_refcount(&mut self, i: u64, v: u64, err: &mut dyn Write) -> Result<(), Errno> {
         if !self.rw {

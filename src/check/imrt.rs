@@ -5,12 +5,33 @@
 use super::errno::{Errno, ENOMEM};
 use crate::format::refcount;
 
+/// Refcount entry `i` of a block (inlined fast paths for whole-byte widths;
+/// sub-byte widths go through the format layer).
+#[inline(always)]
+pub(crate) fn rc_get(b: &[u8], order: u32, i: usize) -> u64 {
+    match order {
+        4 => u16::from_be_bytes([b[2 * i], b[2 * i + 1]]) as u64,
+        3 => b[i] as u64,
+        _ => refcount::get(b, order, i),
+    }
+}
+
+#[inline(always)]
+fn rc_set(b: &mut [u8], order: u32, i: usize, v: u64) {
+    match order {
+        4 => b[2 * i..2 * i + 2].copy_from_slice(&(v as u16).to_be_bytes()),
+        3 => b[i] = v as u8,
+        _ => refcount::set(b, order, i, v),
+    }
+}
+
 /// Computed reference counts, grown in whole clusters like QEMU's.
 #[derive(Debug)]
 pub(crate) struct Imrt {
     order: u32,
     cs: u64,
     data: Vec<u8>,
+    max: u64,
     /// Number of clusters covered (QEMU's `nb_clusters`).
     pub n: u64,
 }
@@ -26,6 +47,7 @@ impl Imrt {
             order,
             cs,
             data: Vec::new(),
+            max: refcount::max_value(order),
             n: 0,
         };
         t.grow(n)?;
@@ -51,7 +73,7 @@ impl Imrt {
         if i >= self.n {
             return 0;
         }
-        refcount::get(&self.data, self.order, i as usize)
+        rc_get(&self.data, self.order, i as usize)
     }
 
     /// Set the count of cluster `i`, growing the table.
@@ -59,13 +81,20 @@ impl Imrt {
         if i >= self.n {
             self.grow(i + 1)?;
         }
-        refcount::set(&mut self.data, self.order, i as usize, v);
+        rc_set(&mut self.data, self.order, i as usize, v);
         Ok(())
     }
 
-    /// Largest count the width can hold.
-    pub fn max(&self) -> u64 {
-        refcount::max_value(self.order)
+    /// Add one to cluster `i` unless it is at the maximum; returns whether
+    /// it overflowed. The caller has grown the table to cover `i`.
+    #[inline]
+    pub fn inc(&mut self, i: u64) -> bool {
+        let r = rc_get(&self.data, self.order, i as usize);
+        if r == self.max {
+            return true;
+        }
+        rc_set(&mut self.data, self.order, i as usize, r + 1);
+        false
     }
 
     /// Refblock `index` as bytes (a slice of the table).

@@ -144,16 +144,13 @@ pub(crate) fn inc_refcounts(
         if let Some(t) = &w.taint_mode {
             w.taint.entry(k).or_insert_with(|| t.clone());
         }
-        let r = w.imrt.get(k);
-        if r == w.imrt.max() {
+        if w.imrt.inc(k) {
             let _ = writeln!(cx.err, "ERROR: overflow cluster offset=0x{c:x}");
             let _ = writeln!(cx.err, "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing");
             res.corruptions += 1;
             w.taint
                 .entry(k)
                 .or_insert_with(|| "its reference count overflows the refcount width".into());
-        } else {
-            w.imrt.set(k, r + 1)?;
         }
         c += cs;
     }
