@@ -1,0 +1,241 @@
+//! Comparing computed and on-disk refcounts (QEMU `compare_refcounts`) and
+//! the COPIED flag check (`check_oflag_copied`), with zcow's refusals: no
+//! refcount is raised for a cluster reached through a corrupt entry or
+//! aliased metadata, and no leak is freed while the walk is incomplete.
+
+use super::errno::{strerror, Errno};
+use super::walk::Walk;
+use super::{Counts, Ctx, Fix};
+use crate::format::l2::{decode_l2, ClusterType, COPIED, OFFSET_MASK};
+
+/// QEMU `compare_refcounts`. Returns the highest cluster in use.
+pub(crate) fn compare_refcounts(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    rebuild: &mut bool,
+    w: &Walk,
+) -> u64 {
+    let mut highest = 0;
+    let mut told_incomplete = false;
+    let n = w.imrt.n;
+    cx.phase("comparing refcounts");
+    let rb_bits = cx.img.rb_bits;
+    let order = cx.img.order;
+    let idx_mask = (1u64 << rb_bits) - 1;
+    type Block = (u64, Result<Option<Vec<u8>>, Errno>);
+    let mut block: Option<Block> = None;
+    for i in 0..n {
+        if i & 0xffff == 0 {
+            cx.progress(i, n);
+        }
+        // One refblock lookup per block, not per cluster: this loop is the
+        // hot path of a big image. Fixes below only touch entry i, which is
+        // never read again, so the copy stays valid.
+        let rti = i >> rb_bits;
+        if block.as_ref().is_none_or(|b| b.0 != rti) {
+            block = Some((rti, cx.img.refblock_copy(i, &mut *cx.err)));
+        }
+        let r1 = match block.as_ref().map(|b| &b.1) {
+            Some(Ok(Some(b))) => super::imrt::rc_get(b, order, (i & idx_mask) as usize),
+            Some(Ok(None)) | None => 0,
+            Some(Err(e)) => {
+                let _ = writeln!(
+                    cx.err,
+                    "Can't get refcount for cluster {i}: {}",
+                    strerror(*e)
+                );
+                res.check_errors += 1;
+                continue;
+            }
+        };
+        let r2 = w.imrt.get(i);
+        if r1 > 0 || r2 > 0 {
+            highest = i;
+        }
+        if r1 == r2 {
+            continue;
+        }
+        let mut fixing = false;
+        let mut refusal = None;
+        if r1 == 0 {
+            *rebuild = true;
+        } else if r1 > r2 && fix.leaks {
+            if let Some(why) = w.incomplete.first() {
+                if !told_incomplete {
+                    refusal = Some(format!("zcow: Not freeing leaked clusters: {why}, so they may still be in use; fix that first or copy the data out"));
+                    told_incomplete = true;
+                }
+            } else {
+                fixing = true;
+            }
+        } else if r1 < r2 && fix.errors {
+            match w.distrust(i) {
+                Some(why) => {
+                    refusal = Some(format!(
+                        "zcow: Not raising the refcount of cluster {i}: {why}; that would hide the corruption"
+                    ))
+                }
+                None => fixing = true,
+            }
+        }
+        let _ = writeln!(
+            cx.err,
+            "{} cluster {i} refcount={r1} reference={r2}",
+            if fixing {
+                "Repairing"
+            } else if r1 < r2 {
+                "ERROR"
+            } else {
+                "Leaked"
+            }
+        );
+        if let Some(r) = refusal {
+            let _ = writeln!(cx.err, "{r}");
+        }
+        if fixing && cx.img.set_refcount(i, r2, &mut *cx.err).is_ok() {
+            if r1 > r2 {
+                res.leaks_fixed += 1;
+            } else {
+                res.corruptions_fixed += 1;
+            }
+            continue;
+        }
+        if r1 < r2 {
+            res.corruptions += 1;
+        } else {
+            res.leaks += 1;
+        }
+    }
+    highest
+}
+
+/// QEMU `check_oflag_copied` over the active tables.
+pub(crate) fn check_oflag_copied(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    w: &Walk,
+) -> Result<(), Errno> {
+    let repair = if fix.errors {
+        true
+    } else if fix.leaks {
+        res.check_errors == 0 && res.corruptions == 0 && res.leaks == 0
+    } else {
+        false
+    };
+    let cs = cx.img.cs;
+    let cb = cx.img.cb;
+    let ext = cx.img.extended();
+    let es = if ext { 16 } else { 8 };
+    let data_file = cx.img.has_data_file();
+    let mut table = vec![0u8; cs as usize];
+    for i in 0..cx.img.l1.len() {
+        let e = cx.img.l1[i];
+        let l2_off = e & OFFSET_MASK;
+        if l2_off == 0 {
+            continue;
+        }
+        let Ok(r) = cx.img.get_refcount(l2_off >> cb, &mut *cx.err) else {
+            continue;
+        };
+        if (r == 1) != (e & COPIED != 0) {
+            res.corruptions += 1;
+            let refuse = if repair {
+                w.distrust(l2_off >> cb)
+            } else {
+                None
+            };
+            let fixing = repair && refuse.is_none();
+            let _ = writeln!(
+                cx.err,
+                "{} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={r}",
+                if fixing { "Repairing" } else { "ERROR" }
+            );
+            if let Some(why) = refuse {
+                let _ = writeln!(cx.err, "zcow: Not changing COPIED of L1 entry {i}: {why}");
+            }
+            if fixing {
+                let ne = if r == 1 { e | COPIED } else { e & !COPIED };
+                let at = cx.img.header.l1_table_offset + i as u64 * 8;
+                if let Err(err) = cx.img.write(at, &ne.to_be_bytes()) {
+                    let _ = err;
+                    res.check_errors += 1;
+                    return Err(err);
+                }
+                cx.img.l1[i] = ne;
+                res.corruptions -= 1;
+                res.corruptions_fixed += 1;
+            }
+        }
+        if let Err(e) = cx.img.read(l2_off, &mut table) {
+            let _ = writeln!(cx.err, "ERROR: Could not read L2 table: {}", strerror(e));
+            res.check_errors += 1;
+            return Err(e);
+        }
+        // Never write into a table that is itself suspect.
+        let table_refusal = if l2_off & (cs - 1) != 0 {
+            Some(format!(
+                "its L2 table offset 0x{l2_off:x} is not cluster aligned"
+            ))
+        } else {
+            w.distrust(l2_off >> cb)
+        };
+        let mut dirty = 0;
+        for j in 0..(cs as usize / es) {
+            let at = j * es;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&table[at..at + 8]);
+            let le = u64::from_be_bytes(a);
+            let ty = decode_l2(le, cb, ext, data_file);
+            if !matches!(ty, ClusterType::Normal(_) | ClusterType::ZeroAlloc(_)) {
+                continue;
+            }
+            let data = le & OFFSET_MASK;
+            let r = if data_file {
+                1
+            } else {
+                match cx.img.get_refcount(data >> cb, &mut *cx.err) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                }
+            };
+            if (r == 1) != (le & COPIED != 0) {
+                res.corruptions += 1;
+                let refuse = if !repair {
+                    None
+                } else if let Some(t) = &table_refusal {
+                    Some(t.clone())
+                } else if !data_file {
+                    w.distrust(data >> cb)
+                } else {
+                    None
+                };
+                let fixing = repair && refuse.is_none();
+                let _ = writeln!(
+                    cx.err,
+                    "{} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={r}",
+                    if fixing { "Repairing" } else { "ERROR" }
+                );
+                if let Some(why) = refuse {
+                    let _ = writeln!(cx.err, "zcow: Not changing COPIED of that L2 entry: {why}");
+                }
+                if fixing {
+                    let ne = if r == 1 { le | COPIED } else { le & !COPIED };
+                    table[at..at + 8].copy_from_slice(&ne.to_be_bytes());
+                    dirty += 1;
+                }
+            }
+        }
+        if dirty > 0 {
+            if let Err(e) = cx.img.write(l2_off, &table) {
+                let _ = writeln!(cx.err, "ERROR: Could not write L2 table: {}", strerror(e));
+                res.check_errors += 1;
+                return Err(e);
+            }
+            res.corruptions -= dirty;
+            res.corruptions_fixed += dirty;
+        }
+    }
+    Ok(())
+}

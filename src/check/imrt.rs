@@ -1,0 +1,131 @@
+//! The in-memory refcount table (IMRT): the reference count check computes
+//! for every host cluster, stored with the image's own entry width so that a
+//! slice of it is a valid refblock (the rebuild writes slices directly).
+
+use super::errno::{Errno, ENOMEM};
+use crate::format::refcount;
+
+/// Refcount entry `i` of a block (inlined fast paths for whole-byte widths;
+/// sub-byte widths go through the format layer).
+#[inline(always)]
+pub(crate) fn rc_get(b: &[u8], order: u32, i: usize) -> u64 {
+    match order {
+        4 => u16::from_be_bytes([b[2 * i], b[2 * i + 1]]) as u64,
+        3 => b[i] as u64,
+        _ => refcount::get(b, order, i),
+    }
+}
+
+#[inline(always)]
+fn rc_set(b: &mut [u8], order: u32, i: usize, v: u64) {
+    match order {
+        4 => b[2 * i..2 * i + 2].copy_from_slice(&(v as u16).to_be_bytes()),
+        3 => b[i] = v as u8,
+        _ => refcount::set(b, order, i, v),
+    }
+}
+
+/// Computed reference counts, grown in whole clusters like QEMU's.
+#[derive(Debug)]
+pub(crate) struct Imrt {
+    order: u32,
+    cs: u64,
+    data: Vec<u8>,
+    max: u64,
+    /// Number of clusters covered (QEMU's `nb_clusters`).
+    pub n: u64,
+}
+
+impl Imrt {
+    fn bytes_for(&self, n: u64) -> u64 {
+        ((n << self.order).div_ceil(8)).div_ceil(self.cs) * self.cs
+    }
+
+    /// A zeroed table for `n` clusters.
+    pub fn new(order: u32, cs: u64, n: u64) -> Result<Self, Errno> {
+        let mut t = Imrt {
+            order,
+            cs,
+            data: Vec::new(),
+            max: refcount::max_value(order),
+            n: 0,
+        };
+        t.grow(n)?;
+        Ok(t)
+    }
+
+    /// Grow to cover `n` clusters (never shrinks).
+    pub fn grow(&mut self, n: u64) -> Result<(), Errno> {
+        let bytes = self.bytes_for(n);
+        if bytes > self.data.len() as u64 {
+            let extra = (bytes - self.data.len() as u64) as usize;
+            self.data.try_reserve_exact(extra).map_err(|_| ENOMEM)?;
+            self.data.resize(bytes as usize, 0);
+        }
+        if n > self.n {
+            self.n = n;
+        }
+        Ok(())
+    }
+
+    /// Count of cluster `i` (0 past the end).
+    pub fn get(&self, i: u64) -> u64 {
+        if i >= self.n {
+            return 0;
+        }
+        rc_get(&self.data, self.order, i as usize)
+    }
+
+    /// Set the count of cluster `i`, growing the table.
+    pub fn set(&mut self, i: u64, v: u64) -> Result<(), Errno> {
+        if i >= self.n {
+            self.grow(i + 1)?;
+        }
+        rc_set(&mut self.data, self.order, i as usize, v);
+        Ok(())
+    }
+
+    /// Add one to cluster `i` unless it is at the maximum; returns whether
+    /// it overflowed. The caller has grown the table to cover `i`.
+    #[inline]
+    pub fn inc(&mut self, i: u64) -> bool {
+        let r = rc_get(&self.data, self.order, i as usize);
+        if r == self.max {
+            return true;
+        }
+        rc_set(&mut self.data, self.order, i as usize, r + 1);
+        false
+    }
+
+    /// Refblock `index` as bytes (a slice of the table).
+    pub fn block(&self, index: u64) -> Vec<u8> {
+        let start = (index * self.cs) as usize;
+        let mut v = vec![0u8; self.cs as usize];
+        if start < self.data.len() {
+            let end = (start + self.cs as usize).min(self.data.len());
+            v[..end - start].copy_from_slice(&self.data[start..end]);
+        }
+        v
+    }
+}
+
+/// A growable bit set over cluster indices.
+#[derive(Debug, Default)]
+pub(crate) struct BitSet(Vec<u64>);
+
+impl BitSet {
+    /// Set bit `i`.
+    pub fn set(&mut self, i: u64) {
+        let w = (i / 64) as usize;
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (i % 64);
+    }
+    /// Bit `i`.
+    pub fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 64) as usize)
+            .is_some_and(|w| w >> (i % 64) & 1 != 0)
+    }
+}

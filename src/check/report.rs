@@ -1,0 +1,248 @@
+//! Rendering a check the way `qemu-img check` does: the human summary, the
+//! repair preamble, the `ImageCheck` JSON (QEMU's QDict key order) and the
+//! exit code.
+
+use super::errno::strerror;
+use super::{CheckReport, Counts, OutputFormat};
+use std::io::{self, Write};
+
+/// QEMU's `tdb_hash`, which decides the order QDict prints keys in.
+pub fn tdb_hash(key: &str) -> u32 {
+    let mut v: u32 = 0x238F_13AFu32.wrapping_mul(key.len() as u32);
+    for (i, c) in key.bytes().enumerate() {
+        v = v.wrapping_add((c as u32) << ((i * 5) % 24));
+    }
+    1_103_515_243u32.wrapping_mul(v).wrapping_add(12345)
+}
+
+/// A JSON value as QEMU prints it.
+#[derive(Debug, Clone)]
+pub enum JVal {
+    /// Integer.
+    Int(i64),
+    /// String.
+    Str(String),
+    /// Boolean.
+    Bool(bool),
+    /// Object with keys in schema (insertion) order; printed in QDict order.
+    Obj(Vec<(String, JVal)>),
+}
+
+/// Order keys like a QDict: ascending hash bucket (mod 512); within a bucket
+/// the later-inserted key first.
+pub fn qdict_order(keys: &[(String, JVal)]) -> Vec<&(String, JVal)> {
+    let mut idx: Vec<(u32, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (tdb_hash(k) % 512, i))
+        .collect();
+    idx.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    idx.into_iter().map(|(_, i)| &keys[i]).collect()
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                o.push_str(&format!("\\u{:04X}", c as u32))
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// Pretty-print like QEMU's `qobject_to_json_pretty` (4-space indent).
+pub fn to_json(v: &JVal, indent: usize, out: &mut String) {
+    match v {
+        JVal::Int(i) => out.push_str(&i.to_string()),
+        JVal::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        JVal::Str(s) => out.push_str(&esc(s)),
+        JVal::Obj(keys) => {
+            out.push('{');
+            let ordered = qdict_order(keys);
+            for (n, (k, v)) in ordered.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                out.push('\n');
+                out.push_str(&" ".repeat(4 * (indent + 1)));
+                out.push_str(&esc(k));
+                out.push_str(": ");
+                to_json(v, indent + 1, out);
+            }
+            out.push('\n');
+            out.push_str(&" ".repeat(4 * indent));
+            out.push('}');
+        }
+    }
+}
+
+/// The `ImageCheck` object, fields in QAPI schema order, zeros omitted.
+pub fn image_check_json(rep: &CheckReport, filename: &str) -> JVal {
+    let c = &rep.counts;
+    let mut k: Vec<(String, JVal)> = vec![
+        ("filename".into(), JVal::Str(filename.into())),
+        ("format".into(), JVal::Str("qcow2".into())),
+        ("check-errors".into(), JVal::Int(c.check_errors)),
+    ];
+    let mut opt = |name: &str, v: i64| {
+        if v != 0 {
+            k.push((name.into(), JVal::Int(v)));
+        }
+    };
+    opt("image-end-offset", c.image_end_offset as i64);
+    opt("corruptions", c.corruptions);
+    opt("leaks", c.leaks);
+    opt("corruptions-fixed", c.corruptions_fixed);
+    opt("leaks-fixed", c.leaks_fixed);
+    opt("total-clusters", c.total_clusters as i64);
+    opt("allocated-clusters", c.allocated_clusters as i64);
+    opt("fragmented-clusters", c.fragmented_clusters as i64);
+    opt("compressed-clusters", c.compressed_clusters as i64);
+    if let Some(z) = &rep.zoned {
+        k.push(("zoned".into(), z.to_json()));
+    }
+    JVal::Obj(k)
+}
+
+/// The repair preamble printed before the second pass.
+pub fn write_preamble(out: &mut dyn Write, c: &Counts) {
+    let _ = write!(
+        out,
+        "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+        c.leaks_fixed, c.corruptions_fixed
+    );
+}
+
+/// The human summary (QEMU `dump_human_image_check`).
+pub fn write_human(out: &mut dyn Write, c: &Counts) -> io::Result<()> {
+    if c.corruptions == 0 && c.leaks == 0 && c.check_errors == 0 {
+        writeln!(out, "No errors were found on the image.")?;
+    } else {
+        if c.corruptions != 0 {
+            write!(out, "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n", c.corruptions)?;
+        }
+        if c.leaks != 0 {
+            write!(out, "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n", c.leaks)?;
+        }
+        if c.check_errors != 0 {
+            write!(
+                out,
+                "\n{} internal errors have occurred during the check.\n",
+                c.check_errors
+            )?;
+        }
+    }
+    if c.total_clusters != 0 && c.allocated_clusters != 0 {
+        let a = c.allocated_clusters as f64;
+        writeln!(
+            out,
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+            c.allocated_clusters,
+            c.total_clusters,
+            a * 100.0 / c.total_clusters as f64,
+            c.fragmented_clusters as f64 * 100.0 / a,
+            c.compressed_clusters as f64 * 100.0 / a
+        )?;
+    }
+    if c.image_end_offset != 0 {
+        writeln!(out, "Image end offset: {}", c.image_end_offset)?;
+    }
+    Ok(())
+}
+
+/// Print the result and return the exit code (QEMU `img_check`'s tail).
+pub fn finish(
+    rep: &CheckReport,
+    filename: &str,
+    format: OutputFormat,
+    quiet: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> io::Result<i32> {
+    if let Some(e) = rep.failed {
+        writeln!(err, "zcow-img: Check failed: {}", strerror(e))?;
+        return Ok(1);
+    }
+    if !quiet {
+        match format {
+            OutputFormat::Human => {
+                write_human(out, &rep.counts)?;
+                if let Some(z) = &rep.zoned {
+                    z.write_human(out)?;
+                }
+            }
+            OutputFormat::Json => {
+                let mut s = String::new();
+                to_json(&image_check_json(rep, filename), 0, &mut s);
+                writeln!(out, "{s}")?;
+            }
+        }
+    }
+    let c = &rep.counts;
+    if c.check_errors != 0 {
+        writeln!(err, "zcow-img: Check failed")?;
+        return Ok(1);
+    }
+    Ok(if c.corruptions != 0 {
+        2
+    } else if c.leaks != 0 {
+        3
+    } else {
+        0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_key_order() {
+        let keys = [
+            "filename",
+            "format",
+            "check-errors",
+            "image-end-offset",
+            "corruptions",
+            "leaks",
+            "corruptions-fixed",
+            "leaks-fixed",
+            "total-clusters",
+            "allocated-clusters",
+            "fragmented-clusters",
+            "compressed-clusters",
+        ];
+        let v: Vec<(String, JVal)> = keys.iter().map(|k| (k.to_string(), JVal::Int(1))).collect();
+        let o: Vec<&str> = qdict_order(&v).iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(
+            o,
+            [
+                "image-end-offset",
+                "compressed-clusters",
+                "total-clusters",
+                "corruptions",
+                "corruptions-fixed",
+                "check-errors",
+                "leaks",
+                "leaks-fixed",
+                "allocated-clusters",
+                "filename",
+                "format",
+                "fragmented-clusters"
+            ]
+        );
+        // Known collision: the later key prints first.
+        assert_eq!(tdb_hash("children") % 512, 206);
+        assert_eq!(tdb_hash("backing-filename-format") % 512, 206);
+    }
+}

@@ -1,0 +1,604 @@
+//! The reference walk (QEMU `calculate_refcounts`): every structure that owns
+//! host clusters adds one reference per cluster to the IMRT. Item messages
+//! and counters follow QEMU 10 exactly; on top of that the walk records what
+//! repair must not trust (clusters reached through corrupt entries, metadata
+//! aliased by other references, structures it could not follow).
+
+use super::errno::{Errno, EINVAL};
+use super::image::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
+use super::imrt::{BitSet, Imrt};
+use super::{Counts, Ctx, Fix};
+use crate::format::l2::{
+    compressed_range, decode_l2, ClusterType, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO,
+};
+use std::collections::HashMap;
+
+/// What kind of owner a reference comes from (for aliasing detection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Structures that must have exactly one owner: header, L1 tables,
+    /// reftable, refblocks, snapshot table, bitmaps, LUKS header, WP array.
+    Single,
+    /// L2 tables (shared between snapshots legitimately).
+    L2,
+    /// Guest data (shared between snapshots and compressed clusters).
+    Data,
+}
+
+/// A data cluster of a sequential zone found at or past its write pointer.
+#[derive(Debug, Clone)]
+pub(crate) struct StaleCluster {
+    pub zone: u32,
+    pub guest: u64,
+    pub host: u64,
+    /// Host offset of the L2 entry.
+    pub entry_at: u64,
+    pub wp: u64,
+}
+
+/// State of one reference walk.
+#[derive(Debug)]
+pub(crate) struct Walk {
+    pub imrt: Imrt,
+    /// Clusters reached through a corrupt entry: repair does not trust them.
+    pub taint: HashMap<u64, String>,
+    single: BitSet,
+    l2: BitSet,
+    data: BitSet,
+    /// Structures the walk could not follow: their clusters may be counted
+    /// as leaks although something still points at them.
+    pub incomplete: Vec<String>,
+    /// Active guest clusters past a zone's write pointer.
+    pub stale: Vec<StaleCluster>,
+    /// Highest guest data end per zone (for clamping a bad wp).
+    /// Indexed by zone; 0 = no data seen.
+    pub zone_data_end: Vec<u64>,
+    /// Why references currently being counted are suspect.
+    taint_mode: Option<String>,
+}
+
+impl Walk {
+    pub fn new(order: u32, cs: u64, n: u64) -> Result<Self, Errno> {
+        Ok(Walk {
+            imrt: Imrt::new(order, cs, n)?,
+            taint: HashMap::new(),
+            single: BitSet::default(),
+            l2: BitSet::default(),
+            data: BitSet::default(),
+            incomplete: Vec::new(),
+            stale: Vec::new(),
+            zone_data_end: Vec::new(),
+            taint_mode: None,
+        })
+    }
+
+    /// Why repair must not trust cluster `i`'s computed count, if it must not.
+    pub fn distrust(&self, i: u64) -> Option<String> {
+        if let Some(t) = self.taint.get(&i) {
+            return Some(t.clone());
+        }
+        let (s, l, d) = (self.single.get(i), self.l2.get(i), self.data.get(i));
+        let kinds = s as u8 + l as u8 + d as u8;
+        if kinds > 1 || (s && self.imrt.get(i) > 1) {
+            let users: Vec<&str> = [(s, "metadata"), (l, "an L2 table"), (d, "guest data")]
+                .iter()
+                .filter(|x| x.0)
+                .map(|x| x.1)
+                .collect();
+            return Some(if kinds > 1 {
+                format!(
+                    "cluster {i} is used by {} at once (metadata aliasing)",
+                    users.join(" and ")
+                )
+            } else {
+                format!("cluster {i} is used by metadata more than once (metadata aliasing)")
+            });
+        }
+        None
+    }
+
+    /// Whether any cluster is aliased or tainted.
+    pub fn any_distrust(&self) -> Option<String> {
+        if let Some((k, v)) = self.taint.iter().min_by_key(|(k, _)| **k) {
+            return Some(format!("cluster {k}: {v}"));
+        }
+        (0..self.imrt.n).find_map(|i| self.distrust(i))
+    }
+}
+
+/// QEMU `qcow2_inc_refcounts_imrt`.
+pub(crate) fn inc_refcounts(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    w: &mut Walk,
+    offset: u64,
+    size: u64,
+    class: Class,
+) -> Result<(), Errno> {
+    if size == 0 {
+        return Ok(());
+    }
+    let file_len = cx.img.file_len();
+    let cs = cx.img.cs;
+    if offset as i128 + size as i128 - file_len as i128 >= cs as i128 {
+        let _ = writeln!(
+            cx.err,
+            "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{offset:x} size 0x{size:x}"
+        );
+        res.corruptions += 1;
+        return Ok(());
+    }
+    let start = offset & !(cs - 1);
+    let last = (offset + size - 1) & !(cs - 1);
+    let mut c = start;
+    while c <= last {
+        let k = c >> cx.img.cb;
+        if k >= w.imrt.n {
+            w.imrt.grow(k + 1).inspect_err(|_| res.check_errors += 1)?;
+        }
+        match class {
+            Class::Single => w.single.set(k),
+            Class::L2 => w.l2.set(k),
+            Class::Data => w.data.set(k),
+        }
+        if let Some(t) = &w.taint_mode {
+            w.taint.entry(k).or_insert_with(|| t.clone());
+        }
+        if w.imrt.inc(k) {
+            let _ = writeln!(cx.err, "ERROR: overflow cluster offset=0x{c:x}");
+            let _ = writeln!(cx.err, "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing");
+            res.corruptions += 1;
+            w.taint
+                .entry(k)
+                .or_insert_with(|| "its reference count overflows the refcount width".into());
+        }
+        c += cs;
+    }
+    Ok(())
+}
+
+/// How often one L1 table may map the same L2 table before zcow stops
+/// walking it again.
+const MAX_L2_REPEATS: u32 = 8;
+
+/// Where an L1 table belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum L1Kind {
+    Active,
+    Snapshot,
+}
+
+/// QEMU `check_refcounts_l1`.
+pub(crate) fn check_l1(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    w: &mut Walk,
+    l1_offset: u64,
+    l1_size: u32,
+    kind: L1Kind,
+    fix: Fix,
+) -> Result<(), Errno> {
+    if l1_size == 0 {
+        return Ok(());
+    }
+    inc_refcounts(cx, res, w, l1_offset, l1_size as u64 * 8, Class::Single)?;
+    // Entries past EOF read as zero: only read what the file holds, so a
+    // huge declared table costs nothing.
+    let in_file = cx.img.file_len().saturating_sub(l1_offset).div_ceil(8);
+    let l1 = match super::image::read_u64s(&*cx.img.store, l1_offset, (l1_size as u64).min(in_file))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(cx.err, "ERROR: I/O error in check_refcounts_l1");
+            res.check_errors += 1;
+            return Err(e);
+        }
+    };
+    let l2_entries = cx.img.cs / cx.img.header.l2_entry_size();
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    if kind == L1Kind::Active {
+        cx.phase("counting references");
+    }
+    for (i, &e) in l1.iter().enumerate() {
+        if kind == L1Kind::Active {
+            cx.progress(i as u64, l1.len() as u64);
+        }
+        if e == 0 {
+            continue;
+        }
+        if e & L1_RESERVED != 0 {
+            let _ = writeln!(cx.err, "ERROR found L1 entry with reserved bits set: {e:x}");
+            res.corruptions += 1;
+        }
+        let l2_off = e & OFFSET_MASK;
+        let before = res.corruptions;
+        inc_refcounts(cx, res, w, l2_off, cx.img.cs, Class::L2)?;
+        let beyond = res.corruptions != before;
+        let unaligned = l2_off & (cx.img.cs - 1) != 0;
+        if unaligned {
+            let _ = writeln!(
+                cx.err,
+                "ERROR l2_offset={l2_off:x}: Table is not cluster aligned; L1 entry corrupted"
+            );
+            res.corruptions += 1;
+        }
+        if beyond || unaligned {
+            w.incomplete.push(format!(
+                "L1 entry {i} points at {} L2 table (offset 0x{l2_off:x}); the real table and its data cannot be found",
+                if unaligned { "an unaligned" } else { "a missing" }
+            ));
+        }
+        // One L1 table never legitimately maps one L2 table twice; walking a
+        // table referenced thousands of times would make check hang on a
+        // hostile image, so repeats beyond a few are not walked again.
+        let n = seen.entry(l2_off).or_insert(0);
+        *n += 1;
+        if *n > MAX_L2_REPEATS {
+            if *n == MAX_L2_REPEATS + 1 {
+                let _ = writeln!(cx.err, "zcow: L2 table at 0x{l2_off:x} is mapped by more than {MAX_L2_REPEATS} entries of one L1 table; later entries are not walked");
+                w.incomplete.push(format!(
+                    "the L2 table at 0x{l2_off:x} is mapped many times by one L1 table"
+                ));
+            }
+            continue;
+        }
+        // QEMU parses even an unaligned "table"; repair must not trust what
+        // such garbage references.
+        let saved = w.taint_mode.take();
+        if unaligned {
+            w.taint_mode = Some(format!(
+                "it is referenced from an unaligned L2 table at 0x{l2_off:x}"
+            ));
+        }
+        let base = (kind == L1Kind::Active).then(|| i as u64 * l2_entries * cx.img.cs);
+        let r = check_l2(cx, res, w, l2_off, kind, fix, base);
+        w.taint_mode = saved;
+        r?;
+    }
+    Ok(())
+}
+
+/// QEMU `check_refcounts_l2`. `guest_base` is the guest offset the table maps
+/// (active tables only; used for the zoned stale-data check).
+fn check_l2(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    w: &mut Walk,
+    l2_off: u64,
+    kind: L1Kind,
+    fix: Fix,
+    guest_base: Option<u64>,
+) -> Result<(), Errno> {
+    let cs = cx.img.cs;
+    let cb = cx.img.cb;
+    let ext = cx.img.extended();
+    let es = if ext { 16usize } else { 8 };
+    let data_file = cx.img.has_data_file();
+    let mut table = vec![0u8; cs as usize];
+    if cx.img.read(l2_off, &mut table).is_err() {
+        let _ = writeln!(cx.err, "ERROR: I/O error in check_refcounts_l2");
+        res.check_errors += 1;
+        return Err(super::errno::EIO);
+    }
+    let frag = kind == L1Kind::Active;
+    let mut next_contiguous = 0u64;
+    let n = cs as usize / es;
+    let csize_shift = 62 - (cb - 8);
+    let coffset_mask = (1u64 << csize_shift) - 1;
+    for i in 0..n {
+        let at = i * es;
+        let mut entry = be64(&table[at..]);
+        let bitmap = if ext { be64(&table[at + 8..]) } else { 0 };
+        let ty = decode_l2(entry, cb, ext, data_file);
+        if let (Some(base), Some(z)) = (guest_base, cx.zones.as_ref()) {
+            // Where each zone's written data really ends (any entry that
+            // is not unallocated was written, zeros included).
+            let guest = base + i as u64 * cs;
+            let written = !matches!(ty, ClusterType::Unallocated) || (ext && bitmap != 0);
+            if written {
+                if let Some(zi) = z.zone_of(guest) {
+                    let zi = zi as usize;
+                    if zi >= w.zone_data_end.len() {
+                        w.zone_data_end.resize(zi + 1, 0);
+                    }
+                    let end = &mut w.zone_data_end[zi];
+                    *end = (*end).max(guest + cs);
+                }
+            }
+        }
+        if !matches!(ty, ClusterType::Compressed { .. }) && entry & L2_RESERVED != 0 {
+            let _ = writeln!(
+                cx.err,
+                "ERROR found l2 entry with reserved bits set: {entry:x}"
+            );
+            res.corruptions += 1;
+        }
+        match ty {
+            ClusterType::Compressed { .. } => {
+                if entry & COPIED != 0 {
+                    let _ = writeln!(
+                        cx.err,
+                        "ERROR: coffset=0x{:x}: copied flag must never be set for compressed clusters",
+                        entry & coffset_mask
+                    );
+                    entry &= !COPIED;
+                    res.corruptions += 1;
+                }
+                if data_file {
+                    let _ = writeln!(
+                        cx.err,
+                        "ERROR compressed cluster {i} with data file, entry=0x{entry:x}"
+                    );
+                    res.corruptions += 1;
+                    continue;
+                }
+                if bitmap != 0 {
+                    let _ = writeln!(
+                        cx.err,
+                        "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry:x}"
+                    );
+                    res.corruptions += 1;
+                    continue;
+                }
+                let (coff, csize) = compressed_range(entry, cb);
+                inc_refcounts(cx, res, w, coff, csize, Class::Data)?;
+                if frag {
+                    res.allocated_clusters += 1;
+                    res.compressed_clusters += 1;
+                    res.fragmented_clusters += 1;
+                }
+            }
+            ClusterType::Normal(_) | ClusterType::ZeroAlloc(_) => {
+                let offset = entry & OFFSET_MASK;
+                if (bitmap >> 32) & bitmap != 0 {
+                    res.corruptions += 1;
+                    let _ = writeln!(
+                        cx.err,
+                        "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+                    );
+                }
+                let mut unaligned = false;
+                if offset & (cs - 1) != 0 {
+                    unaligned = true;
+                    res.corruptions += 1;
+                    let contains_data = if ext {
+                        bitmap & 0xffff_ffff != 0
+                    } else {
+                        entry & ZERO == 0
+                    };
+                    if !contains_data {
+                        let _ = writeln!(
+                            cx.err,
+                            "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+                            if fix.errors { "Repairing" } else { "ERROR" }
+                        );
+                        if fix.errors {
+                            // A preallocated zero cluster: the guest reads
+                            // zeros either way, so a plain zero entry loses
+                            // nothing.
+                            let new = if ext { 0 } else { ZERO };
+                            let pos = l2_off + at as u64;
+                            let mut bytes = new.to_be_bytes().to_vec();
+                            if ext {
+                                bytes.extend_from_slice(&bitmap.to_be_bytes());
+                            }
+                            match cx.img.write(pos, &bytes) {
+                                Ok(()) => {
+                                    table[at..at + 8].copy_from_slice(&new.to_be_bytes());
+                                    res.corruptions -= 1;
+                                    res.corruptions_fixed += 1;
+                                    continue;
+                                }
+                                Err(e) => {
+                                    let _ = writeln!(
+                                        cx.err,
+                                        "ERROR: Failed to overwrite L2 table entry: {}",
+                                        super::errno::strerror(e)
+                                    );
+                                    res.check_errors += 1;
+                                }
+                            }
+                        }
+                    } else {
+                        let _ = writeln!(
+                            cx.err,
+                            "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                        );
+                    }
+                }
+                if frag {
+                    res.allocated_clusters += 1;
+                    if next_contiguous != 0 && offset != next_contiguous {
+                        res.fragmented_clusters += 1;
+                    }
+                    next_contiguous = offset.wrapping_add(cs);
+                }
+                if let (Some(base), Some(z)) = (guest_base, cx.zones.as_ref()) {
+                    let guest = base + i as u64 * cs;
+                    if let Some(zi) = z.zone_of(guest) {
+                        if let Some(wp) = z.stale_from(zi) {
+                            if guest >= wp.0 {
+                                w.stale.push(StaleCluster {
+                                    zone: zi,
+                                    guest,
+                                    host: offset,
+                                    entry_at: l2_off + at as u64,
+                                    wp: wp.1,
+                                });
+                            }
+                        }
+                    }
+                }
+                if !data_file {
+                    let saved = w.taint_mode.clone();
+                    if unaligned {
+                        w.taint_mode = Some(format!(
+                            "it is referenced by an unaligned L2 entry (offset={offset:x})"
+                        ));
+                    }
+                    let r = inc_refcounts(cx, res, w, offset, cs, Class::Data);
+                    w.taint_mode = saved;
+                    r?;
+                }
+            }
+            ClusterType::ZeroPlain => {}
+            ClusterType::Unallocated => {
+                if bitmap & 0xffff_ffff != 0 {
+                    res.corruptions += 1;
+                    let _ = writeln!(
+                        cx.err,
+                        "ERROR: Unallocated cluster has non-zero subcluster allocation map"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// QEMU `calculate_refcounts`.
+pub(crate) fn calculate_refcounts(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    rebuild: &mut bool,
+    w: &mut Walk,
+) -> Result<(), Errno> {
+    let cs = cx.img.cs;
+    inc_refcounts(cx, res, w, 0, cs, Class::Single)?;
+    let (l1o, l1s) = (cx.img.header.l1_table_offset, cx.img.header.l1_size);
+    check_l1(cx, res, w, l1o, l1s, L1Kind::Active, fix)?;
+
+    let nb = cx.snaps.list.len();
+    if cx.img.has_data_file() && nb > 0 {
+        let _ = writeln!(cx.err, "ERROR {nb} snapshots in image with data file");
+        res.corruptions += 1;
+    }
+    let mut l1_seen: HashMap<u64, u32> = HashMap::new();
+    for i in 0..nb {
+        let (id, name, off, size) = {
+            let s = &cx.snaps.list[i];
+            (s.id.clone(), s.name.clone(), s.l1_offset, s.l1_size)
+        };
+        if off & (cs - 1) != 0 {
+            let _ = writeln!(cx.err, "ERROR snapshot {id} ({name}) l1_offset={}: L1 table is not cluster aligned; snapshot table entry corrupted", super::image::hash_x(off));
+            res.corruptions += 1;
+            w.incomplete.push(format!(
+                "snapshot {id} ({name}) has an unaligned L1 table offset"
+            ));
+            continue;
+        }
+        if size as u64 > crate::format::header::MAX_L1_BYTES / 8 {
+            let _ = writeln!(cx.err, "ERROR snapshot {id} ({name}) l1_size={}: L1 table is too large; snapshot table entry corrupted", super::image::hash_x(size as u64));
+            res.corruptions += 1;
+            w.incomplete
+                .push(format!("snapshot {id} ({name}) has an oversized L1 table"));
+            continue;
+        }
+        // Snapshots never share an L1 table; a hostile table of 65536
+        // entries naming the same one would otherwise cost 65536 walks.
+        if size == 0 {
+            continue;
+        }
+        let n = l1_seen.entry(off).or_insert(0u32);
+        *n += 1;
+        if *n > MAX_L2_REPEATS {
+            if *n == MAX_L2_REPEATS + 1 {
+                let _ = writeln!(cx.err, "zcow: L1 table at 0x{off:x} is named by more than {MAX_L2_REPEATS} snapshots; later ones are not walked");
+                w.incomplete.push(format!(
+                    "the L1 table at 0x{off:x} is named by many snapshots"
+                ));
+            }
+            continue;
+        }
+        check_l1(cx, res, w, off, size, L1Kind::Snapshot, fix)?;
+    }
+    let (so, ss) = (cx.snaps.offset, cx.snaps.size);
+    let before = res.corruptions;
+    inc_refcounts(cx, res, w, so, ss, Class::Single)?;
+    cx.snaps.counted = res.corruptions == before;
+
+    let rto = cx.img.reftable_offset;
+    let rts = cx.img.reftable.len() as u64 * 8;
+    inc_refcounts(cx, res, w, rto, rts, Class::Single)?;
+
+    if let Some((off, len)) = cx.img.header.crypto() {
+        if len != 0 {
+            inc_refcounts(cx, res, w, off, len, Class::Single)?;
+        }
+    }
+    super::bitmaps::check_bitmaps(cx, res, w)?;
+    if let Some(z) = cx.img.header.zoned().cloned() {
+        inc_refcounts(
+            cx,
+            res,
+            w,
+            z.zonedmeta_offset,
+            z.zonedmeta_size,
+            Class::Single,
+        )?;
+    }
+    check_refblocks(cx, res, fix, rebuild, w)
+}
+
+/// QEMU `check_refblocks`. zcow never grows the file for a refblock pointer
+/// past EOF (QEMU does, by however much the garbage pointer says): it asks
+/// for a rebuild instead.
+fn check_refblocks(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    rebuild: &mut bool,
+    w: &mut Walk,
+) -> Result<(), Errno> {
+    let cs = cx.img.cs;
+    for i in 0..cx.img.reftable.len() {
+        let e = cx.img.reftable[i];
+        let off = e & REFT_OFFSET_MASK;
+        let cluster = off >> cx.img.cb;
+        if e & REFT_RESERVED_MASK != 0 {
+            let _ = writeln!(
+                cx.err,
+                "ERROR refcount table entry {i} has reserved bits set"
+            );
+            res.corruptions += 1;
+            *rebuild = true;
+            continue;
+        }
+        if off & (cs - 1) != 0 {
+            let _ = writeln!(
+                cx.err,
+                "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+            );
+            res.corruptions += 1;
+            *rebuild = true;
+            continue;
+        }
+        if cluster >= w.imrt.n {
+            res.corruptions += 1;
+            let _ = writeln!(cx.err, "ERROR refcount block {i} is outside image");
+            if fix.errors {
+                let _ = writeln!(cx.err, "zcow: Not growing the image to 0x{:x} bytes for refcount block {i}: the pointer is corrupt; rebuilding the refcount structure instead", off.saturating_add(cs));
+                *rebuild = true;
+            }
+            continue;
+        }
+        if off != 0 {
+            inc_refcounts(cx, res, w, off, cs, Class::Single)?;
+            let r = w.imrt.get(cluster);
+            if r != 1 {
+                let _ = writeln!(cx.err, "ERROR refcount block {i} refcount={r}");
+                res.corruptions += 1;
+                *rebuild = true;
+            }
+        }
+    }
+    let _ = EINVAL;
+    Ok(())
+}

@@ -1,0 +1,605 @@
+//! Zoned checks (zcow extension): feature bit 5 against the extension, the
+//! extension's fields, features zones forbid, the write-pointer array
+//! (placement, byte order, every entry), and the data of each sequential
+//! zone against its write pointer.
+//!
+//! Findings print as `ERROR zoned: …` (corruptions) or `Leaked zone …`
+//! (stale data after a crash; counted as leaks). With `-r` they print with
+//! `Repairing` instead when repaired.
+
+use super::report::JVal;
+use super::snapshots::free_range;
+use super::walk::Walk;
+use super::{Counts, Ctx, Fix};
+use crate::format::features::INCOMPAT_ZONED;
+use crate::format::header::field;
+use crate::format::wp::{WpEntry, WP_CONVENTIONAL, WP_OFFLINE, WP_READ_ONLY, WP_RESERVED};
+use crate::format::zoned::{
+    decode_wp_array, encode_wp_entries, WpByteOrder, ZonedExt, MAX_ZONES, MODEL_HOST_MANAGED,
+    ZONED_EXT_MAGIC,
+};
+use crate::zone::ZoneGeometry;
+use std::io::{self, Write};
+
+/// Per-zone facts the reference walk needs.
+#[derive(Debug)]
+pub(crate) struct ZoneMap {
+    geo: ZoneGeometry,
+    /// Per zone: (first guest offset that counts as stale, wp), or None
+    /// for conventional zones and zones whose entry is invalid.
+    stale: Vec<Option<(u64, u64)>>,
+    entries: Vec<WpEntry>,
+    order: Option<WpByteOrder>,
+}
+
+impl ZoneMap {
+    /// Zone holding guest byte `g`.
+    pub fn zone_of(&self, g: u64) -> Option<u32> {
+        self.geo.zone_index(g)
+    }
+    /// Stale boundary and wp of zone `z`.
+    pub fn stale_from(&self, z: u32) -> Option<(u64, u64)> {
+        self.stale.get(z as usize).copied().flatten()
+    }
+}
+
+/// The `zoned` section of the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZonedSummary {
+    /// Zone count (from the extension).
+    pub zones: u32,
+    /// Conventional zones.
+    pub conventional_zones: u32,
+    /// Byte order the write-pointer array was found in (None: invalid).
+    pub wp_byte_order: Option<&'static str>,
+    /// Zoned corruptions left.
+    pub corruptions: i64,
+    /// Stale-data findings left (counted as leaks).
+    pub stale: i64,
+    /// Zoned findings repaired.
+    pub fixed: i64,
+}
+
+impl ZonedSummary {
+    /// JSON object (QDict key order applies).
+    pub fn to_json(&self) -> JVal {
+        let mut k = vec![
+            ("zones".to_string(), JVal::Int(self.zones as i64)),
+            (
+                "conventional-zones".to_string(),
+                JVal::Int(self.conventional_zones as i64),
+            ),
+        ];
+        if let Some(o) = self.wp_byte_order {
+            k.push(("wp-byte-order".into(), JVal::Str(o.into())));
+        }
+        for (n, v) in [
+            ("corruptions", self.corruptions),
+            ("stale-clusters", self.stale),
+            ("fixed", self.fixed),
+        ] {
+            if v != 0 {
+                k.push((n.into(), JVal::Int(v)));
+            }
+        }
+        JVal::Obj(k)
+    }
+
+    /// Human output adds nothing: the item lines say it all, and the
+    /// summary stays byte-identical to qemu-img's.
+    pub fn write_human(&self, _out: &mut dyn Write) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn geometry_ok(z: &ZonedExt, size: u64, cs: u64, file_len: u64) -> bool {
+    z.zone_size >= 512
+        && z.zone_size.is_power_of_two()
+        && z.zone_capacity != 0
+        && z.zone_capacity <= z.zone_size
+        && z.nr_zones as u64 == z.expected_zones(size)
+        && z.nr_zones as u64 <= MAX_ZONES
+        && z.zonedmeta_size == 8 * z.nr_zones as u64
+        && z.zonedmeta_offset != 0
+        && z.zonedmeta_offset % cs == 0
+        && z.zonedmeta_offset
+            .checked_add(z.zonedmeta_size)
+            .is_some_and(|e| e <= file_len)
+}
+
+/// Load the write-pointer array when the geometry is sound enough.
+pub(crate) fn prepare(cx: &mut Ctx) -> Option<ZoneMap> {
+    let z = cx.img.header.zoned()?.clone();
+    let size = cx.img.header.size;
+    let cs = cx.img.cs;
+    if !geometry_ok(&z, size, cs, cx.img.file_len()) {
+        return None;
+    }
+    let mut raw = vec![0u8; z.zonedmeta_size as usize];
+    cx.img.read(z.zonedmeta_offset, &mut raw).ok()?;
+    let geo = z.geometry(size);
+    let (entries, order) = decode_wp_array(&geo, &raw);
+    let stale = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let i = i as u32;
+            if geo.is_conventional(i) || entry_problems(&geo, i, *e).is_some() {
+                return None;
+            }
+            let start = geo.zone_start(i);
+            let by_wp = e.wp().div_ceil(cs) * cs;
+            let by_cap = start + geo.zone_cap(i).div_ceil(cs) * cs;
+            Some((by_wp.min(by_cap), e.wp()))
+        })
+        .collect();
+    Some(ZoneMap {
+        geo,
+        stale,
+        entries,
+        order,
+    })
+}
+
+/// What is wrong with one entry, and the repaired entry.
+fn entry_problems(geo: &ZoneGeometry, i: u32, e: WpEntry) -> Option<(String, WpEntry)> {
+    let start = geo.zone_start(i);
+    let end = start + geo.zone_len(i);
+    let conv = geo.is_conventional(i);
+    let mut what = Vec::new();
+    let mut fixed = e;
+    if e.0 & WP_RESERVED != 0 {
+        what.push(format!("reserved bits 62-63 set (entry 0x{:x})", e.0));
+        fixed = WpEntry(fixed.0 & !WP_RESERVED);
+    }
+    if e.conventional() != conv {
+        what.push(if conv {
+            "conventional bit missing on a conventional zone".to_string()
+        } else {
+            "conventional bit set on a sequential zone".to_string()
+        });
+        fixed = WpEntry((fixed.0 & !WP_CONVENTIONAL) | if conv { WP_CONVENTIONAL } else { 0 });
+    }
+    if e.wp() < start || e.wp() > end {
+        what.push(format!(
+            "write pointer 0x{:x} outside the zone [0x{start:x}, 0x{end:x}]",
+            e.wp()
+        ));
+    }
+    if e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0 {
+        what.push("both READ_ONLY and OFFLINE fault bits set".into());
+    }
+    (!what.is_empty()).then(|| (what.join(", "), fixed))
+}
+
+/// Offset of the zoned extension's body in cluster 0.
+fn ext_body_offset(cx: &Ctx) -> Option<u64> {
+    let cs = cx.img.cs as usize;
+    let mut c0 = vec![0u8; cs];
+    cx.img.read(0, &mut c0).ok()?;
+    let mut off = cx.img.header.header_length as usize;
+    while off + 8 <= cs {
+        let magic = u32::from_be_bytes([c0[off], c0[off + 1], c0[off + 2], c0[off + 3]]);
+        let len = u32::from_be_bytes([c0[off + 4], c0[off + 5], c0[off + 6], c0[off + 7]]) as usize;
+        if magic == 0 {
+            return None;
+        }
+        if magic == ZONED_EXT_MAGIC {
+            return Some(off as u64 + 8);
+        }
+        off += 8 + len.div_ceil(8) * 8;
+    }
+    None
+}
+
+struct Out<'s> {
+    sum: &'s mut ZonedSummary,
+}
+
+impl Out<'_> {
+    fn corrupt(&mut self, cx: &mut Ctx, res: &mut Counts, fixed: bool, msg: &str) {
+        let _ = writeln!(
+            cx.err,
+            "{} zoned: {msg}",
+            if fixed { "Repairing" } else { "ERROR" }
+        );
+        if fixed {
+            res.corruptions_fixed += 1;
+            self.sum.fixed += 1;
+        } else {
+            res.corruptions += 1;
+            self.sum.corruptions += 1;
+        }
+    }
+}
+
+/// Run the zoned checks after the refcount check of a pass. `rc_clean`:
+/// the refcount part ended without corruptions or errors (required before
+/// repairs that change refcounts).
+pub(crate) fn check(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    w: &Walk,
+    rc_clean: bool,
+    compressed: bool,
+) -> Option<ZonedSummary> {
+    let bit = cx.img.header.incompatible_features & INCOMPAT_ZONED != 0;
+    let ext = cx.img.header.zoned().cloned();
+    let mut sum = ZonedSummary::default();
+    let mut o = Out { sum: &mut sum };
+    let Some(z) = ext else {
+        if bit {
+            let fixing = fix.errors && clear_bit(cx).is_ok();
+            o.corrupt(cx, res, fixing, "incompatible feature bit 5 (zoned format) is set but the image has no zoned header extension");
+            return Some(sum);
+        }
+        return None;
+    };
+    o.sum.zones = z.nr_zones;
+    o.sum.conventional_zones = z.conventional_zones;
+    if !bit {
+        let ok = fix.errors && set_bit(cx).is_ok();
+        o.corrupt(
+            cx,
+            res,
+            ok,
+            "zoned header extension present but incompatible feature bit 5 (zoned format) is clear",
+        );
+    }
+    // Features zones cannot be combined with.
+    let h = cx.img.header.clone();
+    let forbidden = [
+        (
+            h.version < 3,
+            "zoned images must be qcow2 version 3 (compat=1.1)".to_string(),
+        ),
+        (
+            h.backing_file.is_some(),
+            "zoned images cannot have a backing file".into(),
+        ),
+        (
+            cx.img.has_data_file(),
+            "zoned images cannot use an external data file".into(),
+        ),
+        (
+            cx.img.raw_nb_snapshots > 0,
+            format!(
+                "zoned images cannot have internal snapshots ({} found)",
+                cx.img.raw_nb_snapshots
+            ),
+        ),
+        (
+            compressed,
+            "zoned images cannot contain compressed clusters".into(),
+        ),
+        (
+            h.extended_l2(),
+            "zoned images cannot use extended L2 entries".into(),
+        ),
+        (
+            h.crypt_method != 0,
+            "zoned images cannot be encrypted".into(),
+        ),
+    ];
+    for (bad, msg) in forbidden {
+        if bad {
+            o.corrupt(cx, res, false, &msg);
+        }
+    }
+    // Extension fields.
+    let size = h.size;
+    let cs = cx.img.cs;
+    let file_len = cx.img.file_len();
+    let mut newz = z.clone();
+    if z.model != MODEL_HOST_MANAGED {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!("zone model {} is not host-managed (1)", z.model),
+        );
+    }
+    if z.reserved != [0; 3] {
+        if fix.errors {
+            newz.reserved = [0; 3];
+        }
+        o.corrupt(
+            cx,
+            res,
+            fix.errors,
+            &format!(
+                "reserved bytes 1-3 of the extension are not zero ({:02x?})",
+                z.reserved
+            ),
+        );
+    }
+    let size_ok = z.zone_size >= 512 && z.zone_size.is_power_of_two();
+    if !size_ok {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "zone_size {} is not a power of two of at least 512 bytes",
+                z.zone_size
+            ),
+        );
+    }
+    if z.zone_capacity == 0 || z.zone_capacity > z.zone_size || z.zone_capacity % 512 != 0 {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "zone_capacity {} must be a non-zero multiple of 512 no larger than zone_size {}",
+                z.zone_capacity, z.zone_size
+            ),
+        );
+    }
+    let expected = if size_ok {
+        z.expected_zones(size)
+    } else {
+        z.nr_zones as u64
+    };
+    let array_clusters_bytes = z.zonedmeta_size.div_ceil(cs).saturating_mul(cs);
+    if expected > MAX_ZONES {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!("{expected} zones exceed the maximum of {MAX_ZONES}"),
+        );
+    } else if z.nr_zones as u64 != expected || z.zonedmeta_size != 8 * expected {
+        // The array size can be derived when its clusters still hold it.
+        let can = fix.errors && 8 * expected <= array_clusters_bytes && expected > 0;
+        if can {
+            newz.nr_zones = expected as u32;
+            newz.zonedmeta_size = 8 * expected;
+        }
+        if z.nr_zones as u64 != expected {
+            o.corrupt(
+                cx,
+                res,
+                can,
+                &format!(
+                    "nr_zones is {} but a {size}-byte disk with {}-byte zones has {expected}",
+                    z.nr_zones, z.zone_size
+                ),
+            );
+        }
+        if z.zonedmeta_size != 8 * expected {
+            o.corrupt(
+                cx,
+                res,
+                can,
+                &format!(
+                    "zonedmeta_size is {} but {expected} zones need {}",
+                    z.zonedmeta_size,
+                    8 * expected
+                ),
+            );
+        }
+    }
+    let nz = newz.nr_zones;
+    if newz.conventional_zones >= nz && nz > 0 {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "conventional_zones {} must be below nr_zones {nz}",
+                z.conventional_zones
+            ),
+        );
+    }
+    let seq = nz.saturating_sub(z.conventional_zones);
+    if z.max_active_zones > seq
+        || z.max_open_zones > seq
+        || (z.max_active_zones != 0 && z.max_open_zones > z.max_active_zones)
+    {
+        o.corrupt(cx, res, false, &format!("zone limits max_open_zones {} / max_active_zones {} do not fit the {seq} sequential zones", z.max_open_zones, z.max_active_zones));
+    }
+    if z.max_append_bytes % 512 != 0 || (z.max_append_bytes as u64) >= z.zone_capacity {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "max_append_bytes {} must be a multiple of 512 below zone_capacity {}",
+                z.max_append_bytes, z.zone_capacity
+            ),
+        );
+    }
+    let off_ok = z.zonedmeta_offset != 0 && z.zonedmeta_offset % cs == 0;
+    if !off_ok {
+        o.corrupt(
+            cx,
+            res,
+            false,
+            &format!(
+                "zonedmeta_offset 0x{:x} is not a non-zero multiple of the cluster size",
+                z.zonedmeta_offset
+            ),
+        );
+    } else if z
+        .zonedmeta_offset
+        .checked_add(z.zonedmeta_size)
+        .is_none_or(|e| e > file_len)
+    {
+        o.corrupt(cx, res, false, &format!("write-pointer array at 0x{:x} ({} bytes) runs past the end of the file ({file_len} bytes)", z.zonedmeta_offset, z.zonedmeta_size));
+    } else {
+        // Placement: the array's clusters must belong to it alone.
+        let first = z.zonedmeta_offset / cs;
+        let last = (z.zonedmeta_offset + z.zonedmeta_size.max(1) - 1) / cs;
+        for c in first..=last {
+            if let Some(why) = w.distrust(c) {
+                o.corrupt(
+                    cx,
+                    res,
+                    false,
+                    &format!(
+                        "write-pointer array cluster {c} overlaps other metadata or data: {why}"
+                    ),
+                );
+            }
+        }
+    }
+    if newz != z {
+        if let Some(at) = ext_body_offset(cx) {
+            let body = newz.encode();
+            if cx.img.write(at, &body[..56]).is_err() {
+                res.check_errors += 1;
+            } else if let Some(h) = cx.img.header.zoned_mut() {
+                *h = newz.clone();
+            }
+        }
+    }
+    // The array itself.
+    if let Some(map) = cx.zones.take() {
+        check_entries(cx, res, fix, w, rc_clean, &map, &z, &mut o);
+        cx.zones = Some(map);
+    }
+    Some(sum)
+}
+
+fn clear_bit(cx: &mut Ctx) -> Result<(), super::errno::Errno> {
+    let n = cx.img.header.incompatible_features & !INCOMPAT_ZONED;
+    cx.img
+        .write_header_field(field::INCOMPAT, &n.to_be_bytes())?;
+    cx.img.header.incompatible_features = n;
+    Ok(())
+}
+
+fn set_bit(cx: &mut Ctx) -> Result<(), super::errno::Errno> {
+    let n = cx.img.header.incompatible_features | INCOMPAT_ZONED;
+    cx.img
+        .write_header_field(field::INCOMPAT, &n.to_be_bytes())?;
+    cx.img.header.incompatible_features = n;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_entries(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    w: &Walk,
+    rc_clean: bool,
+    map: &ZoneMap,
+    z: &ZonedExt,
+    o: &mut Out,
+) {
+    let geo = &map.geo;
+    let mut entries = map.entries.clone();
+    let mut dirty = false;
+    o.sum.wp_byte_order = match map.order {
+        Some(WpByteOrder::BigEndian) => Some("big-endian"),
+        Some(WpByteOrder::LittleEndian) => Some("little-endian"),
+        None => None,
+    };
+    if map.order == Some(WpByteOrder::LittleEndian) {
+        o.corrupt(cx, res, fix.errors, "write-pointer array is little-endian (host order of the QEMU patch series v3-v9); zcow stores it big-endian");
+        dirty |= fix.errors;
+    }
+    let cs = cx.img.cs;
+    #[allow(clippy::needless_range_loop)] // entries[i] is rewritten in the loop
+    for i in 0..entries.len() {
+        let iu = i as u32;
+        let e = entries[i];
+        if let Some((what, mut fixed)) = entry_problems(geo, iu, e) {
+            let start = geo.zone_start(iu);
+            let end = start + geo.zone_len(iu);
+            let both_faults = e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0;
+            if fixed.wp() < start || fixed.wp() > end {
+                // Clamp to the data that is really in the zone.
+                let data_end = w
+                    .zone_data_end
+                    .get(i)
+                    .copied()
+                    .filter(|&e| e != 0)
+                    .unwrap_or(start);
+                let wp = data_end.clamp(start, start + geo.zone_cap(iu));
+                fixed = fixed.with_wp(if geo.is_conventional(iu) { start } else { wp });
+            }
+            let can = fix.errors && !both_faults;
+            o.corrupt(cx, res, can, &format!("zone {i}: {what}"));
+            if can {
+                entries[i] = fixed;
+                dirty = true;
+            }
+            continue;
+        }
+        // A sequential zone whose wp is past the data really there (the
+        // data did not reach the disk before a crash): a zone-kind leak.
+        // A FULL zone (written to capacity, or finished: wp at the zone
+        // end) legitimately has a wp past its data.
+        let full = e.wp() >= geo.zone_start(iu) + geo.zone_cap(iu);
+        if !geo.is_conventional(iu) && !e.offline() && !full {
+            let start = geo.zone_start(iu);
+            let data_end = w
+                .zone_data_end
+                .get(i)
+                .copied()
+                .filter(|&e| e != 0)
+                .unwrap_or(start);
+            // Cluster-granular: zeros written into a partial cluster that
+            // already read as zero leave no trace in the L2 table.
+            if e.wp() / cs * cs > data_end.max(start) {
+                let target = data_end.max(start);
+                let can = fix.leaks && rc_clean && w.incomplete.is_empty();
+                let _ = writeln!(
+                    cx.err,
+                    "{} zone {i}: write pointer 0x{:x} is past the zone's data, which ends at 0x{target:x}",
+                    if can { "Repairing" } else { "Leaked" },
+                    e.wp()
+                );
+                if can {
+                    entries[i] = e.with_wp(target);
+                    dirty = true;
+                    res.leaks_fixed += 1;
+                    o.sum.fixed += 1;
+                } else {
+                    res.leaks += 1;
+                    o.sum.stale += 1;
+                }
+            }
+        }
+    }
+    // Stale data at or past a sequential zone's write pointer.
+    for s in &w.stale {
+        let host_cluster = s.host / cs;
+        let table_cluster = s.entry_at / cs;
+        let can = fix.leaks
+            && rc_clean
+            && w.incomplete.is_empty()
+            && s.host % cs == 0
+            && w.distrust(host_cluster).is_none()
+            && w.distrust(table_cluster).is_none();
+        let _ = writeln!(
+            cx.err,
+            "{} zone cluster: zone {} guest offset 0x{:x} (host cluster {host_cluster}) is at or past the write pointer 0x{:x}",
+            if can { "Repairing" } else { "Leaked" },
+            s.zone,
+            s.guest,
+            s.wp
+        );
+        let done = can && {
+            let zero = vec![0u8; cx.img.header.l2_entry_size() as usize];
+            cx.img.write(s.entry_at, &zero).is_ok() && free_range(cx, s.host, cs).is_ok()
+        };
+        if done {
+            res.leaks_fixed += 1;
+            o.sum.fixed += 1;
+        } else {
+            res.leaks += 1;
+            o.sum.stale += 1;
+        }
+    }
+    if dirty && z.zonedmeta_size == 8 * entries.len() as u64 {
+        let bytes = encode_wp_entries(&entries);
+        if cx.img.write(z.zonedmeta_offset, &bytes).is_err() {
+            res.check_errors += 1;
+        }
+    }
+}
