@@ -118,3 +118,75 @@ fn open_errors_are_reported_like_qemu_img() {
         "zcow-img: Invalid image size specified: '12Q'.\n"
     );
 }
+
+#[test]
+fn check_and_repair_commands_are_wired_like_qemu_img() {
+    let d = tmp();
+    let p = d.path().join("z.qcow2");
+    assert!(zimg(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "zone.mode=host-managed,zone.size=1M",
+        s(&p),
+        "16M"
+    ])
+    .status
+    .success());
+    let o = zimg(&["check", s(&p)]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("No errors were found on the image.\n"));
+    let o = zimg(&["check", "-q", s(&p)]);
+    assert_eq!((o.status.code(), o.stdout.is_empty()), (Some(0), true));
+    let o = zimg(&["check", "-r", "foo", s(&p)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "zcow-img: --repair (-r) expects 'leaks' or 'all' not 'foo'\nTry 'zcow-img check --help' for more info\n"
+    );
+    let o = zimg(&["info", "--output=xml", s(&p)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "zcow-img: --output expects 'human' or 'json' not 'xml'\nTry 'zcow-img info --help' for more info\n"
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&zimg(&["check", "--output=json", s(&p)]).stdout).unwrap();
+    assert_eq!(j["zoned"]["zones"], 16);
+    assert_eq!(j["check-errors"], 0);
+    // A wp pointing outside its zone: check exits 2, repair fixes it, the
+    // next check is clean.
+    let mut b = std::fs::read(&p).unwrap();
+    let pos = b
+        .windows(4)
+        .position(|w| w == [0, 0x7a, 0x62, 0x64])
+        .unwrap()
+        + 8;
+    let off = u64::from_be_bytes(b[pos + 48..pos + 56].try_into().unwrap()) as usize;
+    b[off + 8 * 3..off + 8 * 4].copy_from_slice(&(7u64 << 20).to_be_bytes());
+    std::fs::write(&p, &b).unwrap();
+    assert_eq!(zimg(&["check", s(&p)]).status.code(), Some(2));
+    let dry = zimg(&["repair", "--dry-run", s(&p)]);
+    assert!(String::from_utf8_lossy(&dry.stderr)
+        .contains("zone 3: write pointer 0x700000 outside the zone"));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("Dry run: nothing was written"));
+    assert_eq!(
+        zimg(&["check", s(&p)]).status.code(),
+        Some(2),
+        "dry run changed nothing"
+    );
+    let bk = d.path().join("backup.bin");
+    let r = zimg(&["repair", "--backup", s(&bk), s(&p)]);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(zimg(&["check", s(&p)]).status.code(), Some(0));
+    // Undo restores the broken state.
+    assert!(zimg(&["repair", "--undo", s(&bk), s(&p)]).status.success());
+    assert_eq!(zimg(&["check", s(&p)]).status.code(), Some(2));
+}

@@ -1,9 +1,10 @@
 //! zcow-img: create, inspect, check and repair zcow/qcow2 images.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use zcow::check::{OutputFormat, RepairMode, RepairOptions};
 use zcow::format::create::create;
 use zcow::img;
 use zcow::storage::FileStorage;
@@ -19,10 +20,28 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Human,
-    Json,
+/// A usage error reported the way qemu-img does: message, then a hint
+/// line, exit 1.
+#[derive(Debug)]
+struct Usage {
+    cmd: &'static str,
+    msg: String,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\nTry 'zcow-img {} --help' for more info",
+            self.msg, self.cmd
+        )
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
+    OutputFormat::from_arg(s).map_err(|msg| Usage { cmd, msg }.into())
 }
 
 #[derive(Subcommand)]
@@ -58,9 +77,49 @@ enum Cmd {
         /// Image format (only qcow2).
         #[arg(short = 'f')]
         format: Option<String>,
-        /// Output format.
-        #[arg(long = "output", value_enum, default_value = "human")]
-        output: Output,
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// Image file.
+        file: PathBuf,
+    },
+    /// Check an image for consistency (qemu-img check compatible), and
+    /// optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE
+    Check {
+        /// Image format (qcow2; raw images cannot be checked).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Repair: leaks, or all.
+        #[arg(short = 'r', long = "repair")]
+        repair: Option<String>,
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// Quiet: print nothing on stdout.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Show a progress bar (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
+        /// Image file.
+        file: String,
+    },
+    /// Repair everything that can be derived (check -r all plus the zoned
+    /// repairs), printing what changes.
+    Repair {
+        /// Print what would change, change nothing.
+        #[arg(long, conflicts_with = "undo")]
+        dry_run: bool,
+        /// Save every metadata cluster the repair rewrites to FILE, so the
+        /// repair can be undone with --undo.
+        #[arg(long, value_name = "FILE", conflicts_with = "undo")]
+        backup: Option<PathBuf>,
+        /// Undo an earlier repair from its backup FILE.
+        #[arg(long, value_name = "FILE")]
+        undo: Option<PathBuf>,
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
         /// Image file.
         file: PathBuf,
     },
@@ -81,9 +140,9 @@ enum ZoneCmd {
         /// At most this many zones.
         #[arg(long)]
         count: Option<u32>,
-        /// Output format.
-        #[arg(long = "output", value_enum, default_value = "human")]
-        output: Output,
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
         /// Image file.
         file: PathBuf,
     },
@@ -99,6 +158,8 @@ enum ZoneCmd {
 }
 
 fn run(cli: Cli) -> Result<u8> {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
     match cli.cmd {
         Cmd::Create {
             format,
@@ -179,14 +240,67 @@ fn run(cli: Cli) -> Result<u8> {
                     bail!("zcow-img info supports only qcow2 images (got -f {f})");
                 }
             }
+            let output = output_arg("info", &output)?;
             let name = file.to_string_lossy().into_owned();
             let info = img::info::image_info(&file, &name)
                 .map_err(|e| anyhow::anyhow!("Could not open '{name}': {e}"))?;
             match output {
-                Output::Human => print!("{}", info.human()),
-                Output::Json => print!("{}", info.json()),
+                OutputFormat::Human => print!("{}", info.human()),
+                OutputFormat::Json => print!("{}", info.json()),
             }
             Ok(0)
+        }
+        Cmd::Check {
+            format,
+            repair,
+            output,
+            quiet,
+            progress,
+            file,
+        } => {
+            let repair = match repair {
+                Some(r) => {
+                    Some(RepairMode::from_arg(&r).map_err(|msg| Usage { cmd: "check", msg })?)
+                }
+                None => None,
+            };
+            let opts = zcow::check::CheckOptions {
+                repair,
+                output: output_arg("check", &output)?,
+                quiet,
+                progress,
+                format,
+                display_name: Some(file.clone()),
+            };
+            let code = zcow::check::run_check(
+                std::path::Path::new(&file),
+                &opts,
+                &mut stdout,
+                &mut stderr,
+            )?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Cmd::Repair {
+            dry_run,
+            backup,
+            undo,
+            output,
+            file,
+        } => {
+            if let Some(b) = undo {
+                zcow::check::undo_repair(&file, &b).with_context(|| {
+                    format!("undo of the repair of '{}' failed", file.display())
+                })?;
+                println!("Restored '{}' from '{}'.", file.display(), b.display());
+                return Ok(0);
+            }
+            let opts = RepairOptions {
+                dry_run,
+                backup,
+                output: output_arg("repair", &output)?,
+            };
+            let code = zcow::check::run_repair(&file, &opts, &mut stdout, &mut stderr)?;
+            Ok(u8::try_from(code).unwrap_or(1))
         }
         Cmd::Zone { cmd } => match cmd {
             ZoneCmd::Report {
@@ -195,12 +309,13 @@ fn run(cli: Cli) -> Result<u8> {
                 output,
                 file,
             } => {
+                let output = output_arg("zone report", &output)?;
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
                 let (_, zones) = img::zone::report(&file, off, count)
                     .map_err(|e| anyhow::anyhow!("Could not open '{}': {e}", file.display()))?;
                 match output {
-                    Output::Human => print!("{}", img::zone::render_human(&zones)),
-                    Output::Json => print!("{}", img::zone::render_json(&zones)),
+                    OutputFormat::Human => print!("{}", img::zone::render_human(&zones)),
+                    OutputFormat::Json => print!("{}", img::zone::render_json(&zones)),
                 }
                 Ok(0)
             }

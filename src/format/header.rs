@@ -538,11 +538,12 @@ impl Header {
             let len =
                 u32::from_be_bytes([c0[off + 4], c0[off + 5], c0[off + 6], c0[off + 7]]) as usize;
             off += 8;
-            if magic == EXT_END {
-                return Ok(off);
-            }
+            // QEMU checks the length before the type, the end marker included.
             if len > limit - off {
                 return Err(invalid!("Header extension too large"));
+            }
+            if magic == EXT_END {
+                return Ok(off);
             }
             let data = &c0[off..off + len];
             let ext = match magic {
