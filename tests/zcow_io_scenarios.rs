@@ -213,3 +213,62 @@ zcow-io: zone 0 (start 0x0, NOT_WP, wp 0x0): append of 0x1000 bytes to a convent
 ");
     assert_eq!(rc, 1);
 }
+
+mod common_nbd;
+
+#[test]
+fn nbd_uri_gives_the_same_output_as_the_file() {
+    let d = tmp();
+    let scripts: [&[&str]; 3] = [
+        &[
+            "write -P 1 1M 4k",
+            "write -P 2 2M 4k",
+            "zap -p 3M 4k",
+            "zrp 0 6",
+            "zo 4M 1M",
+            "zc 2M 1M",
+            "zf 2M 1M",
+            "zo 4M 1M",
+            "zrp 0 6",
+            "read -P 1 1M 4k",
+        ],
+        &[
+            "write -P 5 1M 0xbf000",
+            "write 0x1bf000 0x2000",
+            "write -P 6 0x1bf000 0x1000",
+            "zrp 1M 1",
+            "read -P 0 0x1c0000 0x40000",
+            "write 0x1c0000 4k",
+            "zrs 1M 1M",
+            "zrp 1M 1",
+            "read -P 0 1M 4k",
+            "flush",
+        ],
+        &[
+            "zap -p 1M 4k",
+            "zap -p 1M 4k",
+            "zap 1M 16k",
+            "zap 0x101000 4k",
+            "zap 0 4k",
+            "zrp 1M 1",
+            "write -z 0 64k",
+            "discard 0 64k",
+            "read -v 0x100000 32",
+        ],
+    ];
+    for cmds in scripts {
+        let file = image(&d);
+        let served = d.path().join("served.qcow2");
+        std::fs::copy(&file, &served).unwrap();
+        let (fo, _, fc) = zio(&file, cmds);
+        let srv = common_nbd::ServerProc::start(&served, &["-e", "0"]);
+        let (no, _, nc) = zio(std::path::Path::new(&srv.uri()), cmds);
+        drop(srv);
+        assert_eq!(no, fo, "{cmds:?}");
+        assert_eq!(nc, fc, "{cmds:?}");
+        // Both images end in the same state.
+        let (rf, _, _) = zio(&file, &["zrp 0 6", "read -v 0x100000 64"]);
+        let (rs, _, _) = zio(&served, &["zrp 0 6", "read -v 0x100000 64"]);
+        assert_eq!(rf, rs);
+    }
+}
