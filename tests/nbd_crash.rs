@@ -9,7 +9,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use zcow::device::BlockDevice;
 use zcow::nbd::client::{Address, ClientOptions, NbdClient};
 
 const ZONE: u64 = 1 << 20;
