@@ -112,7 +112,9 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()>;
     /// Make a range read as zeroes.
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()>;
-    /// Deallocate a range (contents afterwards unspecified; zcow reads zero).
+    /// Deallocate a range. Afterwards the range reads as zeroes or keeps
+    /// its contents (whole qcow2 clusters are dropped; sequential zones keep
+    /// their data, since only a zone reset may move a write pointer back).
     fn discard(&self, offset: u64, len: u64) -> DevResult<()>;
     /// Make every completed write durable.
     fn flush(&self) -> DevResult<()>;
