@@ -12,7 +12,8 @@ trap 'rm -rf "$dir"' EXIT
 measure() { # cmd... -> "seconds maxrss_kib" (median time, max RSS of the runs)
   local ts=() rss=0 out
   for _ in 1 2 3; do
-    out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+    /usr/bin/time -o "$dir/time" -f '%e %M' "$@" >/dev/null 2>&1 || true
+    out=$(tail -1 "$dir/time")
     ts+=("${out%% *}"); r=${out##* }; [ "$r" -gt "$rss" ] && rss=$r
   done
   echo "$(printf '%s\n' "${ts[@]}" | sort -g | sed -n 2p) $rss"

@@ -169,15 +169,18 @@ fn compare(m: &Model, e: &Engine, step: usize, op: &Op) {
 /// (reopened from disk on every reopen).
 enum Backing {
     Mem(Arc<MemZoneStore>),
-    File(std::path::PathBuf, tempfile::TempDir),
+    File {
+        path: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    },
 }
 
 impl Backing {
     fn open(&self) -> Engine {
         match self {
             Backing::Mem(m) => Engine::open(m.clone()).unwrap(),
-            Backing::File(p, _) => {
-                let img = zcow::format::Qcow2::open_path(p, &zcow::format::OpenOptions::default())
+            Backing::File { path, .. } => {
+                let img = zcow::format::Qcow2::open_path(path, &zcow::format::OpenOptions::default())
                     .unwrap();
                 let st = zcow::engine::Qcow2ZoneStore::new(img).unwrap();
                 Engine::open(Arc::new(st)).unwrap()
@@ -211,7 +214,7 @@ fn file_backing(g: &ZoneGeometry) -> Option<(Backing, ZoneGeometry)> {
         },
     )
     .ok()?;
-    let b = Backing::File(p, d);
+    let b = Backing::File { path: p, _dir: d };
     let real = b.open().geometry();
     Some((b, real))
 }
@@ -353,7 +356,7 @@ fn run_on(g: ZoneGeometry, store: Backing, ops: Vec<Op>) {
                 }
                 // Power loss on files is covered by tests/engine_crash.rs;
                 // here a crash is a clean close and reopen.
-                Backing::File(..) => {
+                Backing::File { .. } => {
                     drop(e);
                     e = store.open();
                     m.reopen(false);
