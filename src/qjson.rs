@@ -75,6 +75,34 @@ fn write_value(s: &mut String, v: &Value, level: usize) {
     }
 }
 
+/// Human dump of a QEMU object as `qemu-img info` prints format-specific
+/// data: keys in QDict order with `-` shown as a space, nested objects and
+/// lists indented by four more spaces, list items as `[i]:`.
+pub fn dump_human(v: &Value, level: usize, out: &mut String) {
+    let pad = "    ".repeat(level);
+    let item = |out: &mut String, label: &str, val: &Value| match val {
+        Value::Object(_) | Value::Array(_) => {
+            out.push_str(&format!("{pad}{label}:\n"));
+            dump_human(val, level + 1, out);
+        }
+        Value::String(s) => out.push_str(&format!("{pad}{label}: {s}\n")),
+        other => out.push_str(&format!("{pad}{label}: {other}\n")),
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, val) in qdict_order(m) {
+                item(out, &k.replace('-', " "), val);
+            }
+        }
+        Value::Array(a) => {
+            for (i, val) in a.iter().enumerate() {
+                item(out, &format!("[{i}]"), val);
+            }
+        }
+        other => out.push_str(&format!("{pad}{other}\n")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

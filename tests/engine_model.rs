@@ -180,8 +180,9 @@ impl Backing {
         match self {
             Backing::Mem(m) => Engine::open(m.clone()).unwrap(),
             Backing::File { path, .. } => {
-                let img = zcow::format::Qcow2::open_path(path, &zcow::format::OpenOptions::default())
-                    .unwrap();
+                let img =
+                    zcow::format::Qcow2::open_path(path, &zcow::format::OpenOptions::default())
+                        .unwrap();
                 let st = zcow::engine::Qcow2ZoneStore::new(img).unwrap();
                 Engine::open(Arc::new(st)).unwrap()
             }

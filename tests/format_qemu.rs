@@ -161,6 +161,11 @@ fn info_json_agrees_with_qemu() {
         ),
         ("ext.qcow2", vec!["-o", "extended_l2=on"]),
         ("back.qcow2", vec!["-b", "base.qcow2", "-F", "qcow2"]),
+        ("bitmaps.qcow2", vec![]),
+        (
+            "datafile.qcow2",
+            vec!["-o", "data_file=datafile.raw,data_file_raw=on"],
+        ),
     ];
     for (name, args) in cases {
         let p = d.path().join(name);
@@ -176,6 +181,21 @@ fn info_json_agrees_with_qemu() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         if name == "zstd.qcow2" {
             ok("qemu-img", &["snapshot", "-c", "snap1", s(&p)]);
+        }
+        if name == "bitmaps.qcow2" {
+            ok("qemu-img", &["bitmap", "--add", s(&p), "b0"]);
+            ok(
+                "qemu-img",
+                &[
+                    "bitmap",
+                    "--add",
+                    "-g",
+                    "128k",
+                    "--disable",
+                    s(&p),
+                    "second",
+                ],
+            );
         }
         let q = ok("qemu-img", &["info", "--output=json", s(&p)]);
         let z = ok(s(&bin("zcow-img")), &["info", "--output=json", s(&p)]);

@@ -1763,6 +1763,32 @@ impl Qcow2 {
         Ok(out)
     }
 
+    /// The persistent bitmaps, when the bitmaps extension is valid (its
+    /// autoclear bit set), as `qemu-img info` lists them.
+    pub fn bitmaps(&self) -> Result<Vec<super::bitmap::BitmapEntry>> {
+        let h = self.header();
+        let Some(b) = h.bitmaps() else {
+            return Ok(Vec::new());
+        };
+        if h.autoclear_features & AUTOCLEAR_BITMAPS == 0 || b.nb_bitmaps == 0 {
+            return Ok(Vec::new());
+        }
+        if b.directory_size > super::bitmap::MAX_DIRECTORY
+            || b.directory_offset
+                .checked_add(b.directory_size)
+                .is_none_or(|e| e > self.store.len().unwrap_or(0))
+        {
+            return Err(invalid!(
+                "bitmap directory at {:#x} ({} bytes) is too large or past the end of the file",
+                b.directory_offset,
+                b.directory_size
+            ));
+        }
+        let mut dir = vec![0u8; b.directory_size as usize];
+        self.store.read_at(b.directory_offset, &mut dir)?;
+        super::bitmap::parse_directory(&dir, b.nb_bitmaps).map_err(FormatError::Invalid)
+    }
+
     /// Set or clear the corrupt bit (v3 only) durably.
     pub fn set_corrupt_bit(&self, on: bool) -> Result<()> {
         let mut m = lock(&self.meta);

@@ -4,6 +4,7 @@ pub mod error;
 pub mod wp;
 
 pub use error::{FormatError, Result};
+pub mod bitmap;
 pub mod cache;
 pub mod compress;
 pub mod create;

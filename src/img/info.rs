@@ -111,6 +111,20 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
     if v3 {
         data.insert("lazy-refcounts".into(), json!(lazy));
     }
+    let bitmaps = img.bitmaps().unwrap_or_default();
+    if !bitmaps.is_empty() {
+        let list: Vec<Value> = bitmaps
+            .iter()
+            .map(|b| {
+                let mut m = Map::new();
+                m.insert("flags".into(), json!(b.flag_names()));
+                m.insert("name".into(), json!(b.name));
+                m.insert("granularity".into(), json!(b.granularity()));
+                Value::Object(m)
+            })
+            .collect();
+        data.insert("bitmaps".into(), Value::Array(list));
+    }
     data.insert("refcount-bits".into(), json!(h.refcount_bits()));
     if v3 {
         data.insert("corrupt".into(), json!(corrupt));
@@ -342,22 +356,8 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         }
     }
     s.push_str("Format specific information:\n");
-    s.push_str(&format!("    compat: {compat}\n"));
-    if let Some(df) = h.data_file() {
-        s.push_str(&format!("    data file: {df}\n"));
-        s.push_str(&format!(
-            "    data file raw: {}\n",
-            h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0
-        ));
-    }
-    s.push_str(&format!("    compression type: {ctype}\n"));
-    if v3 {
-        s.push_str(&format!("    lazy refcounts: {lazy}\n"));
-    }
-    s.push_str(&format!("    refcount bits: {}\n", h.refcount_bits()));
-    if v3 {
-        s.push_str(&format!("    corrupt: {corrupt}\n"));
-        s.push_str(&format!("    extended l2: {ext_l2}\n"));
+    if let Some(d) = top.get("format-specific").and_then(|f| f.get("data")) {
+        crate::qjson::dump_human(d, 1, &mut s);
     }
     s.push_str(&zoned_human);
     s.push_str("Child node '/file':\n");
