@@ -203,6 +203,23 @@ fn info_json_agrees_with_qemu() {
         let qh = ok("qemu-img", &["info", s(&p)]);
         let zh = ok(s(&bin("zcow-img")), &["info", s(&p)]);
         assert_eq!(zh, qh, "{name}: human output differs");
+        for out in ["--output=human", "--output=json"] {
+            let q = ok("qemu-img", &["info", "--backing-chain", out, s(&p)]);
+            let z = ok(
+                s(&bin("zcow-img")),
+                &["info", "--backing-chain", out, s(&p)],
+            );
+            assert_eq!(z, q, "{name}: --backing-chain {out} differs");
+        }
+    }
+    // Raw images (e.g. raw backing files) are described too.
+    let raw = d.path().join("r.raw");
+    ok("qemu-img", &["create", "-q", "-f", "raw", s(&raw), "3M"]);
+    for out in ["--output=human", "--output=json"] {
+        assert_eq!(
+            ok(s(&bin("zcow-img")), &["info", out, s(&raw)]),
+            ok("qemu-img", &["info", out, s(&raw)])
+        );
     }
 }
 

@@ -74,9 +74,12 @@ enum Cmd {
     },
     /// Show information about an image.
     Info {
-        /// Image format (only qcow2).
+        /// Image format (qcow2 or raw; probed when absent).
         #[arg(short = 'f')]
         format: Option<String>,
+        /// Show every image of the backing chain.
+        #[arg(long = "backing-chain")]
+        backing_chain: bool,
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
@@ -233,17 +236,23 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Info {
             format,
             output,
+            backing_chain,
             file,
         } => {
-            if let Some(f) = format {
-                if f != "qcow2" {
-                    bail!("zcow-img info supports only qcow2 images (got -f {f})");
-                }
-            }
             let output = output_arg("info", &output)?;
             let name = file.to_string_lossy().into_owned();
-            let info = img::info::image_info(&file, &name)
-                .map_err(|e| anyhow::anyhow!("Could not open '{name}': {e}"))?;
+            let open_err = |e| anyhow::anyhow!("Could not open '{name}': {e}");
+            if backing_chain {
+                let chain =
+                    img::info::chain_info(&file, &name, format.as_deref()).map_err(open_err)?;
+                print!(
+                    "{}",
+                    img::info::render_chain(&chain, output == OutputFormat::Json)
+                );
+                return Ok(0);
+            }
+            let info =
+                img::info::image_info_probe(&file, &name, format.as_deref()).map_err(open_err)?;
             match output {
                 OutputFormat::Human => print!("{}", info.human()),
                 OutputFormat::Json => print!("{}", info.json()),

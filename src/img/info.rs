@@ -69,6 +69,154 @@ fn local_time(sec: u32) -> String {
     )
 }
 
+/// The `children` list: the protocol-level file node.
+fn file_child_json(display_name: &str, rounded_len: u64, actual: u64) -> Value {
+    let mut child = Map::new();
+    child.insert("filename".into(), json!(display_name));
+    child.insert("format".into(), json!("file"));
+    child.insert("dirty-flag".into(), json!(false));
+    child.insert("actual-size".into(), json!(actual));
+    child.insert("virtual-size".into(), json!(rounded_len));
+    child.insert(
+        "format-specific".into(),
+        json!({"type": "file", "data": {}}),
+    );
+    child.insert("children".into(), json!([]));
+    json!([{"name": "file", "info": Value::Object(child)}])
+}
+
+/// The `Child node '/file'` section of the human form.
+fn file_child_human(display_name: &str, rounded_len: u64, actual: u64) -> String {
+    format!(
+        "Child node '/file':\n    filename: {display_name}\n    protocol type: file\n    file length: {} ({rounded_len} bytes)\n    disk size: {}\n",
+        human_size(rounded_len),
+        human_size(actual)
+    )
+}
+
+/// Info about a raw image.
+pub fn raw_info(path: &Path, display_name: &str) -> crate::format::Result<ImageInfo> {
+    let st = crate::storage::FileStorage::open(path, true).map_err(|e| {
+        crate::format::FormatError::Storage(crate::storage::StorageError::Io {
+            op: crate::storage::Op::Read,
+            offset: 0,
+            len: 0,
+            source: e,
+        })
+    })?;
+    use crate::storage::Storage;
+    let len = st.len()?;
+    let actual = st.allocated_bytes().unwrap_or(len);
+    let rounded = len.div_ceil(512) * 512;
+    let mut top = Map::new();
+    top.insert("filename".into(), json!(display_name));
+    top.insert("format".into(), json!("raw"));
+    top.insert("dirty-flag".into(), json!(false));
+    top.insert("actual-size".into(), json!(actual));
+    top.insert("virtual-size".into(), json!(len));
+    top.insert(
+        "children".into(),
+        file_child_json(display_name, rounded, actual),
+    );
+    let human = format!(
+        "image: {display_name}\nfile format: raw\nvirtual size: {} ({len} bytes)\ndisk size: {}\n{}",
+        human_size(len),
+        human_size(actual),
+        file_child_human(display_name, rounded, actual)
+    );
+    Ok(ImageInfo {
+        json: Value::Object(top),
+        human,
+    })
+}
+
+/// Info about the image at `path`, probing its format (qcow2 magic, else
+/// raw) unless `format` names it.
+pub fn image_info_probe(
+    path: &Path,
+    display_name: &str,
+    format: Option<&str>,
+) -> crate::format::Result<ImageInfo> {
+    let is_qcow2 = match format {
+        Some("qcow2") => true,
+        Some("raw") => false,
+        Some(other) => {
+            return Err(crate::format::FormatError::Unsupported(format!(
+                "Unknown driver '{other}' (zcow-img reads qcow2 and raw)"
+            )))
+        }
+        None => {
+            let mut m = [0u8; 4];
+            std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut m))
+                .is_ok()
+                && u32::from_be_bytes(m) == crate::format::header::QCOW_MAGIC
+        }
+    };
+    if is_qcow2 {
+        image_info(path, display_name)
+    } else {
+        raw_info(path, display_name)
+    }
+}
+
+/// `--backing-chain`: the image and every backing file below it, nearest
+/// first (bounded in depth, refusing loops).
+pub fn chain_info(
+    path: &Path,
+    display_name: &str,
+    format: Option<&str>,
+) -> crate::format::Result<Vec<ImageInfo>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut cur = (
+        path.to_path_buf(),
+        display_name.to_string(),
+        format.map(str::to_string),
+    );
+    loop {
+        let canon = std::fs::canonicalize(&cur.0).unwrap_or_else(|_| cur.0.clone());
+        if !seen.insert(canon) || out.len() as u32 >= crate::format::image::MAX_BACKING_DEPTH {
+            return Err(crate::format::FormatError::Invalid(format!(
+                "backing chain of '{display_name}' loops or is deeper than {} images",
+                crate::format::image::MAX_BACKING_DEPTH
+            )));
+        }
+        let info = image_info_probe(&cur.0, &cur.1, cur.2.as_deref())?;
+        let next = info
+            .json
+            .get("full-backing-filename")
+            .and_then(Value::as_str)
+            .map(|f| {
+                let fmt = info
+                    .json
+                    .get("backing-filename-format")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                (std::path::PathBuf::from(f), f.to_string(), fmt)
+            });
+        out.push(info);
+        match next {
+            Some(n) => cur = n,
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Render a chain like `qemu-img info --backing-chain`.
+pub fn render_chain(chain: &[ImageInfo], json: bool) -> String {
+    if json {
+        let v = Value::Array(chain.iter().map(|i| i.json.clone()).collect());
+        to_qemu_json(&v) + "\n"
+    } else {
+        chain
+            .iter()
+            .map(|i| i.human.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Gather info about the image at `path` (opened read-only; backing files
 /// are named, not opened, as `qemu-img info` does).
 pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<ImageInfo> {
@@ -192,20 +340,9 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         "format-specific".into(),
         json!({"type": "qcow2", "data": Value::Object(data)}),
     );
-    let mut child_info = Map::new();
-    child_info.insert("filename".into(), json!(display_name));
-    child_info.insert("format".into(), json!("file"));
-    child_info.insert("dirty-flag".into(), json!(false));
-    child_info.insert("actual-size".into(), json!(actual));
-    child_info.insert("virtual-size".into(), json!(rounded_len));
-    child_info.insert(
-        "format-specific".into(),
-        json!({"type": "file", "data": {}}),
-    );
-    child_info.insert("children".into(), json!([]));
     top.insert(
         "children".into(),
-        json!([{"name": "file", "info": Value::Object(child_info)}]),
+        file_child_json(display_name, rounded_len, actual),
     );
 
     // Zoned section.
@@ -360,15 +497,7 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         crate::qjson::dump_human(d, 1, &mut s);
     }
     s.push_str(&zoned_human);
-    s.push_str("Child node '/file':\n");
-    s.push_str(&format!("    filename: {display_name}\n"));
-    s.push_str("    protocol type: file\n");
-    s.push_str(&format!(
-        "    file length: {} ({} bytes)\n",
-        human_size(rounded_len),
-        rounded_len
-    ));
-    s.push_str(&format!("    disk size: {}\n", human_size(actual)));
+    s.push_str(&file_child_human(display_name, rounded_len, actual));
     Ok(ImageInfo {
         json: Value::Object(top),
         human: s,
