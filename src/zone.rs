@@ -75,6 +75,28 @@ impl ZoneCond {
     ];
 }
 
+/// Zones per condition, in [`ZoneCond::ALL`] order.
+pub fn count_by_cond(conds: impl IntoIterator<Item = ZoneCond>) -> [u64; 8] {
+    let mut counts = [0u64; 8];
+    for c in conds {
+        if let Some(k) = ZoneCond::ALL.iter().position(|x| *x == c) {
+            counts[k] += 1;
+        }
+    }
+    counts
+}
+
+/// `NOT_WP 2, EMPTY 62, ...`: the non-zero counts of [`count_by_cond`].
+pub fn summarize_counts(counts: &[u64; 8]) -> String {
+    ZoneCond::ALL
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| format!("{} {n}", c.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for ZoneCond {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -17,19 +17,6 @@ const SIZE: u64 = 4 << 20;
 const ZONE: u64 = 256 << 10;
 const NZ: u64 = SIZE / ZONE;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Op {
     /// Write `sectors` at the wp of zone `z` (FUA if set).
@@ -42,7 +29,7 @@ enum Op {
 }
 
 fn workload(seed: u64, n: usize) -> Vec<Op> {
-    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut r = Rng::seeded(seed);
     (0..n)
         .map(|_| {
             let z = 1 + r.below(NZ - 1);

@@ -102,7 +102,10 @@ fn open_errors_are_reported_like_qemu_img() {
     let d = tmp();
     let p = d.path().join("bad.qcow2");
     std::fs::write(&p, b"not an image at all, just some bytes........................................................................").unwrap();
+    // Probed as raw, as qemu-img does; with -f qcow2 it is an error.
     let o = zimg(&["info", s(&p)]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("file format: raw\n"));
+    let o = zimg(&["info", "-f", "qcow2", s(&p)]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),

@@ -3,6 +3,9 @@
 //! acknowledged before a completed FLUSH reads back).
 
 mod common_nbd;
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 use common_nbd::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,19 +24,6 @@ fn rss_kib() -> u64 {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|x| x.parse().ok()))
         .unwrap_or(0)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]

@@ -15,19 +15,6 @@ const ZONE: u64 = 1 << 20;
 const NZ: u64 = 16;
 const MARK: &str = "read 512/512 bytes at offset 0";
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Per zone: write pointer and the pattern byte of each 4 KiB block below it.
 #[derive(Clone, Default)]
 struct ZoneModel {
@@ -44,7 +31,7 @@ struct Script {
 }
 
 fn script(seed: u64) -> Script {
-    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut r = Rng::seeded(seed);
     let mut zones: Vec<ZoneModel> = (0..NZ).map(|_| ZoneModel::default()).collect();
     let mut lines = Vec::new();
     let mut at_mark = Vec::new();

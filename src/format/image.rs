@@ -222,6 +222,17 @@ pub fn read_header_cluster(store: &dyn Storage) -> Result<Vec<u8>> {
     Ok(c0)
 }
 
+/// Read and parse the header as `opts` asks (check mode is lenient).
+fn read_header(store: &dyn Storage, opts: &OpenOptions) -> Result<Header> {
+    let c0 = read_header_cluster(store)?;
+    Header::parse(
+        &c0,
+        ParseMode {
+            allow_empty_reftable: opts.check_mode,
+        },
+    )
+}
+
 fn lock(m: &Mutex<Meta>) -> MutexGuard<'_, Meta> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -275,13 +286,7 @@ impl Qcow2 {
             })
         })?;
         let store: Arc<dyn Storage> = Arc::new(store);
-        let c0 = read_header_cluster(store.as_ref())?;
-        let header = Header::parse(
-            &c0,
-            ParseMode {
-                allow_empty_reftable: opts.check_mode,
-            },
-        )?;
+        let header = read_header(store.as_ref(), opts)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         // Data file (read path only; writes are refused later).
         let data: Option<Arc<dyn Storage>> = match header.data_file() {
@@ -362,13 +367,7 @@ impl Qcow2 {
         backing: Option<Arc<dyn GuestRead>>,
         opts: &OpenOptions,
     ) -> Result<Qcow2> {
-        let c0 = read_header_cluster(store.as_ref())?;
-        let header = Header::parse(
-            &c0,
-            ParseMode {
-                allow_empty_reftable: opts.check_mode,
-            },
-        )?;
+        let header = read_header(store.as_ref(), opts)?;
         if let Some(name) = &header.backing_file {
             if backing.is_none() && opts.backing == BackingPolicy::Refuse {
                 return Err(FormatError::Unsupported(format!(

@@ -6,7 +6,7 @@ use crate::format::wp::WpEntry;
 use crate::format::{BackingPolicy, OpenOptions, Qcow2};
 use crate::qjson::to_qemu_json;
 use crate::size::human_size;
-use crate::zone::{ZoneCond, ZoneGeometry};
+use crate::zone::{count_by_cond, summarize_counts, ZoneCond, ZoneGeometry};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -350,13 +350,12 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
     if let Some(z) = img.zoned() {
         let geo = z.geometry;
         let entries = img.read_wp_entries().unwrap_or_default();
-        let mut counts = [0u64; 8];
-        for (i, e) in entries.iter().enumerate() {
-            let c = cond_from_entry(&geo, i as u32, *e);
-            if let Some(k) = ZoneCond::ALL.iter().position(|x| *x == c) {
-                counts[k] += 1;
-            }
-        }
+        let counts = count_by_cond(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| cond_from_entry(&geo, i as u32, *e)),
+        );
         let mut by = Map::new();
         for (k, c) in ZoneCond::ALL.iter().enumerate() {
             by.insert(
@@ -424,13 +423,10 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
             "    metadata offset: {:#x}\n    metadata size: {}\n",
             z.ext.zonedmeta_offset, z.ext.zonedmeta_size
         ));
-        let parts: Vec<String> = ZoneCond::ALL
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| counts[*k] > 0)
-            .map(|(k, c)| format!("{} {}", c.name(), counts[k]))
-            .collect();
-        zoned_human.push_str(&format!("    zones by condition: {}\n", parts.join(", ")));
+        zoned_human.push_str(&format!(
+            "    zones by condition: {}\n",
+            summarize_counts(&counts)
+        ));
         if let Some(p) = &z.problem {
             zoned_human.push_str(&format!("    problem: {p}\n"));
         }

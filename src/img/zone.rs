@@ -4,7 +4,7 @@
 use super::info::cond_from_entry;
 use crate::format::{BackingPolicy, FormatError, OpenOptions, Qcow2};
 use crate::qjson::to_qemu_json;
-use crate::zone::{ZoneCond, ZoneDescriptor, ZoneGeometry};
+use crate::zone::{count_by_cond, summarize_counts, ZoneCond, ZoneDescriptor, ZoneGeometry};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -85,7 +85,6 @@ pub fn render_human(zones: &[ZoneDescriptor]) -> String {
         "{:>8}  {:>18}  {:>12}  {:>12}  {:>18}  {:<18}  {}\n",
         "ZONE", "START", "LENGTH", "CAPACITY", "WP", "TYPE", "CONDITION"
     );
-    let mut counts = [0u64; 8];
     for z in zones {
         s.push_str(&format!(
             "{:>8}  {:>#18x}  {:>#12x}  {:>#12x}  {:>#18x}  {:<18}  {}\n",
@@ -97,17 +96,13 @@ pub fn render_human(zones: &[ZoneDescriptor]) -> String {
             z.zone_type.name(),
             z.cond.name()
         ));
-        if let Some(k) = ZoneCond::ALL.iter().position(|c| *c == z.cond) {
-            counts[k] += 1;
-        }
     }
-    let parts: Vec<String> = ZoneCond::ALL
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| counts[*k] > 0)
-        .map(|(k, c)| format!("{} {}", c.name(), counts[k]))
-        .collect();
-    s.push_str(&format!("{} zones: {}\n", zones.len(), parts.join(", ")));
+    let counts = count_by_cond(zones.iter().map(|z| z.cond));
+    s.push_str(&format!(
+        "{} zones: {}\n",
+        zones.len(),
+        summarize_counts(&counts)
+    ));
     s
 }
 

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod faulty;
+pub mod rng;
+#[allow(unused_imports)]
+pub use rng::Rng;
 pub mod zone_model;
 
 use std::sync::Arc;

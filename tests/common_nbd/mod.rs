@@ -1,5 +1,5 @@
 //! Helpers for the NBD tests: peer-tool checks, a zcow-nbd process guard,
-//! an in-process server, and a small zoned test double.
+//! an in-process server.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
