@@ -85,13 +85,27 @@ fn pat(seq: u64, len: usize) -> Vec<u8> {
 }
 
 fn run_until_cut(base: &[u8], ops: &[Op], cut: u64) -> (Arc<FaultStorage>, Outcome) {
-    let st = Arc::new(FaultStorage::new(
-        base.to_vec(),
-        FaultConfig {
-            power_loss_at_write: Some(cut),
-            ..Default::default()
-        },
-    ));
+    let cfg = FaultConfig {
+        power_loss_at_write: Some(cut),
+        ..Default::default()
+    };
+    let (st, out, _) = run_ops(base, ops, cfg, false);
+    (st, out)
+}
+
+/// Run `ops` on storage injecting faults per `cfg`. With `keep_going`, a
+/// failed operation is recorded (its zone becomes uncertain) and the run
+/// goes on; otherwise the first failure ends it (power loss). Returns the
+/// storage, what the completed operations did, and per zone whether an
+/// operation on it failed.
+fn run_ops(
+    base: &[u8],
+    ops: &[Op],
+    cfg: FaultConfig,
+    keep_going: bool,
+) -> (Arc<FaultStorage>, Outcome, Vec<bool>) {
+    let st = Arc::new(FaultStorage::new(base.to_vec(), cfg));
+    let mut failed = vec![false; NZ as usize];
     let mut out = Outcome {
         data: vec![0u8; SIZE as usize],
         wp: (0..NZ).map(|z| z * ZONE).collect(),
@@ -102,7 +116,7 @@ fn run_until_cut(base: &[u8], ops: &[Op], cut: u64) -> (Arc<FaultStorage>, Outco
         Ok(i) => i,
         Err(_) => {
             out.inflight = Some(Op::Flush);
-            return (st, out);
+            return (st, out, failed);
         }
     };
     let eng = Engine::open(Arc::new(Qcow2ZoneStore::new(img).unwrap())).unwrap();
@@ -183,12 +197,25 @@ fn run_until_cut(base: &[u8], ops: &[Op], cut: u64) -> (Arc<FaultStorage>, Outco
             },
         };
         if r.is_err() {
-            out.inflight = Some(*op);
-            break;
+            if !keep_going {
+                out.inflight = Some(*op);
+                break;
+            }
+            if let Some(z) = inflight_zone(Some(*op)) {
+                failed[z as usize] = true;
+            }
         }
     }
-    std::mem::forget(eng); // no flush on drop: the power is gone
-    (st, out)
+    if keep_going {
+        // The last flush may hit an injected error too; retry once.
+        if eng.flush().is_err() {
+            eng.flush().unwrap();
+        }
+        drop(eng);
+    } else {
+        std::mem::forget(eng); // no flush on drop: the power is gone
+    }
+    (st, out, failed)
 }
 
 fn inflight_zone(op: Option<Op>) -> Option<u64> {
@@ -295,4 +322,62 @@ fn power_loss_at_every_write_keeps_rule_3() {
     }
     eprintln!("crash states verified: {states}");
     assert!(states > 2000, "only {states} crash states");
+}
+
+#[test]
+fn injected_errors_fail_requests_cleanly_and_the_rest_keeps_working() {
+    use zcow::storage::InjectedKind;
+    let qemu = have("qemu-img");
+    let d = tmp();
+    let base = base_image();
+    let ops = workload(7, 60);
+    let (full, _, _) = run_ops(&base, &ops, FaultConfig::default(), true);
+    let (writes, syncs) = (full.write_count(), full.sync_count());
+    let mut cases = 0;
+    for i in (0..writes).step_by(3) {
+        for (k, kind) in [InjectedKind::Eio, InjectedKind::Enospc]
+            .into_iter()
+            .enumerate()
+        {
+            let cfg = if (i + k as u64) % 2 == 0 {
+                FaultConfig {
+                    fail_write: Some((i, kind)),
+                    ..Default::default()
+                }
+            } else {
+                FaultConfig {
+                    fail_sync: Some((i % syncs.max(1), kind)),
+                    ..Default::default()
+                }
+            };
+            let (st, o, failed) = run_ops(&base, &ops, cfg.clone(), true);
+            let bytes = st.current();
+            let what = format!("{cfg:?}");
+            // Clean reopen: zones without a failed request are exactly as
+            // the successful requests left them.
+            let img = Qcow2::open(
+                Arc::new(MemStorage::from_bytes(bytes.clone())),
+                &OpenOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+            let eng = Engine::open(Arc::new(Qcow2ZoneStore::new(img).unwrap()))
+                .unwrap_or_else(|e| panic!("{what}: engine reopen: {e}"));
+            let zones = eng.report(0, NZ as u32).unwrap();
+            let mut got = vec![0u8; SIZE as usize];
+            eng.read(0, &mut got).unwrap();
+            for z in 1..NZ as usize {
+                if failed[z] {
+                    continue;
+                }
+                assert_eq!(zones[z].wp, o.wp[z], "{what}: zone {z} wp");
+                let (s0, w) = (z * ZONE as usize, zones[z].wp as usize);
+                assert!(got[s0..w] == o.data[s0..w], "{what}: zone {z} data");
+            }
+            if qemu && i % 9 == 0 {
+                qemu_check_clean(&bytes, d.path(), &what);
+            }
+            cases += 1;
+        }
+    }
+    assert!(cases > 20, "{cases}");
 }

@@ -1017,18 +1017,28 @@ impl Qcow2 {
         let list = std::mem::take(&mut m.pending_decrements);
         let cs = self.p.cs;
         let mut punch: Vec<(u64, u64)> = Vec::new();
-        for (first, n) in list {
+        for (k, &(first, n)) in list.iter().enumerate() {
             for c in first..first + n {
-                let rc = self.refcount(m, c)?;
-                if rc == 0 {
-                    continue;
-                }
-                self.set_refcount(m, c, rc - 1)?;
-                if rc == 1 {
-                    m.free_hint = m.free_hint.min(c);
-                    match punch.last_mut() {
-                        Some((s, l)) if *s + *l == c => *l += 1,
-                        _ => punch.push((c, 1)),
+                let step = self.refcount(m, c).and_then(|rc| {
+                    if rc > 0 {
+                        self.set_refcount(m, c, rc - 1)?;
+                    }
+                    Ok(rc)
+                });
+                match step {
+                    Ok(1) => {
+                        m.free_hint = m.free_hint.min(c);
+                        match punch.last_mut() {
+                            Some((s, l)) if *s + *l == c => *l += 1,
+                            _ => punch.push((c, 1)),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // Keep what is left for the next flush.
+                        m.pending_decrements.push((c, first + n - c));
+                        m.pending_decrements.extend_from_slice(&list[k + 1..]);
+                        return Err(e);
                     }
                 }
             }
@@ -1059,10 +1069,13 @@ impl Qcow2 {
         self.store.sync()?;
         if !m.l1_dirty.is_empty() {
             let l1_off = m.header.l1_table_offset;
-            let dirty: Vec<usize> = std::mem::take(&mut m.l1_dirty).into_iter().collect();
+            let dirty: Vec<usize> = m.l1_dirty.iter().copied().collect();
             for i in dirty {
                 self.store
                     .write_at(l1_off + i as u64 * 8, &m.l1[i].to_be_bytes())?;
+                // Only a written entry stops being dirty: after a failed
+                // write the rest is retried by the next flush.
+                m.l1_dirty.remove(&i);
             }
             self.store.sync()?;
         }
