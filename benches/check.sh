@@ -33,12 +33,11 @@ qemu-img create -q -f qcow2 -o preallocation=metadata "$dir/prealloc.qcow2" 1T
 # written image costs check, without 64 GiB of disk.
 qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=4k "$dir/full64.qcow2" 64G
 # Zoned 1 TiB, 1,048,576 zones of 1 MiB, every other zone written (4 KiB at
-# its start, through the engine), checked by qemu-img as the bit-5-cleared
+# its start, through zcow-io and the engine), checked by qemu-img as the bit-5-cleared
 # copy (stock QEMU refuses zoned images).
 "$Z/zcow-img" create -q -f qcow2 -o cluster_size=4k,zone.mode=host-managed,zone.size=1M "$dir/zoned.qcow2" 1T
-cmds=()
-for z in $(seq 0 2 2047); do cmds+=(-c "write $((z))M 4k"); done
-"$Z/zcow-io" "${cmds[@]}" "$dir/zoned.qcow2" >/dev/null
+# Every other zone of the 1,048,576 gets 4 KiB: half the zones written.
+seq 0 2 1048575 | awk '{print "write -q " $1 "M 4k"}' | "$Z/zcow-io" "$dir/zoned.qcow2" >/dev/null
 /usr/bin/python3 - "$dir/zoned.qcow2" "$dir/zoned-copy.qcow2" <<'PY'
 import sys, shutil
 shutil.copy(sys.argv[1], sys.argv[2])
@@ -50,4 +49,4 @@ echo "| image | zcow-img check | qemu-img check | time ratio | zcow peak RSS | q
 echo "|---|---|---|---|---|---|"
 row "1 TiB, preallocation=metadata (16M clusters)" "$dir/prealloc.qcow2"
 row "64 GiB, 4 KiB clusters, all allocated" "$dir/full64.qcow2"
-row "zoned 1 TiB, 1M zones, 1024 zones written" "$dir/zoned.qcow2" "$dir/zoned-copy.qcow2"
+row "zoned 1 TiB, 1M zones, every other zone written" "$dir/zoned.qcow2" "$dir/zoned-copy.qcow2"
