@@ -27,6 +27,7 @@ use crate::zone::ZoneGeometry;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Deepest backing chain zcow follows.
@@ -149,6 +150,7 @@ struct Params {
     compression_type: u8,
     has_data_file: bool,
     version: u32,
+    names_backing: bool,
 }
 
 /// An open qcow2 image.
@@ -163,6 +165,27 @@ pub struct Qcow2 {
     snapshots: Vec<Snapshot>,
     path: Option<PathBuf>,
     backing_chain: Vec<String>,
+    /// Data I/O running outside the metadata lock on clusters mapped under
+    /// it. Freeing clusters waits for it to drain, so such I/O never lands
+    /// in (or reads from) a cluster that was freed and reused meanwhile.
+    unlocked_io: AtomicUsize,
+}
+
+/// Counts one unlocked data I/O for as long as it lives.
+struct UnlockedIo<'a>(&'a AtomicUsize);
+
+impl<'a> UnlockedIo<'a> {
+    /// Must be taken while the metadata lock is held.
+    fn start(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::AcqRel);
+        UnlockedIo(c)
+    }
+}
+
+impl Drop for UnlockedIo<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl fmt::Debug for Qcow2 {
@@ -399,6 +422,7 @@ impl Qcow2 {
             compression_type: header.compression_type,
             has_data_file: header.incompatible_features & INCOMPAT_DATA_FILE != 0,
             version: header.version,
+            names_backing: header.backing_file.is_some(),
         };
         if !opts.check_mode && !read_only {
             if header.incompatible_features & INCOMPAT_CORRUPT != 0 {
@@ -487,6 +511,7 @@ impl Qcow2 {
             snapshots,
             path: None,
             backing_chain: Vec::new(),
+            unlocked_io: AtomicUsize::new(0),
         };
         // A read-write open clears autoclear bits zcow does not maintain
         // (bitmaps are not updated by zcow's writes, so they become invalid).
@@ -1014,6 +1039,11 @@ impl Qcow2 {
     }
 
     fn apply_decrements(&self, m: &mut Meta) -> Result<()> {
+        // New unlocked I/O cannot start while we hold the lock; wait for the
+        // running ones, which may still target the clusters about to be freed.
+        while self.unlocked_io.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
         let list = std::mem::take(&mut m.pending_decrements);
         let cs = self.p.cs;
         let mut punch: Vec<(u64, u64)> = Vec::new();
@@ -1256,7 +1286,8 @@ impl Qcow2 {
         match &self.backing {
             Some(b) => b.read_guest(guest, buf),
             None => {
-                if lock(&self.meta).header.backing_file.is_some() {
+                // No lock here: this runs as unlocked I/O (see UnlockedIo).
+                if self.p.names_backing {
                     return Err(FormatError::Unsupported(
                         "the backing file was not opened".into(),
                     ));
@@ -1280,9 +1311,10 @@ impl Qcow2 {
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         self.encryption_check()?;
-        let pieces = {
+        let (pieces, _io) = {
             let mut m = lock(&self.meta);
-            self.map_range(&mut m, offset, buf.len() as u64)?
+            let p = self.map_range(&mut m, offset, buf.len() as u64)?;
+            (p, UnlockedIo::start(&self.unlocked_io))
         };
         let mut at = 0usize;
         for p in pieces {
@@ -1418,6 +1450,7 @@ impl Qcow2 {
         // Fast path: every cluster already allocated and owned: write in place
         // outside the lock.
         if let Some(runs) = self.inplace_runs(&mut m, offset, data.len() as u64)? {
+            let _io = UnlockedIo::start(&self.unlocked_io);
             drop(m);
             let mut at = 0usize;
             for (host, len) in runs {
