@@ -212,6 +212,30 @@ fn info_json_agrees_with_qemu() {
             assert_eq!(z, q, "{name}: --backing-chain {out} differs");
         }
     }
+    // LUKS-encrypted: the header's cipher, slots and offsets are listed.
+    let enc = d.path().join("enc.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=abc",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+            s(&enc),
+            "16M",
+        ],
+    );
+    for out in ["--output=human", "--output=json"] {
+        assert_eq!(
+            ok(s(&bin("zcow-img")), &["info", out, s(&enc)]),
+            ok("qemu-img", &["info", out, s(&enc)]),
+            "encrypted {out}"
+        );
+    }
     // Raw images (e.g. raw backing files) are described too.
     let raw = d.path().join("r.raw");
     ok("qemu-img", &["create", "-q", "-f", "raw", s(&raw), "3M"]);

@@ -12,6 +12,7 @@ pub mod features;
 pub mod header;
 pub mod image;
 pub mod l2;
+pub mod luks;
 pub mod refcount;
 pub mod snapshot;
 pub mod types;

@@ -274,6 +274,14 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         data.insert("bitmaps".into(), Value::Array(list));
     }
     data.insert("refcount-bits".into(), json!(h.refcount_bits()));
+    if let (2, Some((off, len))) = (h.crypt_method, h.crypto()) {
+        let mut buf = vec![0u8; crate::format::luks::HEADER_LEN];
+        if len as usize >= buf.len() && st.read_at(off, &mut buf).is_ok() {
+            if let Some(e) = crate::format::luks::info(&buf) {
+                data.insert("encrypt".into(), e);
+            }
+        }
+    }
     if v3 {
         data.insert("corrupt".into(), json!(corrupt));
         data.insert("extended-l2".into(), json!(ext_l2));
