@@ -680,14 +680,17 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn write_back_l2(&self, m: &mut Meta, off: HostOffset) -> Result<()> {
-        // Dependency: refcounts first.
+    /// Write back every dirty L2 table, after making the refcounts they
+    /// depend on durable (one sync for all of them, not one per table).
+    fn write_back_l2_tables(&self, m: &mut Meta) -> Result<()> {
         self.flush_refblocks(m)?;
-        if let Some(d) = m.l2.peek(off) {
-            self.store.write_at(off.0, d)?;
-            m.file_len = m.file_len.max(off.0 + self.p.cs);
+        for off in m.l2.dirty() {
+            if let Some(d) = m.l2.peek(off) {
+                self.store.write_at(off.0, d)?;
+                m.file_len = m.file_len.max(off.0 + self.p.cs);
+            }
+            m.l2.mark_clean(off);
         }
-        m.l2.mark_clean(off);
         Ok(())
     }
 
@@ -697,7 +700,9 @@ impl Qcow2 {
                 break;
             };
             if dirty {
-                self.write_back_l2(m, victim)?;
+                // Write back all dirty tables at once, so the next evictions
+                // find clean ones and the refcount barrier is paid rarely.
+                self.write_back_l2_tables(m)?;
             }
             m.l2.remove(victim);
         }
@@ -1087,15 +1092,7 @@ impl Qcow2 {
             return Ok(());
         }
         // Data and refcounts, then L2 tables, then L1 entries.
-        self.flush_refblocks(m)?;
-        let dirty_l2 = m.l2.dirty();
-        for off in &dirty_l2 {
-            if let Some(d) = m.l2.peek(*off) {
-                self.store.write_at(off.0, d)?;
-                m.file_len = m.file_len.max(off.0 + self.p.cs);
-            }
-            m.l2.mark_clean(*off);
-        }
+        self.write_back_l2_tables(m)?;
         self.store.sync()?;
         if !m.l1_dirty.is_empty() {
             let l1_off = m.header.l1_table_offset;
