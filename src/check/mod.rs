@@ -202,7 +202,11 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
     }
     res.total_clusters = (cx.img.header.size / 512 * 512).div_ceil(cs);
     let mut rebuild = false;
-    let mut w = walk::Walk::new(cx.img.order, cs, nb).inspect_err(|_| res.check_errors += 1)?;
+    let track = fix.any()
+        || cx.img.header.zoned().is_some()
+        || cx.img.header.incompatible_features & crate::format::features::INCOMPAT_ZONED != 0;
+    let mut w =
+        walk::Walk::new(cx.img.order, cs, nb, track).inspect_err(|_| res.check_errors += 1)?;
     walk::calculate_refcounts(cx, res, fix, &mut rebuild, &mut w)?;
     let pre = res.clone();
     let mut highest = compare::compare_refcounts(cx, res, Fix::default(), &mut rebuild, &w);
@@ -237,7 +241,7 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         res.leaks = 0;
         rebuild = false;
         let n = w.imrt.n;
-        let mut w2 = walk::Walk::new(cx.img.order, cs, n)?;
+        let mut w2 = walk::Walk::new(cx.img.order, cs, n, true)?;
         walk::calculate_refcounts(cx, res, Fix::default(), &mut rebuild, &mut w2)?;
         w = w2;
         let mut fresh_leaks = 0;

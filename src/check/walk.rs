@@ -55,10 +55,14 @@ pub(crate) struct Walk {
     pub zone_data_end: Vec<u64>,
     /// Why references currently being counted are suspect.
     taint_mode: Option<String>,
+    /// Whether to record which kind of structure uses each cluster (for
+    /// aliasing decisions). Only repairs and zoned checks need it; a plain
+    /// check skips the bitsets' memory and time.
+    track_classes: bool,
 }
 
 impl Walk {
-    pub fn new(order: u32, cs: u64, n: u64) -> Result<Self, Errno> {
+    pub fn new(order: u32, cs: u64, n: u64, track_classes: bool) -> Result<Self, Errno> {
         Ok(Walk {
             imrt: Imrt::new(order, cs, n)?,
             taint: HashMap::new(),
@@ -69,6 +73,7 @@ impl Walk {
             stale: Vec::new(),
             zone_data_end: Vec::new(),
             taint_mode: None,
+            track_classes,
         })
     }
 
@@ -136,10 +141,12 @@ pub(crate) fn inc_refcounts(
         if k >= w.imrt.n {
             w.imrt.grow(k + 1).inspect_err(|_| res.check_errors += 1)?;
         }
-        match class {
-            Class::Single => w.single.set(k),
-            Class::L2 => w.l2.set(k),
-            Class::Data => w.data.set(k),
+        if w.track_classes {
+            match class {
+                Class::Single => w.single.set(k),
+                Class::L2 => w.l2.set(k),
+                Class::Data => w.data.set(k),
+            }
         }
         if let Some(t) = &w.taint_mode {
             w.taint.entry(k).or_insert_with(|| t.clone());
