@@ -296,6 +296,11 @@ fn check_l2(
         let at = i * es;
         let mut entry = be64(&table[at..]);
         let bitmap = if ext { be64(&table[at + 8..]) } else { 0 };
+        if entry == 0 && bitmap == 0 {
+            // Unallocated and unwritten: nothing to count or report (sparse
+            // tables, e.g. one written cluster per zone, are mostly this).
+            continue;
+        }
         let ty = decode_l2(entry, cb, ext, data_file);
         if let (Some(base), Some(z)) = (guest_base, cx.zones.as_ref()) {
             // Where each zone's written data really ends (any entry that

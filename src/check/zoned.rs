@@ -25,9 +25,7 @@ use std::io::{self, Write};
 #[derive(Debug)]
 pub(crate) struct ZoneMap {
     geo: ZoneGeometry,
-    /// Per zone: (first guest offset that counts as stale, wp), or None
-    /// for conventional zones and zones whose entry is invalid.
-    stale: Vec<Option<(u64, u64)>>,
+    cs: u64,
     entries: Vec<WpEntry>,
     order: Option<WpByteOrder>,
 }
@@ -37,9 +35,19 @@ impl ZoneMap {
     pub fn zone_of(&self, g: u64) -> Option<u32> {
         self.geo.zone_index(g)
     }
-    /// Stale boundary and wp of zone `z`.
+    /// (first guest offset that counts as stale, wp) of zone `z`, or None
+    /// for conventional zones and zones whose entry is invalid. Derived on
+    /// demand: a table of it would cost 24 bytes per zone.
     pub fn stale_from(&self, z: u32) -> Option<(u64, u64)> {
-        self.stale.get(z as usize).copied().flatten()
+        let (geo, cs) = (&self.geo, self.cs);
+        let e = *self.entries.get(z as usize)?;
+        if geo.is_conventional(z) || entry_problems(geo, z, e).is_some() {
+            return None;
+        }
+        let start = geo.zone_start(z);
+        let by_wp = e.wp().div_ceil(cs) * cs;
+        let by_cap = start + geo.zone_cap(z).div_ceil(cs) * cs;
+        Some((by_wp.min(by_cap), e.wp()))
     }
 }
 
@@ -119,23 +127,10 @@ pub(crate) fn prepare(cx: &mut Ctx) -> Option<ZoneMap> {
     cx.img.read(z.zonedmeta_offset, &mut raw).ok()?;
     let geo = z.geometry(size);
     let (entries, order) = decode_wp_array(&geo, &raw);
-    let stale = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let i = i as u32;
-            if geo.is_conventional(i) || entry_problems(&geo, i, *e).is_some() {
-                return None;
-            }
-            let start = geo.zone_start(i);
-            let by_wp = e.wp().div_ceil(cs) * cs;
-            let by_cap = start + geo.zone_cap(i).div_ceil(cs) * cs;
-            Some((by_wp.min(by_cap), e.wp()))
-        })
-        .collect();
+    drop(raw);
     Some(ZoneMap {
         geo,
-        stale,
+        cs,
         entries,
         order,
     })
