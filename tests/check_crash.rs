@@ -154,8 +154,9 @@ fn check_after_crash() {
         // Every flushed write whose zone was not reset later reads back.
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let mut expect: Vec<(u64, u64, u8)> = Vec::new();
-        for l in text.lines() {
-            let f: Vec<&str> = l.split(' ').collect();
+        // The kill may tear the last line: only complete lines count.
+        for l in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let f: Vec<&str> = l.trim_end().split(' ').collect();
             match f[0] {
                 "reset" => {
                     let z: u64 = f[1].parse().unwrap();
