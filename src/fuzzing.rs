@@ -18,7 +18,7 @@ use crate::format::header::{Header, ParseMode};
 use crate::format::l2::{decode_l2, l1_l2_offset, ClusterType};
 use crate::format::refcount;
 use crate::format::zoned::{decode_wp_array, initial_entries, ZonedCreateOptions, ZonedExt};
-use crate::format::{OpenOptions, Qcow2};
+use crate::format::{BackingPolicy, OpenOptions, Qcow2};
 use crate::storage::{MemStorage, Storage};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -179,7 +179,13 @@ pub fn fuzz_image_read(data: &[u8]) {
             check_mode,
             l2_cache_tables: 1 + tail.first().copied().unwrap_or(0) as usize % 4,
             refblock_cache_tables: 1,
-            ..Default::default()
+            // Check mode is what `info`/`check` use: a named backing file is
+            // skipped rather than refused, so such images get read too.
+            backing: if check_mode {
+                BackingPolicy::Skip
+            } else {
+                BackingPolicy::Refuse
+            },
         };
         let Ok(img) = Qcow2::open(store, &opts) else {
             continue;
@@ -333,11 +339,15 @@ struct WriteSetup {
 
 fn decode_setup(r: &mut ByteReader) -> WriteSetup {
     const CLUSTERS: [u64; 5] = [512, 1024, 4096, 16384, 65536];
-    let cs = CLUSTERS[r.u8() as usize % CLUSTERS.len()];
+    let mut cs = CLUSTERS[r.u8() as usize % CLUSTERS.len()];
     let refcount_bits = 1u32 << (r.u8() % 7);
-    // Up to 2 MiB, in 512-byte steps, at least one sector.
-    let size = (1 + r.u16() as u64 % 4096) * 512;
+    // Up to 1 MiB, in 512-byte steps, at least one sector.
+    let size = (1 + r.u16() as u64 % 2048) * 512;
     let flags = r.u8();
+    if flags & 1 != 0 && cs < 1024 {
+        // Header, feature table and zoned extension need more than 512 bytes.
+        cs = 1024;
+    }
     let zoned = (flags & 1 != 0).then(|| {
         let zone_size = (cs.max(512) << (r.u8() % 4)).max(4096);
         let nr = size.div_ceil(zone_size).max(1);
