@@ -66,7 +66,6 @@ fn regressions_replay() {
     replay("regressions");
 }
 
-#[allow(dead_code)] // used by the named cases once there are findings
 fn regression(target: &str, name: &str) {
     let p = fuzz_dir().join("regressions").join(target).join(name);
     let data = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -76,6 +75,13 @@ fn regression(target: &str, name: &str) {
 
 // Named regression cases: one per finding (see docs/fuzzing.md).
 // REGRESSIONS-BEGIN
+/// Header::encode padded extensions to absolute 8-byte offsets, so with a
+/// header_length that is not a multiple of 8 a re-encoded header moved its
+/// extensions and lost them on the next parse.
+#[test]
+fn header_unaligned_header_length_ext_shift() {
+    regression("header", "unaligned-header-length-ext-shift");
+}
 // REGRESSIONS-END
 
 /// Write the zcow-made seeds into `$ZCOW_SEED_DIR/{images,image_write,zoned_ext}`.
