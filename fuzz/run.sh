@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run every fuzz target (or the ones named after SECONDS) for SECONDS each
-# (default 60), one at a time with -jobs=1, and print executions and
+# (default 60), one at a time in a single process (libFuzzer default; -jobs is
+# not used because it forks workers), and print executions and
 # findings per target. Limits: -rss_limit_mb=512 (also the malloc limit),
 # -timeout=1 (seconds per input).
 #   fuzz/run.sh [SECONDS] [TARGET...]
@@ -26,7 +27,7 @@ max_len() {
     esac
 }
 
-cargo +nightly fuzz build -O >/dev/null 2>&1 || { cargo +nightly fuzz build -O; exit 2; }
+cargo +nightly fuzz build -O -s none >/dev/null 2>&1 || { cargo +nightly fuzz build -O -s none; exit 2; }
 found=0
 printf '%-12s %8s %12s %10s  %s\n' target seconds execs exec/s findings
 for t in "${targets[@]}"; do
@@ -36,9 +37,9 @@ for t in "${targets[@]}"; do
     before=$(ls "$art" | wc -l)
     log=target/fuzz-$t.log
     start=$(date +%s)
-    cargo +nightly fuzz run -O "$t" "$work" "corpus/$t" -- \
-        -max_total_time="$secs" -rss_limit_mb=512 -malloc_limit_mb=512 -timeout=1 \
-        -max_len="$(max_len "$t")" -jobs=1 -workers=1 -artifact_prefix="$art/" \
+    cargo +nightly fuzz run -O -s none "$t" "$work" "corpus/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=512 -timeout=1 \
+        -max_len="$(max_len "$t")" -artifact_prefix="$art/" \
         -print_final_stats=1 >"$log" 2>&1
     rc=$?
     took=$(( $(date +%s) - start ))

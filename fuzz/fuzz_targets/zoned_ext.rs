@@ -3,4 +3,6 @@
 //! so `cargo test` replays the corpus on stable Rust.
 use libfuzzer_sys::fuzz_target;
 
+mod alloc_limit;
+
 fuzz_target!(|data: &[u8]| zcow::fuzzing::fuzz_zoned_ext(data));
