@@ -292,7 +292,9 @@ pub fn fuzz_image_rw(data: &[u8]) {
         }
         let op = r.u8() % 6;
         let off = r.below(size);
-        let len = (1 + r.u16() as u64 % (3 * cs)).min(size - off).min(MAX_READ);
+        let len = (1 + r.u16() as u64 % (3 * cs))
+            .min(size - off)
+            .min(MAX_READ);
         let res = match op {
             0 | 1 => {
                 let buf = vec![r.u8(); len as usize];
@@ -603,7 +605,10 @@ pub fn refcount_problems(bytes: &[u8]) -> Result<(), String> {
     };
     add(0, cs);
     add(h.l1_table_offset, h.l1_size as u64 * 8);
-    add(h.refcount_table_offset, h.refcount_table_clusters as u64 * cs);
+    add(
+        h.refcount_table_offset,
+        h.refcount_table_clusters as u64 * cs,
+    );
     let rt_entries = h.refcount_table_clusters as u64 * cs / 8;
     let mut refblocks = Vec::new();
     for i in 0..rt_entries {

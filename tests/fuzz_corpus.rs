@@ -9,8 +9,11 @@
 use std::path::{Path, PathBuf};
 use zcow::fuzzing;
 
+/// A fuzz target's library function.
+type Target = fn(&[u8]);
+
 /// Target name (directory under fuzz/corpus and fuzz/regressions) → function.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Target)] = &[
     ("header", fuzzing::fuzz_header),
     ("zoned_ext", fuzzing::fuzz_zoned_ext),
     ("image_read", fuzzing::fuzz_image_read),
@@ -113,11 +116,36 @@ fn write_seeds() {
         ..Default::default()
     };
     let cases = [
-        ("zoned-c1k-z4k", zoned(1024, 64 << 10, 4 << 10, 4 << 10, 2, 3), false, false),
-        ("zoned-c1k-z4k-cap3k", zoned(1024, 64 << 10, 4 << 10, 3 << 10, 1, 0), false, false),
-        ("zoned-c1k-written", zoned(1024, 64 << 10, 4 << 10, 4 << 10, 2, 3), true, false),
-        ("zoned-c1k-le-wp", zoned(1024, 64 << 10, 4 << 10, 4 << 10, 2, 3), true, true),
-        ("zoned-c4k-z16k-odd-size", zoned(4096, 60 << 10, 16 << 10, 12 << 10, 1, 2), true, false),
+        (
+            "zoned-c1k-z4k",
+            zoned(1024, 64 << 10, 4 << 10, 4 << 10, 2, 3),
+            false,
+            false,
+        ),
+        (
+            "zoned-c1k-z4k-cap3k",
+            zoned(1024, 64 << 10, 4 << 10, 3 << 10, 1, 0),
+            false,
+            false,
+        ),
+        (
+            "zoned-c1k-written",
+            zoned(1024, 64 << 10, 4 << 10, 4 << 10, 2, 3),
+            true,
+            false,
+        ),
+        (
+            "zoned-c1k-le-wp",
+            zoned(1024, 64 << 10, 4 << 10, 4 << 10, 2, 3),
+            true,
+            true,
+        ),
+        (
+            "zoned-c4k-z16k-odd-size",
+            zoned(4096, 60 << 10, 16 << 10, 12 << 10, 1, 2),
+            true,
+            false,
+        ),
     ];
     for (name, opts, write, little_endian) in cases {
         let store = Arc::new(MemStorage::new());
