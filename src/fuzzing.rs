@@ -215,14 +215,26 @@ pub fn fuzz_image_read(data: &[u8]) {
 }
 
 /// A store that refuses to grow past a fixed size, so hostile metadata cannot
-/// make the in-memory image big (writes past the cap fail with ENOSPC).
+/// make the in-memory image big (writes past the cap fail with ENOSPC). For
+/// targets that write to untrusted images (`image_rw`, later `check -r`).
 #[derive(Debug)]
-struct CappedStorage {
+pub struct CappedStorage {
     inner: MemStorage,
     cap: u64,
 }
 
 impl CappedStorage {
+    /// A store holding `bytes` that cannot grow past `cap` bytes.
+    pub fn new(bytes: Vec<u8>, cap: u64) -> Self {
+        Self {
+            inner: MemStorage::from_bytes(bytes),
+            cap,
+        }
+    }
+    /// A copy of the current contents.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.inner.to_vec()
+    }
     fn enospc(&self, op: crate::storage::Op, offset: u64) -> crate::storage::StorageError {
         crate::storage::StorageError::Injected {
             op,
@@ -260,7 +272,7 @@ impl Storage for CappedStorage {
 }
 
 /// Cap of the in-memory store of the write targets.
-const WRITE_STORE_CAP: u64 = 64 << 20;
+pub const WRITE_STORE_CAP: u64 = 64 << 20;
 
 /// Target `image_rw`: the input is an image file (plus a trailer of
 /// operations in its last 64 bytes). Open it read-write and write, zero,
@@ -269,10 +281,7 @@ const WRITE_STORE_CAP: u64 = 64 << 20;
 pub fn fuzz_image_rw(data: &[u8]) {
     let data = &data[..data.len().min(MAX_IMAGE_INPUT)];
     let tail = &data[data.len().saturating_sub(64)..];
-    let store = Arc::new(CappedStorage {
-        inner: MemStorage::from_bytes(data.to_vec()),
-        cap: WRITE_STORE_CAP,
-    });
+    let store = Arc::new(CappedStorage::new(data.to_vec(), WRITE_STORE_CAP));
     let mut r = ByteReader::new(tail);
     let opts = OpenOptions {
         read_only: false,
@@ -315,7 +324,7 @@ pub fn fuzz_image_rw(data: &[u8]) {
     let _ = img.flush();
     drop(img);
     // Whatever was written must still be openable or refused cleanly.
-    let bytes = store.inner.to_vec();
+    let bytes = store.to_vec();
     fuzz_image_read(&bytes[..bytes.len().min(MAX_IMAGE_INPUT)]);
 }
 
