@@ -85,6 +85,13 @@ fn regression(target: &str, name: &str) {
 fn header_unaligned_header_length_ext_shift() {
     regression("header", "unaligned-header-length-ext-shift");
 }
+/// Qcow2::read_wp_entries allocated zonedmeta_size bytes (here ~4 GiB) from
+/// a zoned extension that a check-mode open had kept although it failed
+/// validation.
+#[test]
+fn image_read_check_mode_wp_array_unvalidated_size() {
+    regression("image_read", "check-mode-wp-array-unvalidated-size");
+}
 // REGRESSIONS-END
 
 /// Write the zcow-made seeds into `$ZCOW_SEED_DIR/{images,image_write,zoned_ext}`.
