@@ -7,6 +7,11 @@
 //! `fuzz/make-corpus.sh`.
 
 use std::path::{Path, PathBuf};
+
+// The fuzz targets' 512 MiB live-heap limit applies to the replay too, so an
+// input that made a target allocate too much fails here as well (by abort).
+#[path = "../fuzz/fuzz_targets/alloc_limit.rs"]
+mod alloc_limit;
 use zcow::fuzzing;
 
 /// A fuzz target's library function.
