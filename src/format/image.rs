@@ -1746,6 +1746,9 @@ impl Qcow2 {
             .zoned
             .as_ref()
             .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
+        // A check-mode open keeps an extension that failed validation: its
+        // size may be anything and its geometry overflows the decoder.
+        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
         let mut raw = vec![0u8; z.ext.zonedmeta_size as usize];
         self.store.read_at(z.ext.zonedmeta_offset, &mut raw)?;
         let (entries, _) = decode_wp_array(&z.geometry, &raw);
@@ -1762,6 +1765,8 @@ impl Qcow2 {
             .zoned
             .as_ref()
             .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
+        // Never write through an extension that failed validation.
+        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
         if first as u64 + entries.len() as u64 > z.ext.nr_zones as u64 {
             return Err(FormatError::OutOfRange {
                 offset: first as u64,
