@@ -11,6 +11,7 @@ pub mod check;
 pub mod device;
 pub mod engine;
 pub mod format;
+pub mod fuzzing;
 pub mod img;
 pub mod iocmd;
 pub mod nbd;

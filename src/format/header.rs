@@ -622,7 +622,9 @@ impl Header {
                 out.extend_from_slice(&e.magic().to_be_bytes());
                 out.extend_from_slice(&(p.len() as u32).to_be_bytes());
                 out.extend_from_slice(&p);
-                out.resize(out.len().div_ceil(8) * 8, 0);
+                // Pad the payload (not the absolute offset) to 8 bytes, as
+                // parse_extensions steps: header_length need not be aligned.
+                out.resize(out.len() + p.len().div_ceil(8) * 8 - p.len(), 0);
             }
             out.extend_from_slice(&[0u8; 8]);
         }

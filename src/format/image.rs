@@ -1704,6 +1704,9 @@ impl Qcow2 {
             .zoned
             .as_ref()
             .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
+        // A check-mode open keeps an extension that failed validation: its
+        // size may be anything and its geometry overflows the decoder.
+        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
         let mut raw = vec![0u8; z.ext.zonedmeta_size as usize];
         self.store.read_at(z.ext.zonedmeta_offset, &mut raw)?;
         let (entries, _) = decode_wp_array(&z.geometry, &raw);
