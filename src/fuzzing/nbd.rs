@@ -89,21 +89,15 @@ fn peer(sock: UnixStream, input: Vec<u8>) -> [std::thread::JoinHandle<()>; 2] {
     [writer, reader]
 }
 
-/// Target `nbd_server` (see the module documentation).
-pub fn fuzz_nbd_server(data: &[u8]) {
-    ignore_sigpipe();
-    let data = &data[..data.len().min(MAX_NBD_INPUT)];
-    let mut r = ByteReader::new(data);
-    let sel = r.u8();
-    let input = r.rest().to_vec();
+/// The server `nbd_server` serves for selector byte `sel`: bit 0 zoned
+/// export, 1 read-only, 2 unaware clients read-only, 3 discard, 4
+/// writethrough, 5 two workers.
+pub fn server_for(sel: u8) -> Option<Server> {
     let device: Arc<dyn BlockDevice> = if sel & 1 == 0 {
-        match RawDevice::memory(256 << 10) {
-            Ok(d) => Arc::new(d),
-            Err(_) => return,
-        }
+        Arc::new(RawDevice::memory(256 << 10).ok()?)
     } else {
-        let store = MemZoneStore::new(server_zone_geometry()).expect("zoned store");
-        Arc::new(Engine::open(Arc::new(store)).expect("zoned engine"))
+        let store = MemZoneStore::new(server_zone_geometry()).ok()?;
+        Arc::new(Engine::open(Arc::new(store)).ok()?)
     };
     let cfg = ServerConfig {
         read_only: sel & 2 != 0,
@@ -120,7 +114,19 @@ pub fn fuzz_nbd_server(data: &[u8]) {
         max_connections: 1,
         ..ServerConfig::default()
     };
-    let server = Server::new(device, cfg);
+    Some(Server::new(device, cfg))
+}
+
+/// Target `nbd_server` (see the module documentation).
+pub fn fuzz_nbd_server(data: &[u8]) {
+    ignore_sigpipe();
+    let data = &data[..data.len().min(MAX_NBD_INPUT)];
+    let mut r = ByteReader::new(data);
+    let sel = r.u8();
+    let input = r.rest().to_vec();
+    let Some(server) = server_for(sel) else {
+        return;
+    };
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let _ = ours.set_read_timeout(Some(IO_TIMEOUT));
     let _ = ours.set_write_timeout(Some(IO_TIMEOUT));
@@ -128,6 +134,59 @@ pub fn fuzz_nbd_server(data: &[u8]) {
     server.serve_stream(Sock::Unix(ours));
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// Client options of `nbd_client` for selector byte `sel`.
+pub fn client_options(sel: u8) -> ClientOptions {
+    ClientOptions {
+        extended_headers: sel & 1 == 0,
+        structured_replies: sel & 2 == 0,
+        zoned: sel & 4 == 0,
+        contexts: if sel & 8 == 0 {
+            vec![CTX_BASE_ALLOCATION.into(), CTX_X_ZONED_STATE.into()]
+        } else {
+            vec![CTX_BASE_ALLOCATION.into()]
+        },
+        ..ClientOptions::default()
+    }
+}
+
+/// The requests `nbd_client` makes once connected (selector byte `sel`);
+/// public so the seed recorder can make the same requests against a real
+/// server and record the replies.
+pub fn drive_client(client: NbdClient, sel: u8) {
+    let info = client.info().clone();
+    let _ = client.context_id(CTX_BASE_ALLOCATION);
+    let size = info.size;
+    let len = size.min(4096);
+    if sel & 16 == 0 {
+        // Raw client calls.
+        let mut buf = vec![0u8; len as usize];
+        let _ = client.read(0, &mut buf);
+        let _ = client.write(0, &buf, sel & 64 != 0);
+        let _ = client.block_status(0, len, sel & 32 != 0);
+        let _ = client.zone_mgmt(ZoneOp::Reset, 0, len, false);
+        let _ = client.zone_append(0, &buf[..buf.len().min(512)], false);
+        let _ = client.write_zeroes(0, len, 0);
+        let _ = client.trim(0, len, false);
+        let _ = client.cache(0, len);
+        let _ = client.flush();
+        let _ = client.disconnect();
+    } else if let Ok(dev) = NbdDevice::new(client, "fuzz".into()) {
+        // The block-device view: zone reports and block status parsed
+        // into zcow's own types.
+        let mut buf = vec![0u8; len as usize];
+        let _ = dev.read(0, &mut buf);
+        let _ = dev.block_status(0, len);
+        let _ = dev.zone_report(0, 16);
+        let _ = dev.zone_mgmt(ZoneOp::Finish, 0, len);
+        let _ = dev.zone_append(0, &buf[..buf.len().min(512)], false);
+        let _ = dev.write(0, &buf, false);
+        let _ = dev.write_zeroes(0, len, ZeroFlags::default());
+        let _ = dev.discard(0, len);
+        let _ = dev.flush();
+        let _ = dev.describe();
     }
 }
 
@@ -142,50 +201,9 @@ pub fn fuzz_nbd_client(data: &[u8]) {
     let _ = ours.set_read_timeout(Some(IO_TIMEOUT));
     let _ = ours.set_write_timeout(Some(IO_TIMEOUT));
     let threads = peer(theirs, input);
-    let opts = ClientOptions {
-        extended_headers: sel & 1 == 0,
-        structured_replies: sel & 2 == 0,
-        zoned: sel & 4 == 0,
-        contexts: if sel & 8 == 0 {
-            vec![CTX_BASE_ALLOCATION.into(), CTX_X_ZONED_STATE.into()]
-        } else {
-            vec![CTX_BASE_ALLOCATION.into()]
-        },
-        ..ClientOptions::default()
-    };
+    let opts = client_options(sel);
     if let Ok(client) = NbdClient::connect_stream(Sock::Unix(ours), &opts) {
-        let info = client.info().clone();
-        let _ = client.context_id(CTX_BASE_ALLOCATION);
-        let size = info.size;
-        let len = size.min(4096);
-        if sel & 16 == 0 {
-            // Raw client calls.
-            let mut buf = vec![0u8; len as usize];
-            let _ = client.read(0, &mut buf);
-            let _ = client.write(0, &buf, sel & 64 != 0);
-            let _ = client.block_status(0, len, sel & 32 != 0);
-            let _ = client.zone_mgmt(ZoneOp::Reset, 0, len, false);
-            let _ = client.zone_append(0, &buf[..buf.len().min(512)], false);
-            let _ = client.write_zeroes(0, len, 0);
-            let _ = client.trim(0, len, false);
-            let _ = client.cache(0, len);
-            let _ = client.flush();
-            let _ = client.disconnect();
-        } else if let Ok(dev) = NbdDevice::new(client, "fuzz".into()) {
-            // The block-device view: zone reports and block status parsed
-            // into zcow's own types.
-            let mut buf = vec![0u8; len as usize];
-            let _ = dev.read(0, &mut buf);
-            let _ = dev.block_status(0, len);
-            let _ = dev.zone_report(0, 16);
-            let _ = dev.zone_mgmt(ZoneOp::Finish, 0, len);
-            let _ = dev.zone_append(0, &buf[..buf.len().min(512)], false);
-            let _ = dev.write(0, &buf, false);
-            let _ = dev.write_zeroes(0, len, ZeroFlags::default());
-            let _ = dev.discard(0, len);
-            let _ = dev.flush();
-            let _ = dev.describe();
-        }
+        drive_client(client, sel);
     }
     for t in threads {
         let _ = t.join();
