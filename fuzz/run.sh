@@ -14,6 +14,7 @@ cd "$here"
 secs=${1:-60}
 shift || true
 all=(header zoned_ext image_read image_rw image_write)
+all+=(engine nbd_server nbd_client check iocmd_parse)
 targets=("${@:-${all[@]}}")
 [ $# -gt 0 ] || targets=("${all[@]}")
 
@@ -23,6 +24,10 @@ max_len() {
         zoned_ext) echo 65536 ;;
         image_read | image_rw) echo 131072 ;;
         image_write) echo 4096 ;;
+        engine) echo 1024 ;;
+        nbd_server | nbd_client) echo 65536 ;;
+        check) echo 131072 ;;
+        iocmd_parse) echo 4096 ;;
         *) echo 65536 ;;
     esac
 }

@@ -805,3 +805,11 @@ mod tests {
         fuzz_image_write(&input);
     }
 }
+
+// Targets of the engine, NBD, check and zcow-io components (one file each
+// under src/fuzzing/).
+pub mod check;
+pub mod engine;
+pub mod iocmd_parse;
+pub mod nbd;
+pub mod zone_model;

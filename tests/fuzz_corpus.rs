@@ -24,6 +24,11 @@ const TARGETS: &[(&str, Target)] = &[
     ("image_read", fuzzing::fuzz_image_read),
     ("image_rw", fuzzing::fuzz_image_rw),
     ("image_write", fuzzing::fuzz_image_write),
+    ("engine", fuzzing::engine::fuzz_engine),
+    ("nbd_server", fuzzing::nbd::fuzz_nbd_server),
+    ("nbd_client", fuzzing::nbd::fuzz_nbd_client),
+    ("check", fuzzing::check::fuzz_check),
+    ("iocmd_parse", fuzzing::iocmd_parse::fuzz_iocmd_parse),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -286,7 +286,12 @@ fn name_data(export: &str) -> Vec<u8> {
 impl NbdClient {
     /// Connect to `addr` and negotiate per `opts`.
     pub fn connect(addr: &Address, opts: &ClientOptions) -> Result<Self> {
-        let sock = connect_sock(addr)?;
+        Self::connect_stream(connect_sock(addr)?, opts)
+    }
+
+    /// Negotiate per `opts` over an already-connected socket (e.g. one end
+    /// of a socket pair, as the `nbd_client` fuzz target uses).
+    pub fn connect_stream(sock: Sock, opts: &ClientOptions) -> Result<Self> {
         let mut io = ConnIo::plain(sock)?;
         let magic = read_u64(&mut io.reader)?;
         if magic != NBDMAGIC {
