@@ -1,5 +1,5 @@
 //! Random operation sequences on random geometries, run against the
-//! reference model (tests/common/zone_model.rs) and the engine on a
+//! reference model (src/fuzzing/zone_model.rs) and the engine on a
 //! MemZoneStore; conditions, write pointers, resource counts, error kinds and
 //! the bytes read back must agree after every step, including after a clean
 //! reopen and after a simulated crash.

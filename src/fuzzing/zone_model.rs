@@ -1,9 +1,10 @@
 //! The reference model of the zone transition table
-//! (`design/zone-model.md`), a copy of `tests/common/zone_model.rs` for the
-//! `engine` fuzz target: zones as (cond, wp), resource counts derived from
-//! the conditions, the IMP_OPEN zones ordered by last write, the device
-//! contents as reads must return them, and what a crash would keep. It is
-//! test oracle code and deliberately independent of the engine.
+//! (`design/zone-model.md`), written from the document alone, shared by the
+//! engine's model-based tests (`tests/engine_model.rs`) and the `engine`
+//! fuzz target: zones as (cond, wp), resource counts derived from the
+//! conditions, the IMP_OPEN zones ordered by last write, the device contents
+//! as reads must return them, and what a crash would keep. It is test
+//! oracle code and deliberately independent of the engine.
 #![allow(missing_docs)]
 
 use crate::zone::{ZoneCond, ZoneErrorKind as K, ZoneGeometry};

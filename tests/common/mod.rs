@@ -5,7 +5,9 @@ pub mod faulty;
 pub mod rng;
 #[allow(unused_imports)]
 pub use rng::Rng;
-pub mod zone_model;
+// The reference model lives in the library (the engine fuzz target uses it too).
+#[allow(unused_imports)]
+pub use zcow::fuzzing::zone_model;
 
 use std::sync::Arc;
 use zcow::engine::{Engine, MemZoneStore};
