@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::zone_model::{MFault, Model};
+use common::zone_model::{mgmt_op, MFault, Model};
 use common::{geo, pattern};
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -120,19 +120,6 @@ fn kind<T>(r: Result<T, EngineError>) -> Result<T, ZoneErrorKind> {
         Some(k) => k,
         None => panic!("unexpected non-zone error: {e}"),
     })
-}
-
-fn mgmt_op(op: u8) -> ZoneOp {
-    [ZoneOp::Open, ZoneOp::Close, ZoneOp::Finish, ZoneOp::Reset][op as usize % 4]
-}
-
-fn model_mgmt(m: &mut Model, op: ZoneOp, i: u32) -> Result<(), ZoneErrorKind> {
-    match op {
-        ZoneOp::Open => m.open(i),
-        ZoneOp::Close => m.close(i),
-        ZoneOp::Finish => m.finish(i),
-        ZoneOp::Reset => m.reset_range(i, i),
-    }
 }
 
 fn compare(m: &Model, e: &Engine, step: usize, op: &Op) {
@@ -306,7 +293,7 @@ fn run_on(g: ZoneGeometry, store: Backing, ops: Vec<Op>) {
                 let i = pick(&g, zone);
                 let zop = mgmt_op(o);
                 let er = kind(e.zone_op(zop, i));
-                let mr = model_mgmt(&mut m, zop, i);
+                let mr = m.mgmt(zop, i);
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::Range {
@@ -331,7 +318,7 @@ fn run_on(g: ZoneGeometry, store: Backing, ops: Vec<Op>) {
                 } else if zop == ZoneOp::Reset {
                     m.reset_range(first, last)
                 } else {
-                    (first..=last).try_for_each(|i| model_mgmt(&mut m, zop, i))
+                    (first..=last).try_for_each(|i| m.mgmt(zop, i))
                 };
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
@@ -572,9 +559,9 @@ fn run_io(g: ZoneGeometry, ops: Vec<(Op, bool)>) {
                 arm(what);
                 let eo = out(e.zone_op(zop, i));
                 let mo = if *fail && matches!(zop, ZoneOp::Finish | ZoneOp::Reset) {
-                    predict_failed(&mut m, false, |c| model_mgmt(c, zop, i))
+                    predict_failed(&mut m, false, |c| c.mgmt(zop, i))
                 } else {
-                    model_mgmt(&mut m, zop, i).map_or_else(Out::Zone, |_| Out::Ok)
+                    m.mgmt(zop, i).map_or_else(Out::Zone, |_| Out::Ok)
                 };
                 (eo, mo)
             }

@@ -11,7 +11,7 @@
 //! active counts, error kinds and the whole device contents must equal the
 //! model's; at the end a clean reopen must too.
 
-use super::zone_model::{MFault, Model};
+use super::zone_model::{mgmt_op, MFault, Model};
 use super::ByteReader;
 use crate::engine::{Engine, EngineError, MemZoneStore, StoreResult, ZoneFault, ZoneStore};
 use crate::format::FormatError;
@@ -162,19 +162,6 @@ fn kind<T>(r: Result<T, EngineError>, what: &str) -> Result<T, ZoneErrorKind> {
     })
 }
 
-fn mgmt_op(op: u8) -> ZoneOp {
-    [ZoneOp::Open, ZoneOp::Close, ZoneOp::Finish, ZoneOp::Reset][op as usize % 4]
-}
-
-fn model_mgmt(m: &mut Model, op: ZoneOp, i: u32) -> Result<(), ZoneErrorKind> {
-    match op {
-        ZoneOp::Open => m.open(i),
-        ZoneOp::Close => m.close(i),
-        ZoneOp::Finish => m.finish(i),
-        ZoneOp::Reset => m.reset_range(i, i),
-    }
-}
-
 fn compare(m: &Model, e: &Engine, what: &str) {
     let g = m.g;
     for i in 0..g.nr_zones {
@@ -286,7 +273,7 @@ pub fn fuzz_engine(data: &[u8]) {
                 let zop = mgmt_op(r.u8());
                 let i = pick(&g, r.u8() as u32);
                 let er = kind(d.e.zone_op(zop, i), what);
-                let mr = model_mgmt(&mut m, zop, i);
+                let mr = m.mgmt(zop, i);
                 assert_eq!(er, mr, "engine: {what}: {zop:?} zone {i}");
             }
             10 => {
@@ -308,7 +295,7 @@ pub fn fuzz_engine(data: &[u8]) {
                 } else if zop == ZoneOp::Reset {
                     m.reset_range(first, last)
                 } else {
-                    (first..=last).try_for_each(|i| model_mgmt(&mut m, zop, i))
+                    (first..=last).try_for_each(|i| m.mgmt(zop, i))
                 };
                 assert_eq!(er, mr, "engine: {what}: {zop:?} {off:#x}+{:#x}", end - off);
             }

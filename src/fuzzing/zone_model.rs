@@ -7,7 +7,7 @@
 //! oracle code and deliberately independent of the engine.
 #![allow(missing_docs)]
 
-use crate::zone::{ZoneCond, ZoneErrorKind as K, ZoneGeometry};
+use crate::zone::{ZoneCond, ZoneErrorKind as K, ZoneGeometry, ZoneOp};
 use ZoneCond::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,22 @@ pub struct Model {
 
 pub type R<T> = Result<T, K>;
 
+/// The management operation a fuzz/proptest byte selects.
+pub fn mgmt_op(op: u8) -> ZoneOp {
+    [ZoneOp::Open, ZoneOp::Close, ZoneOp::Finish, ZoneOp::Reset][op as usize % 4]
+}
+
 impl Model {
+    /// Zone management of zone `i` alone.
+    pub fn mgmt(&mut self, op: ZoneOp, i: u32) -> Result<(), K> {
+        match op {
+            ZoneOp::Open => self.open(i),
+            ZoneOp::Close => self.close(i),
+            ZoneOp::Finish => self.finish(i),
+            ZoneOp::Reset => self.reset_range(i, i),
+        }
+    }
+
     pub fn new(g: ZoneGeometry) -> Self {
         let zones: Vec<MZone> = (0..g.nr_zones)
             .map(|i| MZone {
