@@ -5,6 +5,7 @@
 
 use super::errno::{strerror, Errno, EFBIG, EINVAL, ENOSPC};
 use super::{Counts, Ctx, Fix};
+use crate::format::bytes::{be32, be64};
 
 const MAX_SNAPSHOTS: u64 = 65536;
 const MAX_EXTRA: u32 = 1024;
@@ -34,15 +35,6 @@ pub(crate) struct Snaps {
     /// Whether the walk counted the table's clusters (it does not when the
     /// table runs past EOF): only then may a rewrite free them.
     pub counted: bool,
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
 }
 
 fn cstr(b: &[u8]) -> String {

@@ -1,5 +1,7 @@
 //! The persistent dirty bitmap directory (bitmaps header extension).
 
+use super::bytes::be32;
+
 /// QEMU's limit on the directory size.
 pub const MAX_DIRECTORY: u64 = 64 << 20;
 /// Directory entry flag: the bitmap was in use (not stored consistently).
@@ -40,10 +42,6 @@ impl BitmapEntry {
         }
         v
     }
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
 /// Parse `count` entries from the directory bytes. Fails (with where) when

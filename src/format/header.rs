@@ -1,5 +1,6 @@
 //! The qcow2 header (v2 and v3), its extensions, and their validation.
 
+use super::bytes::{be32, be64};
 use super::error::{invalid, FormatError, Result};
 use super::features::*;
 use super::zoned::{ZonedExt, ZONED_EXT_MAGIC};
@@ -557,19 +558,11 @@ impl Header {
                             "bitmaps extension: invalid length {len} (expected 24)"
                         ));
                     }
-                    let be32 = |o: usize| {
-                        u32::from_be_bytes([data[o], data[o + 1], data[o + 2], data[o + 3]])
-                    };
-                    let be64 = |o: usize| {
-                        let mut a = [0u8; 8];
-                        a.copy_from_slice(&data[o..o + 8]);
-                        u64::from_be_bytes(a)
-                    };
                     Extension::Bitmaps(BitmapsExt {
-                        nb_bitmaps: be32(0),
-                        reserved: be32(4),
-                        directory_size: be64(8),
-                        directory_offset: be64(16),
+                        nb_bitmaps: be32(data, 0),
+                        reserved: be32(data, 4),
+                        directory_size: be64(data, 8),
+                        directory_offset: be64(data, 16),
                     })
                 }
                 EXT_CRYPTO => {

@@ -11,6 +11,7 @@
 //!
 //! After a crash the worst case is therefore a leak, never a corruption.
 
+use super::bytes::be64;
 use super::cache::TableCache;
 use super::compress::decompress;
 use super::error::{invalid, FormatError, Result};
@@ -260,12 +261,6 @@ fn lock(m: &Mutex<Meta>) -> MutexGuard<'_, Meta> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn be64_at(b: &[u8], i: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[i..i + 8]);
-    u64::from_be_bytes(a)
-}
-
 fn read_u64_table(store: &dyn Storage, off: u64, n: u64, what: &str) -> Result<Vec<u64>> {
     let bytes = n * 8;
     let len = store.len()?;
@@ -276,7 +271,7 @@ fn read_u64_table(store: &dyn Storage, off: u64, n: u64, what: &str) -> Result<V
     }
     let mut raw = vec![0u8; bytes as usize];
     store.read_at(off, &mut raw)?;
-    Ok(raw.chunks_exact(8).map(|c| be64_at(c, 0)).collect())
+    Ok(raw.chunks_exact(8).map(|c| be64(c, 0)).collect())
 }
 
 impl Qcow2 {
@@ -733,12 +728,8 @@ impl Qcow2 {
                 .ok_or_else(|| FormatError::Corrupt("L2 cache miss".into()))?;
         let es = if self.p.extended { 16 } else { 8 };
         let i = (idx * es) as usize;
-        let w0 = be64_at(t, i);
-        let w1 = if self.p.extended {
-            be64_at(t, i + 8)
-        } else {
-            0
-        };
+        let w0 = be64(t, i);
+        let w1 = if self.p.extended { be64(t, i + 8) } else { 0 };
         Ok((w0, w1))
     }
 
@@ -1405,7 +1396,7 @@ impl Qcow2 {
         self.load_l2(m, off)?;
         let mut copy = m.l2.peek(off).map(<[u8]>::to_vec).unwrap_or_default();
         for i in 0..self.p.l2_entries as usize {
-            let w = be64_at(&copy, i * 8);
+            let w = be64(&copy, i * 8);
             copy[i * 8..i * 8 + 8].copy_from_slice(&(w & !COPIED).to_be_bytes());
         }
         let c = self.alloc(m)?;

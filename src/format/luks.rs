@@ -1,6 +1,7 @@
 //! The LUKS1 header of an encrypted image (read only, for `info`; zcow does
 //! not decrypt).
 
+use super::bytes::be32;
 use serde_json::{json, Map, Value};
 
 /// "LUKS\xba\xbe".
@@ -8,10 +9,6 @@ const MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
 /// Size of the fixed LUKS1 header.
 pub const HEADER_LEN: usize = 592;
 const SLOT_ACTIVE: u32 = 0x00AC_71F3;
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
 
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());

@@ -5,6 +5,7 @@ pub mod wp;
 
 pub use error::{FormatError, Result};
 pub mod bitmap;
+pub mod bytes;
 pub mod cache;
 pub mod compress;
 pub mod create;

@@ -1,5 +1,6 @@
 //! The internal snapshot table.
 
+use super::bytes::{be16, be32, be64};
 use super::error::{invalid, Result};
 use crate::storage::Storage;
 
@@ -33,18 +34,6 @@ pub struct Snapshot {
     pub icount: Option<u64>,
     /// Raw extra data, kept.
     pub extra: Vec<u8>,
-}
-
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
-}
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be16(b: &[u8], o: usize) -> u16 {
-    u16::from_be_bytes([b[o], b[o + 1]])
 }
 
 /// Read the snapshot table: `count` entries at `offset`. Returns the entries

@@ -7,6 +7,7 @@
 //! u32 max_open_zones, u32 max_append_bytes, u64 zonedmeta_size,
 //! u64 zonedmeta_offset`.
 
+use super::bytes::{be32, be64};
 use super::error::{invalid, Result};
 use super::wp::WpEntry;
 use crate::zone::ZoneGeometry;
@@ -47,18 +48,6 @@ pub struct ZonedExt {
     pub zonedmeta_offset: u64,
     /// Bytes past the 56 known ones, kept on rewrite.
     pub extra: Vec<u8>,
-}
-
-fn be64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_be_bytes(a)
-}
-
-fn be32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_be_bytes(a)
 }
 
 impl ZonedExt {
