@@ -473,3 +473,113 @@ fn check_progress_prints_nothing_on_a_pipe() {
         Some("No errors were found on the image.")
     );
 }
+
+/// 20,000 zones of 64 KiB (4 KiB clusters): the array spans three of the
+/// chunks check reads it in, so findings in later chunks, zones without any
+/// L2 table, and a whole-array byte-order rewrite are all exercised.
+fn many_zones_image(dir: &Path) -> PathBuf {
+    let p = dir.join("many.qcow2");
+    let st = FileStorage::create(&p).unwrap();
+    create(
+        &st,
+        &CreateOptions {
+            size: 20_000 * 65536,
+            cluster_size: 4096,
+            zoned: Some(ZonedCreateOptions {
+                zone_size: Some(65536),
+                conventional_zones: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(st);
+    let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
+    for z in [1u64, 9000, 12345, 19999] {
+        img.write(z * 65536, &vec![z as u8; 8192]).unwrap();
+        img.write_wp_entries(z as u32, &[WpEntry::new(z * 65536 + 8192, false)])
+            .unwrap();
+    }
+    img.flush().unwrap();
+    img.sync_file().unwrap();
+    p
+}
+
+fn wp_entries(p: &Path) -> Vec<WpEntry> {
+    Qcow2::open_path(
+        p,
+        &OpenOptions {
+            read_only: true,
+            check_mode: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .read_wp_entries()
+    .unwrap()
+}
+
+#[test]
+fn check_zoned_findings_across_array_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let p = many_zones_image(d.path());
+    let good = wp_entries(&p);
+    let a = wp_array(&p);
+    let z = |i: u64| i * 65536;
+    // Zone 9001 (second chunk): conventional bit on a sequential zone.
+    patch(
+        &p,
+        a + 9001 * 8,
+        &WpEntry::new(z(9001), true).0.to_be_bytes(),
+    );
+    // Zone 12345 (second chunk): wp two zones away; data ends at +8 KiB.
+    patch(&p, a + 12345 * 8, &z(12347).to_be_bytes());
+    // Zone 17000 (third chunk, in an L2 range with no table at all): wp
+    // past data that never reached the disk.
+    patch(&p, a + 17000 * 8, &(z(17000) + 16384).to_be_bytes());
+    let (c, out, err) = check(&p, None, false);
+    assert_eq!(c, 2, "{out}{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "ERROR zoned: zone 9001: conventional bit set on a sequential zone",
+            "ERROR zoned: zone 12345: write pointer 0x303b0000 outside the zone [0x30390000, 0x303a0000]",
+            "Leaked zone 17000: write pointer 0x42684000 is past the zone's data, which ends at 0x42680000",
+        ],
+        "{err}"
+    );
+    let (c, out, err) = check(&p, Some(RepairMode::All), false);
+    assert_eq!(c, 0, "{out}{err}");
+    let (c, out, err) = check(&p, None, false);
+    assert_eq!((c, err.as_str()), (0, ""), "{out}");
+    let mut want = good.clone();
+    want[12345] = WpEntry::new(z(12345) + 8192, false);
+    assert_eq!(wp_entries(&p), want);
+    for i in [1u64, 9000, 12345, 19999] {
+        assert_eq!(guest(&p, z(i), 8192), vec![i as u8; 8192], "zone {i}");
+    }
+}
+
+#[test]
+fn check_zoned_little_endian_array_spanning_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let p = many_zones_image(d.path());
+    let good = wp_entries(&p);
+    let a = wp_array(&p);
+    let raw = read(&p, a, 20_000 * 8);
+    let le: Vec<u8> = raw
+        .chunks(8)
+        .flat_map(|c| u64::from_be_bytes(c.try_into().unwrap()).to_le_bytes())
+        .collect();
+    patch(&p, a, &le);
+    let (c, _, err) = check(&p, None, true);
+    assert_eq!(c, 2, "{err}");
+    let (c, out, err) = check(&p, Some(RepairMode::All), false);
+    assert_eq!(c, 0, "{out}{err}");
+    assert_eq!(read(&p, a, 20_000 * 8), raw, "array rewritten big-endian");
+    assert_eq!(wp_entries(&p), good);
+    let (c, out, err) = check(&p, None, false);
+    assert_eq!((c, err.as_str()), (0, ""), "{out}");
+}

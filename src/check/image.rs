@@ -63,14 +63,18 @@ fn be64(b: &[u8]) -> u64 {
 
 /// Read `n` big-endian u64 at `off`, zero-filled past EOF.
 pub(crate) fn read_u64s(store: &dyn Storage, off: u64, n: u64) -> Result<Vec<u64>, Errno> {
-    let mut raw = Vec::new();
-    raw.try_reserve_exact((n * 8) as usize)
+    // Decoded in place: no second copy of a table that may be 32 MiB.
+    let mut t: Vec<u64> = Vec::new();
+    t.try_reserve_exact(n as usize)
         .map_err(|_| super::errno::ENOMEM)?;
-    raw.resize((n * 8) as usize, 0);
+    t.resize(n as usize, 0);
     store
-        .read_at_zero_fill(off, &mut raw)
+        .read_at_zero_fill(off, zerocopy::IntoBytes::as_mut_bytes(t.as_mut_slice()))
         .map_err(|e| e.errno())?;
-    Ok(raw.chunks_exact(8).map(be64).collect())
+    for x in &mut t {
+        *x = u64::from_be(*x);
+    }
+    Ok(t)
 }
 
 impl CheckImage {

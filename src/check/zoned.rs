@@ -7,6 +7,8 @@
 //! (stale data after a crash; counted as leaks). With `-r` they print with
 //! `Repairing` instead when repaired.
 
+use super::errno::Errno;
+use super::image::CheckImage;
 use super::report::JVal;
 use super::snapshots::free_range;
 use super::walk::Walk;
@@ -15,32 +17,37 @@ use crate::format::features::INCOMPAT_ZONED;
 use crate::format::header::field;
 use crate::format::wp::{WpEntry, WP_CONVENTIONAL, WP_OFFLINE, WP_READ_ONLY, WP_RESERVED};
 use crate::format::zoned::{
-    decode_wp_array, encode_wp_entries, WpByteOrder, ZonedExt, MAX_ZONES, MODEL_HOST_MANAGED,
-    ZONED_EXT_MAGIC,
+    wp_entries_valid, WpByteOrder, ZonedExt, MAX_ZONES, MODEL_HOST_MANAGED, ZONED_EXT_MAGIC,
 };
 use crate::zone::ZoneGeometry;
 use std::io::{self, Write};
 
-/// Per-zone facts the reference walk needs.
-#[derive(Debug)]
+/// Where the write-pointer array is and how to read it. The array itself
+/// (8 bytes per zone: 8 MiB for 1M zones) is never held whole: check reads
+/// it in zone order, one chunk at a time.
+#[derive(Debug, Clone)]
 pub(crate) struct ZoneMap {
     geo: ZoneGeometry,
     cs: u64,
-    entries: Vec<WpEntry>,
+    offset: u64,
+    /// Byte order every entry is valid in (None: some entries are invalid
+    /// either way; they are read big-endian and reported).
     order: Option<WpByteOrder>,
 }
+
+/// Entries per read of the array (64 KiB).
+const WP_CHUNK: u32 = 8192;
 
 impl ZoneMap {
     /// Zone holding guest byte `g`.
     pub fn zone_of(&self, g: u64) -> Option<u32> {
         self.geo.zone_index(g)
     }
-    /// (first guest offset that counts as stale, wp) of zone `z`, or None
-    /// for conventional zones and zones whose entry is invalid. Derived on
-    /// demand: a table of it would cost 24 bytes per zone.
-    pub fn stale_from(&self, z: u32) -> Option<(u64, u64)> {
+
+    /// (first guest offset that counts as stale, wp) of zone `z` with entry
+    /// `e`, or None for conventional zones and invalid entries.
+    pub fn stale_from(&self, z: u32, e: WpEntry) -> Option<(u64, u64)> {
         let (geo, cs) = (&self.geo, self.cs);
-        let e = *self.entries.get(z as usize)?;
         if geo.is_conventional(z) || entry_problems(geo, z, e).is_some() {
             return None;
         }
@@ -49,6 +56,223 @@ impl ZoneMap {
         let by_cap = start + geo.zone_cap(z).div_ceil(cs) * cs;
         Some((by_wp.min(by_cap), e.wp()))
     }
+
+    fn reader(&self) -> WpReader {
+        WpReader {
+            offset: self.offset,
+            n: self.geo.nr_zones,
+            order: self.order.unwrap_or(WpByteOrder::BigEndian),
+            first: 0,
+            buf: Vec::new(),
+            dirty: false,
+            rewrite_all: false,
+        }
+    }
+}
+
+/// A window of [`WP_CHUNK`] entries of the array, moved in ascending zone
+/// order; entries changed by repair are written back (big-endian) when the
+/// window moves on.
+struct WpReader {
+    offset: u64,
+    n: u32,
+    /// Byte order of the entries on disk (and in `buf`).
+    order: WpByteOrder,
+    /// Zone of the window's first entry.
+    first: u32,
+    /// The window's raw bytes as read.
+    buf: Vec<u8>,
+    dirty: bool,
+    /// Rewrite every window (a little-endian array converted to big-endian):
+    /// the window then visits every chunk in turn.
+    rewrite_all: bool,
+}
+
+impl WpReader {
+    /// Entry of zone `z` (`z` < zone count).
+    fn get(&mut self, img: &mut CheckImage, z: u32) -> Result<WpEntry, Errno> {
+        self.load(img, z)?;
+        let at = (z - self.first) as usize * 8;
+        Ok(self.order.decode(&self.buf[at..at + 8]))
+    }
+
+    fn holds(&self, z: u32) -> bool {
+        z >= self.first && (z as u64) < self.first as u64 + self.buf.len() as u64 / 8
+    }
+
+    /// Move the window to zone `z`'s entry (never backwards).
+    fn load(&mut self, img: &mut CheckImage, z: u32) -> Result<(), Errno> {
+        if z >= self.n || (z < self.first && !self.buf.is_empty()) {
+            return Err(super::errno::EINVAL);
+        }
+        while !self.holds(z) {
+            self.write_back(img)?;
+            let target = z / WP_CHUNK * WP_CHUNK;
+            self.first = match (self.rewrite_all, self.buf.is_empty()) {
+                (true, true) => 0,
+                (true, false) => self.first + WP_CHUNK,
+                (false, _) => target,
+            };
+            let len = WP_CHUNK.min(self.n - self.first) as usize * 8;
+            self.buf.resize(len, 0);
+            img.read(self.offset + self.first as u64 * 8, &mut self.buf)?;
+            self.dirty = self.rewrite_all;
+        }
+        Ok(())
+    }
+
+    /// Replace zone `z`'s entry.
+    fn set(&mut self, img: &mut CheckImage, z: u32, e: WpEntry) -> Result<(), Errno> {
+        self.load(img, z)?;
+        let at = (z - self.first) as usize * 8;
+        let bytes = match self.order {
+            WpByteOrder::BigEndian => e.0.to_be_bytes(),
+            WpByteOrder::LittleEndian => e.0.to_le_bytes(),
+        };
+        self.buf[at..at + 8].copy_from_slice(&bytes);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Write the window back if it changed; call once more at the end.
+    fn write_back(&mut self, img: &mut CheckImage) -> Result<(), Errno> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.dirty = false;
+        if self.order == WpByteOrder::BigEndian {
+            return img.write(self.offset + self.first as u64 * 8, &self.buf);
+        }
+        let out: Vec<u8> = self
+            .buf
+            .chunks_exact(8)
+            .flat_map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                u64::from_le_bytes(a).to_be_bytes()
+            })
+            .collect();
+        img.write(self.offset + self.first as u64 * 8, &out)
+    }
+}
+
+/// The zoned part of the reference walk: follows the active L1 walk in
+/// guest order, reading each zone's entry as the walk reaches the zone, and
+/// keeps the end of data only of zones that need it. Holding a table of
+/// every zone's data end would cost 8 bytes per zone.
+pub(crate) struct ZoneScan {
+    map: ZoneMap,
+    rd: WpReader,
+    /// First zone not yet judged.
+    next: u32,
+    /// The zone the walk is in: (zone, entry, end of its data; 0 = none yet).
+    cur: Option<(u32, WpEntry, u64)>,
+    /// (zone, end of its data) of every zone whose entry is invalid or whose
+    /// write pointer is past its data, in zone order.
+    judged: Vec<(u32, u64)>,
+    /// Why the array could not be read.
+    failed: Option<Errno>,
+}
+
+impl std::fmt::Debug for ZoneScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneScan")
+            .field("next", &self.next)
+            .field("judged", &self.judged.len())
+            .finish()
+    }
+}
+
+impl ZoneScan {
+    pub fn new(map: &ZoneMap) -> Self {
+        ZoneScan {
+            map: map.clone(),
+            rd: map.reader(),
+            next: 0,
+            cur: None,
+            judged: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The walk found an L2 entry for guest byte `guest` (`written`: it is
+    /// not unallocated). Returns the zone and its entry for the stale-data
+    /// check. Guest offsets must come in ascending order.
+    pub fn visit(
+        &mut self,
+        img: &mut CheckImage,
+        guest: u64,
+        written: bool,
+    ) -> Option<(u32, WpEntry, &ZoneMap)> {
+        let z = self.map.zone_of(guest)?;
+        if self.failed.is_some() {
+            return None;
+        }
+        if self.cur.map(|c| c.0) != Some(z) {
+            if z < self.next {
+                return None; // out of order: nothing to learn
+            }
+            self.judge_until(img, z);
+            let e = self.entry(img, z)?;
+            self.cur = Some((z, e, 0));
+        }
+        let cs = self.map.cs;
+        let cur = self.cur.as_mut()?;
+        if written {
+            cur.2 = cur.2.max(guest + cs);
+        }
+        Some((z, cur.1, &self.map))
+    }
+
+    /// The walk is over: judge every remaining zone.
+    pub fn finish(&mut self, img: &mut CheckImage) {
+        self.judge_until(img, self.map.geo.nr_zones);
+    }
+
+    fn entry(&mut self, img: &mut CheckImage, z: u32) -> Option<WpEntry> {
+        match self.rd.get(img, z) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.failed = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Judge zones `next..z` (the current one with its data end, the others
+    /// holding no data).
+    fn judge_until(&mut self, img: &mut CheckImage, z: u32) {
+        let cur = self.cur.take();
+        while self.next < z && self.failed.is_none() {
+            let i = self.next;
+            let (e, end) = match cur {
+                Some((c, e, end)) if c == i => (e, end),
+                _ => match self.entry(img, i) {
+                    Some(e) => (e, 0),
+                    None => return,
+                },
+            };
+            let geo = &self.map.geo;
+            let start = geo.zone_start(i);
+            let data_end = if end == 0 { start } else { end };
+            let bad = entry_problems(geo, i, e).is_some();
+            if bad || past_data(geo, self.map.cs, i, e, data_end) {
+                self.judged.push((i, data_end));
+            }
+            self.next += 1;
+        }
+    }
+}
+
+/// Whether sequential zone `i`'s write pointer is past the data really
+/// there (the data did not reach the disk before a crash). A FULL zone
+/// (written to capacity, or finished: wp at the zone end) legitimately has
+/// a wp past its data. Cluster-granular: zeros written into a partial
+/// cluster that already read as zero leave no trace in the L2 table.
+fn past_data(geo: &ZoneGeometry, cs: u64, i: u32, e: WpEntry, data_end: u64) -> bool {
+    let start = geo.zone_start(i);
+    let full = e.wp() >= start + geo.zone_cap(i);
+    !geo.is_conventional(i) && !e.offline() && !full && e.wp() / cs * cs > data_end.max(start)
 }
 
 /// The `zoned` section of the report.
@@ -115,7 +339,8 @@ fn geometry_ok(z: &ZonedExt, size: u64, cs: u64, file_len: u64) -> bool {
             .is_some_and(|e| e <= file_len)
 }
 
-/// Load the write-pointer array when the geometry is sound enough.
+/// Find the write-pointer array and its byte order when the geometry is
+/// sound enough to read it.
 pub(crate) fn prepare(cx: &mut Ctx) -> Option<ZoneMap> {
     let z = cx.img.header.zoned()?.clone();
     let size = cx.img.header.size;
@@ -123,15 +348,29 @@ pub(crate) fn prepare(cx: &mut Ctx) -> Option<ZoneMap> {
     if !geometry_ok(&z, size, cs, cx.img.file_len()) {
         return None;
     }
-    let mut raw = vec![0u8; z.zonedmeta_size as usize];
-    cx.img.read(z.zonedmeta_offset, &mut raw).ok()?;
     let geo = z.geometry(size);
-    let (entries, order) = decode_wp_array(&geo, &raw);
-    drop(raw);
+    let mut order = None;
+    let mut buf = Vec::new();
+    'orders: for o in [WpByteOrder::BigEndian, WpByteOrder::LittleEndian] {
+        let mut first = 0u32;
+        while first < geo.nr_zones {
+            let len = WP_CHUNK.min(geo.nr_zones - first) as usize * 8;
+            buf.resize(len, 0);
+            cx.img
+                .read(z.zonedmeta_offset + first as u64 * 8, &mut buf)
+                .ok()?;
+            if !wp_entries_valid(&geo, first, &buf, o) {
+                continue 'orders;
+            }
+            first += WP_CHUNK.min(geo.nr_zones - first);
+        }
+        order = Some(o);
+        break;
+    }
     Some(ZoneMap {
         geo,
         cs,
-        entries,
+        offset: z.zonedmeta_offset,
         order,
     })
 }
@@ -452,7 +691,7 @@ pub(crate) fn check(
     }
     // The array itself.
     if let Some(map) = cx.zones.take() {
-        check_entries(cx, res, fix, w, rc_clean, &map, &z, &mut o);
+        check_entries(cx, res, fix, w, rc_clean, &map, &mut o);
         cx.zones = Some(map);
     }
     Some(sum)
@@ -482,84 +721,94 @@ fn check_entries(
     w: &Walk,
     rc_clean: bool,
     map: &ZoneMap,
-    z: &ZonedExt,
     o: &mut Out,
 ) {
     let geo = &map.geo;
-    let mut entries = map.entries.clone();
-    let mut dirty = false;
+    let Some(scan) = &w.zones else {
+        return;
+    };
+    if let Some(e) = scan.failed {
+        let _ = writeln!(
+            cx.err,
+            "ERROR zoned: could not read the write-pointer array at 0x{:x}: {}",
+            map.offset,
+            super::errno::strerror(e)
+        );
+        res.check_errors += 1;
+        return;
+    }
     o.sum.wp_byte_order = match map.order {
         Some(WpByteOrder::BigEndian) => Some("big-endian"),
         Some(WpByteOrder::LittleEndian) => Some("little-endian"),
         None => None,
     };
+    let to_be = map.order == Some(WpByteOrder::LittleEndian) && fix.errors;
     if map.order == Some(WpByteOrder::LittleEndian) {
         o.corrupt(cx, res, fix.errors, "write-pointer array is little-endian (host order of the QEMU patch series v3-v9); zcow stores it big-endian");
-        dirty |= fix.errors;
     }
     let cs = cx.img.cs;
-    #[allow(clippy::needless_range_loop)] // entries[i] is rewritten in the loop
-    for i in 0..entries.len() {
-        let iu = i as u32;
-        let e = entries[i];
+    let mut rd = map.reader();
+    rd.rewrite_all = to_be;
+    let mut failed = None;
+    // The walk judged the zones worth a look; every other zone is fine.
+    for &(iu, data_end) in &scan.judged {
+        let i = iu as usize;
+        let e = match rd.get(&mut cx.img, iu) {
+            Ok(e) => e,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
+        let start = geo.zone_start(iu);
+        let mut repaired = None;
         if let Some((what, mut fixed)) = entry_problems(geo, iu, e) {
-            let start = geo.zone_start(iu);
             let end = start + geo.zone_len(iu);
             let both_faults = e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0;
             if fixed.wp() < start || fixed.wp() > end {
                 // Clamp to the data that is really in the zone.
-                let data_end = w
-                    .zone_data_end
-                    .get(i)
-                    .copied()
-                    .filter(|&e| e != 0)
-                    .unwrap_or(start);
                 let wp = data_end.clamp(start, start + geo.zone_cap(iu));
                 fixed = fixed.with_wp(if geo.is_conventional(iu) { start } else { wp });
             }
             let can = fix.errors && !both_faults;
             o.corrupt(cx, res, can, &format!("zone {i}: {what}"));
             if can {
-                entries[i] = fixed;
-                dirty = true;
+                repaired = Some(fixed);
             }
-            continue;
-        }
-        // A sequential zone whose wp is past the data really there (the
-        // data did not reach the disk before a crash): a zone-kind leak.
-        // A FULL zone (written to capacity, or finished: wp at the zone
-        // end) legitimately has a wp past its data.
-        let full = e.wp() >= geo.zone_start(iu) + geo.zone_cap(iu);
-        if !geo.is_conventional(iu) && !e.offline() && !full {
-            let start = geo.zone_start(iu);
-            let data_end = w
-                .zone_data_end
-                .get(i)
-                .copied()
-                .filter(|&e| e != 0)
-                .unwrap_or(start);
-            // Cluster-granular: zeros written into a partial cluster that
-            // already read as zero leave no trace in the L2 table.
-            if e.wp() / cs * cs > data_end.max(start) {
-                let target = data_end.max(start);
-                let can = fix.leaks && rc_clean && w.incomplete.is_empty();
-                let _ = writeln!(
-                    cx.err,
-                    "{} zone {i}: write pointer 0x{:x} is past the zone's data, which ends at 0x{target:x}",
-                    if can { "Repairing" } else { "Leaked" },
-                    e.wp()
-                );
-                if can {
-                    entries[i] = e.with_wp(target);
-                    dirty = true;
-                    res.leaks_fixed += 1;
-                    o.sum.fixed += 1;
-                } else {
-                    res.leaks += 1;
-                    o.sum.stale += 1;
-                }
+        } else if past_data(geo, cs, iu, e, data_end) {
+            // A zone-kind leak: the wp moves back to the data.
+            let can = fix.leaks && rc_clean && w.incomplete.is_empty();
+            let _ = writeln!(
+                cx.err,
+                "{} zone {i}: write pointer 0x{:x} is past the zone's data, which ends at 0x{data_end:x}",
+                if can { "Repairing" } else { "Leaked" },
+                e.wp()
+            );
+            if can {
+                repaired = Some(e.with_wp(data_end));
+                res.leaks_fixed += 1;
+                o.sum.fixed += 1;
+            } else {
+                res.leaks += 1;
+                o.sum.stale += 1;
             }
         }
+        if let Some(new) = repaired {
+            if let Err(e) = rd.set(&mut cx.img, iu, new) {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    // A little-endian array is rewritten whole, big-endian.
+    if to_be && failed.is_none() && geo.nr_zones > 0 {
+        failed = rd.load(&mut cx.img, geo.nr_zones - 1).err();
+    }
+    if failed
+        .or_else(|| rd.write_back(&mut cx.img).err())
+        .is_some()
+    {
+        res.check_errors += 1;
     }
     // Stale data at or past a sequential zone's write pointer.
     for s in &w.stale {
@@ -589,12 +838,6 @@ fn check_entries(
         } else {
             res.leaks += 1;
             o.sum.stale += 1;
-        }
-    }
-    if dirty && z.zonedmeta_size == 8 * entries.len() as u64 {
-        let bytes = encode_wp_entries(&entries);
-        if cx.img.write(z.zonedmeta_offset, &bytes).is_err() {
-            res.check_errors += 1;
         }
     }
 }

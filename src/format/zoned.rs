@@ -270,35 +270,38 @@ pub fn entry_problem(geo: &ZoneGeometry, index: u32, e: WpEntry) -> Option<Strin
     None
 }
 
+impl WpByteOrder {
+    /// Decode one 8-byte entry stored in this byte order.
+    pub fn decode(self, raw: &[u8]) -> WpEntry {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&raw[..8]);
+        WpEntry(match self {
+            WpByteOrder::BigEndian => u64::from_be_bytes(a),
+            WpByteOrder::LittleEndian => u64::from_le_bytes(a),
+        })
+    }
+}
+
+/// Whether every entry in `raw` (entries `first..` of the array) is valid
+/// when read in byte order `order`. Lets a caller detect the order one
+/// chunk at a time instead of holding the whole array.
+pub fn wp_entries_valid(geo: &ZoneGeometry, first: u32, raw: &[u8], order: WpByteOrder) -> bool {
+    raw.chunks_exact(8)
+        .zip(first..)
+        .all(|(c, i)| entry_problem(geo, i, order.decode(c)).is_none())
+}
+
 /// Decode a raw array, detecting the byte order: big-endian if every entry
 /// is valid that way, else little-endian if every entry is valid that way.
 /// Returns the entries as read big-endian when neither order is fully valid
 /// (the caller reports the bad entries).
 pub fn decode_wp_array(geo: &ZoneGeometry, raw: &[u8]) -> (Vec<WpEntry>, Option<WpByteOrder>) {
-    let be: Vec<WpEntry> = raw.chunks_exact(8).map(|c| WpEntry(be64(c, 0))).collect();
-    if be
-        .iter()
-        .enumerate()
-        .all(|(i, &e)| entry_problem(geo, i as u32, e).is_none())
-    {
-        return (be, Some(WpByteOrder::BigEndian));
-    }
-    let le: Vec<WpEntry> = raw
-        .chunks_exact(8)
-        .map(|c| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            WpEntry(u64::from_le_bytes(a))
-        })
-        .collect();
-    if le
-        .iter()
-        .enumerate()
-        .all(|(i, &e)| entry_problem(geo, i as u32, e).is_none())
-    {
-        return (le, Some(WpByteOrder::LittleEndian));
-    }
-    (be, None)
+    let order = [WpByteOrder::BigEndian, WpByteOrder::LittleEndian]
+        .into_iter()
+        .find(|&o| wp_entries_valid(geo, 0, raw, o));
+    let as_read = order.unwrap_or(WpByteOrder::BigEndian);
+    let entries = raw.chunks_exact(8).map(|c| as_read.decode(c)).collect();
+    (entries, order)
 }
 
 /// Encode entries big-endian.
