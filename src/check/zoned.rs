@@ -17,7 +17,8 @@ use crate::format::features::INCOMPAT_ZONED;
 use crate::format::header::field;
 use crate::format::wp::{WpEntry, WP_CONVENTIONAL, WP_OFFLINE, WP_READ_ONLY, WP_RESERVED};
 use crate::format::zoned::{
-    wp_entries_valid, WpByteOrder, ZonedExt, MAX_ZONES, MODEL_HOST_MANAGED, ZONED_EXT_MAGIC,
+    entry_faults, wp_entries_valid, EntryFault, WpByteOrder, ZonedExt, MAX_ZONES,
+    MODEL_HOST_MANAGED, ZONED_EXT_MAGIC,
 };
 use crate::zone::ZoneGeometry;
 use std::io::{self, Write};
@@ -375,30 +376,20 @@ pub(crate) fn prepare(cx: &mut Ctx) -> Option<ZoneMap> {
     })
 }
 
-/// What is wrong with one entry, and the repaired entry.
+/// What is wrong with one entry (the format's rules plus conflicting
+/// fault bits), and the entry with the derivable fields repaired (a wp
+/// outside its zone is left for the caller to clamp).
 fn entry_problems(geo: &ZoneGeometry, i: u32, e: WpEntry) -> Option<(String, WpEntry)> {
-    let start = geo.zone_start(i);
-    let end = start + geo.zone_len(i);
-    let conv = geo.is_conventional(i);
     let mut what = Vec::new();
     let mut fixed = e;
-    if e.0 & WP_RESERVED != 0 {
-        what.push(format!("reserved bits 62-63 set (entry 0x{:x})", e.0));
-        fixed = WpEntry(fixed.0 & !WP_RESERVED);
-    }
-    if e.conventional() != conv {
-        what.push(if conv {
-            "conventional bit missing on a conventional zone".to_string()
-        } else {
-            "conventional bit set on a sequential zone".to_string()
-        });
-        fixed = WpEntry((fixed.0 & !WP_CONVENTIONAL) | if conv { WP_CONVENTIONAL } else { 0 });
-    }
-    if e.wp() < start || e.wp() > end {
-        what.push(format!(
-            "write pointer 0x{:x} outside the zone [0x{start:x}, 0x{end:x}]",
-            e.wp()
-        ));
+    for f in entry_faults(geo, i, e).into_iter().flatten() {
+        fixed = match f {
+            EntryFault::ReservedBits(_) => WpEntry(fixed.0 & !WP_RESERVED),
+            EntryFault::ConventionalMissing => WpEntry(fixed.0 | WP_CONVENTIONAL),
+            EntryFault::ConventionalSet => WpEntry(fixed.0 & !WP_CONVENTIONAL),
+            EntryFault::WpOutside { .. } => fixed,
+        };
+        what.push(f.to_string());
     }
     if e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0 {
         what.push("both READ_ONLY and OFFLINE fault bits set".into());

@@ -245,29 +245,73 @@ pub enum WpByteOrder {
     LittleEndian,
 }
 
-/// Why one write-pointer entry is invalid, or None if it is valid.
-pub fn entry_problem(geo: &ZoneGeometry, index: u32, e: WpEntry) -> Option<String> {
+/// A rule of the format one write-pointer entry breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFault {
+    /// Bits 62-63 are set (the raw entry).
+    ReservedBits(u64),
+    /// A conventional zone's entry lacks the conventional bit.
+    ConventionalMissing,
+    /// A sequential zone's entry has the conventional bit.
+    ConventionalSet,
+    /// The write pointer is outside `[start, end]` of its zone.
+    WpOutside {
+        /// The write pointer.
+        wp: u64,
+        /// Zone start.
+        start: u64,
+        /// Zone end.
+        end: u64,
+    },
+}
+
+impl std::fmt::Display for EntryFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            EntryFault::ReservedBits(raw) => write!(f, "reserved bits 62-63 set (entry {raw:#x})"),
+            EntryFault::ConventionalMissing => {
+                f.write_str("conventional bit missing on a conventional zone")
+            }
+            EntryFault::ConventionalSet => f.write_str("conventional bit set on a sequential zone"),
+            EntryFault::WpOutside { wp, start, end } => {
+                write!(
+                    f,
+                    "write pointer {wp:#x} outside the zone [{start:#x}, {end:#x}]"
+                )
+            }
+        }
+    }
+}
+
+/// Every rule entry `e` of zone `index` breaks, in a fixed order (reserved
+/// bits, conventional bit, write pointer).
+pub fn entry_faults(geo: &ZoneGeometry, index: u32, e: WpEntry) -> [Option<EntryFault>; 3] {
     let start = geo.zone_start(index);
     let end = start + geo.zone_len(index);
-    if e.reserved() != 0 {
-        return Some(format!("reserved bits 62-63 set ({:#x})", e.0));
-    }
-    if e.conventional() != geo.is_conventional(index) {
-        return Some(if geo.is_conventional(index) {
-            "conventional bit missing on a conventional zone".to_string()
+    let conv = geo.is_conventional(index);
+    [
+        (e.reserved() != 0).then_some(EntryFault::ReservedBits(e.0)),
+        (e.conventional() != conv).then_some(if conv {
+            EntryFault::ConventionalMissing
         } else {
-            "conventional bit set on a sequential zone".to_string()
-        });
-    }
-    if e.wp() < start || e.wp() > end {
-        return Some(format!(
-            "write pointer {:#x} outside the zone [{:#x}, {:#x}]",
-            e.wp(),
+            EntryFault::ConventionalSet
+        }),
+        (e.wp() < start || e.wp() > end).then_some(EntryFault::WpOutside {
+            wp: e.wp(),
             start,
-            end
-        ));
-    }
-    None
+            end,
+        }),
+    ]
+}
+
+/// Why one write-pointer entry is invalid (its first fault), or None if it
+/// is valid.
+pub fn entry_problem(geo: &ZoneGeometry, index: u32, e: WpEntry) -> Option<String> {
+    entry_faults(geo, index, e)
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|f| f.to_string())
 }
 
 impl WpByteOrder {
@@ -286,9 +330,11 @@ impl WpByteOrder {
 /// when read in byte order `order`. Lets a caller detect the order one
 /// chunk at a time instead of holding the whole array.
 pub fn wp_entries_valid(geo: &ZoneGeometry, first: u32, raw: &[u8], order: WpByteOrder) -> bool {
-    raw.chunks_exact(8)
-        .zip(first..)
-        .all(|(c, i)| entry_problem(geo, i, order.decode(c)).is_none())
+    raw.chunks_exact(8).zip(first..).all(|(c, i)| {
+        entry_faults(geo, i, order.decode(c))
+            .iter()
+            .all(Option::is_none)
+    })
 }
 
 /// Decode a raw array, detecting the byte order: big-endian if every entry
