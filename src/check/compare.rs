@@ -8,69 +8,78 @@ use super::walk::Walk;
 use super::{Counts, Ctx, Fix};
 use crate::format::l2::{decode_l2, ClusterType, COPIED, OFFSET_MASK};
 
-/// QEMU `compare_refcounts`. Returns the highest cluster in use.
+/// QEMU `compare_refcounts`. Returns the highest cluster in use, and
+/// whether every on-disk refcount matched the computed one (nothing
+/// reported, nothing changed).
 pub(crate) fn compare_refcounts(
     cx: &mut Ctx,
     res: &mut Counts,
     fix: Fix,
     rebuild: &mut bool,
     w: &Walk,
-) -> u64 {
+) -> (u64, bool) {
     let mut highest = 0;
+    let mut all_same = true;
     let mut told_incomplete = false;
     let n = w.imrt.n;
     cx.phase("comparing refcounts");
     let rb_bits = cx.img.rb_bits;
     let order = cx.img.order;
     let idx_mask = (1u64 << rb_bits) - 1;
-    type Block = (u64, Result<Option<Vec<u8>>, Errno>);
-    let mut block: Option<Block> = None;
-    for i in 0..n {
-        if i & 0xffff == 0 {
-            cx.progress(i, n);
-        }
-        // One refblock lookup per block, not per cluster: this loop is the
-        // hot path of a big image. Fixes below only touch entry i, which is
-        // never read again, so the copy stays valid.
-        let rti = i >> rb_bits;
-        if block.as_ref().is_none_or(|b| b.0 != rti) {
-            block = Some((rti, cx.img.refblock_copy(i, &mut *cx.err)));
-        }
-        let r1 = match block.as_ref().map(|b| &b.1) {
-            Some(Ok(Some(b))) => super::imrt::rc_get(b, order, (i & idx_mask) as usize),
-            Some(Ok(None)) | None => 0,
-            Some(Err(e)) => {
-                let _ = writeln!(
-                    cx.err,
-                    "Can't get refcount for cluster {i}: {}",
-                    strerror(*e)
-                );
-                res.check_errors += 1;
+    // One refblock lookup per block, not per cluster: this loop is the hot
+    // path of a big image. Fixes below only touch entry i, which is never
+    // read again, so the copy stays valid.
+    for rti in 0..n.div_ceil(1 << rb_bits) {
+        cx.progress(rti << rb_bits, n);
+        let block = cx.img.refblock_copy(rti << rb_bits, &mut *cx.err);
+        // A block identical to the computed one has nothing to report: only
+        // its highest used cluster matters.
+        if let Ok(disk) = &block {
+            if let Some(last) = w.imrt.same_block(rti, disk.as_deref()) {
+                if let Some(l) = last {
+                    highest = (rti << rb_bits) + l;
+                }
                 continue;
             }
-        };
-        let r2 = w.imrt.get(i);
-        if r1 > 0 || r2 > 0 {
-            highest = i;
         }
-        if r1 == r2 {
-            continue;
-        }
-        let mut fixing = false;
-        let mut refusal = None;
-        if r1 == 0 {
-            *rebuild = true;
-        } else if r1 > r2 && fix.leaks {
-            if let Some(why) = w.incomplete.first() {
-                if !told_incomplete {
-                    refusal = Some(format!("zcow: Not freeing leaked clusters: {why}, so they may still be in use; fix that first or copy the data out"));
-                    told_incomplete = true;
+        for i in rti << rb_bits..((rti + 1) << rb_bits).min(n) {
+            let r1 = match &block {
+                Ok(Some(b)) => super::imrt::rc_get(b, order, (i & idx_mask) as usize),
+                Ok(None) => 0,
+                Err(e) => {
+                    let _ = writeln!(
+                        cx.err,
+                        "Can't get refcount for cluster {i}: {}",
+                        strerror(*e)
+                    );
+                    res.check_errors += 1;
+                    all_same = false;
+                    continue;
                 }
-            } else {
-                fixing = true;
+            };
+            let r2 = w.imrt.get(i);
+            if r1 > 0 || r2 > 0 {
+                highest = i;
             }
-        } else if r1 < r2 && fix.errors {
-            match w.distrust(i) {
+            if r1 == r2 {
+                continue;
+            }
+            all_same = false;
+            let mut fixing = false;
+            let mut refusal = None;
+            if r1 == 0 {
+                *rebuild = true;
+            } else if r1 > r2 && fix.leaks {
+                if let Some(why) = w.incomplete.first() {
+                    if !told_incomplete {
+                        refusal = Some(format!("zcow: Not freeing leaked clusters: {why}, so they may still be in use; fix that first or copy the data out"));
+                        told_incomplete = true;
+                    }
+                } else {
+                    fixing = true;
+                }
+            } else if r1 < r2 && fix.errors {
+                match w.distrust(i) {
                 Some(why) => {
                     refusal = Some(format!(
                         "zcow: Not raising the refcount of cluster {i}: {why}; that would hide the corruption"
@@ -78,45 +87,57 @@ pub(crate) fn compare_refcounts(
                 }
                 None => fixing = true,
             }
-        }
-        let _ = writeln!(
-            cx.err,
-            "{} cluster {i} refcount={r1} reference={r2}",
-            if fixing {
-                "Repairing"
-            } else if r1 < r2 {
-                "ERROR"
-            } else {
-                "Leaked"
             }
-        );
-        if let Some(r) = refusal {
-            let _ = writeln!(cx.err, "{r}");
-        }
-        if fixing && cx.img.set_refcount(i, r2, &mut *cx.err).is_ok() {
-            if r1 > r2 {
-                res.leaks_fixed += 1;
-            } else {
-                res.corruptions_fixed += 1;
+            let _ = writeln!(
+                cx.err,
+                "{} cluster {i} refcount={r1} reference={r2}",
+                if fixing {
+                    "Repairing"
+                } else if r1 < r2 {
+                    "ERROR"
+                } else {
+                    "Leaked"
+                }
+            );
+            if let Some(r) = refusal {
+                let _ = writeln!(cx.err, "{r}");
             }
-            continue;
-        }
-        if r1 < r2 {
-            res.corruptions += 1;
-        } else {
-            res.leaks += 1;
+            if fixing && cx.img.set_refcount(i, r2, &mut *cx.err).is_ok() {
+                if r1 > r2 {
+                    res.leaks_fixed += 1;
+                } else {
+                    res.corruptions_fixed += 1;
+                }
+                continue;
+            }
+            if r1 < r2 {
+                res.corruptions += 1;
+            } else {
+                res.leaks += 1;
+            }
         }
     }
-    highest
+    (highest, all_same)
 }
 
-/// QEMU `check_oflag_copied` over the active tables.
+/// QEMU `check_oflag_copied` over the active tables. `disk_is_computed`:
+/// the on-disk refcounts of clusters the walk covers equal the computed
+/// ones (the last comparison found and changed nothing), so they are read
+/// from the in-memory table.
 pub(crate) fn check_oflag_copied(
     cx: &mut Ctx,
     res: &mut Counts,
     fix: Fix,
     w: &Walk,
+    disk_is_computed: bool,
 ) -> Result<(), Errno> {
+    let refcount = |cx: &mut Ctx, k: u64| {
+        if disk_is_computed && k < w.imrt.n {
+            Ok(w.imrt.get(k))
+        } else {
+            cx.img.get_refcount(k, &mut *cx.err)
+        }
+    };
     let repair = if fix.errors {
         true
     } else if fix.leaks {
@@ -136,7 +157,7 @@ pub(crate) fn check_oflag_copied(
         if l2_off == 0 {
             continue;
         }
-        let Ok(r) = cx.img.get_refcount(l2_off >> cb, &mut *cx.err) else {
+        let Ok(r) = refcount(cx, l2_off >> cb) else {
             continue;
         };
         if (r == 1) != (e & COPIED != 0) {
@@ -195,7 +216,7 @@ pub(crate) fn check_oflag_copied(
             let r = if data_file {
                 1
             } else {
-                match cx.img.get_refcount(data >> cb, &mut *cx.err) {
+                match refcount(cx, data >> cb) {
                     Ok(r) => r,
                     Err(_) => continue,
                 }

@@ -255,7 +255,7 @@ impl CheckImage {
         let order = self.order;
         let idx = (i & ((1u64 << self.rb_bits) - 1)) as usize;
         let b = self.refblock(off)?;
-        Ok(refcount::get(b, order, idx))
+        Ok(super::imrt::rc_get(b, order, idx))
     }
 
     /// A copy of the refblock holding cluster `i`'s refcount (None: no

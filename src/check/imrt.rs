@@ -97,6 +97,33 @@ impl Imrt {
         false
     }
 
+    /// If refblock `index` on disk (`None`: no block, all zero) holds
+    /// exactly the computed counts: `Some(the index in the block of the
+    /// last non-zero count, if any)`; otherwise `None`.
+    pub fn same_block(&self, index: u64, disk: Option<&[u8]>) -> Option<Option<u64>> {
+        let start = (index * self.cs) as usize;
+        let mem = self.data.get(start..start + self.cs as usize)?;
+        let same = match disk {
+            Some(d) => d == mem,
+            None => mem.iter().all(|&b| b == 0),
+        };
+        if !same {
+            return None;
+        }
+        let Some(p) = mem.iter().rposition(|&b| b != 0) else {
+            return Some(None);
+        };
+        // The entries sharing byte p (several when entries are sub-byte).
+        let (first, last) = (
+            (p as u64 * 8) >> self.order,
+            (p as u64 * 8 + 7) >> self.order,
+        );
+        let at = (first..=last)
+            .rev()
+            .find(|&e| rc_get(mem, self.order, e as usize) != 0);
+        Some(at)
+    }
+
     /// Refblock `index` as bytes (a slice of the table).
     pub fn block(&self, index: u64) -> Vec<u8> {
         let start = (index * self.cs) as usize;
@@ -127,5 +154,36 @@ impl BitSet {
         self.0
             .get((i / 64) as usize)
             .is_some_and(|w| w >> (i % 64) & 1 != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_block_finds_the_last_used_cluster_at_every_width() {
+        let cs = 512u64;
+        for order in 0..=6u32 {
+            let per_block = cs * 8 >> order;
+            for last in [0, 1, 2, 5, per_block / 2 + 3, per_block - 1] {
+                let mut t = Imrt::new(order, cs, 2 * per_block).unwrap();
+                t.set(per_block + last, 1).unwrap();
+                if last > 0 {
+                    t.set(per_block, 1).unwrap();
+                }
+                let disk = t.block(1);
+                assert_eq!(
+                    t.same_block(1, Some(&disk)),
+                    Some(Some(last)),
+                    "order {order}"
+                );
+                assert_eq!(t.same_block(0, None), Some(None), "order {order}");
+                assert_eq!(t.same_block(1, None), None, "order {order}");
+                let mut other = disk.clone();
+                other[cs as usize - 1] ^= 1;
+                assert_eq!(t.same_block(1, Some(&other)), None, "order {order}");
+            }
+        }
     }
 }

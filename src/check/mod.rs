@@ -209,7 +209,8 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         walk::Walk::new(cx.img.order, cs, nb, track).inspect_err(|_| res.check_errors += 1)?;
     walk::calculate_refcounts(cx, res, fix, &mut rebuild, &mut w)?;
     let pre = res.clone();
-    let mut highest = compare::compare_refcounts(cx, res, Fix::default(), &mut rebuild, &w);
+    let (mut highest, mut same) =
+        compare::compare_refcounts(cx, res, Fix::default(), &mut rebuild, &w);
 
     let refusal = if rebuild && fix.errors {
         w.incomplete
@@ -240,6 +241,7 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         res.corruptions = 0;
         res.leaks = 0;
         rebuild = false;
+        same = false; // the refcounts on disk are new
         let n = w.imrt.n;
         let mut w2 = walk::Walk::new(cx.img.order, cs, n, true)?;
         walk::calculate_refcounts(cx, res, Fix::default(), &mut rebuild, &mut w2)?;
@@ -248,7 +250,7 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         if fix.leaks {
             let saved = res.clone();
             *res = Counts::default();
-            highest = compare::compare_refcounts(
+            (highest, same) = compare::compare_refcounts(
                 cx,
                 res,
                 Fix {
@@ -282,10 +284,10 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         }
         if res.leaks != 0 || res.corruptions != 0 {
             *res = pre;
-            highest = compare::compare_refcounts(cx, res, fix, &mut rebuild, &w);
+            (highest, same) = compare::compare_refcounts(cx, res, fix, &mut rebuild, &w);
         }
     }
-    compare::check_oflag_copied(cx, res, fix, &w)?;
+    compare::check_oflag_copied(cx, res, fix, &w, same)?;
     res.image_end_offset = (highest + 1) * cs;
     Ok(w)
 }
