@@ -165,7 +165,7 @@ mod tests {
     fn same_block_finds_the_last_used_cluster_at_every_width() {
         let cs = 512u64;
         for order in 0..=6u32 {
-            let per_block = cs * 8 >> order;
+            let per_block = (cs * 8) >> order;
             for last in [0, 1, 2, 5, per_block / 2 + 3, per_block - 1] {
                 let mut t = Imrt::new(order, cs, 2 * per_block).unwrap();
                 t.set(per_block + last, 1).unwrap();
