@@ -451,6 +451,44 @@ fn check_zoned_finished_zone_is_clean() {
 }
 
 #[test]
+fn check_progress_draws_a_bar_on_a_terminal() {
+    // `script` runs the command on a pseudo-terminal (util-linux).
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").is_err(),
+            "`script` (util-linux) is missing"
+        );
+        eprintln!("skipping: no `script`");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    let cmd = format!(
+        "{} check -p {}",
+        env!("CARGO_BIN_EXE_zcow-img"),
+        p.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("counting references ["), "{tty:?}");
+    assert!(tty.contains('%'), "{tty:?}");
+    assert!(tty.contains("comparing refcounts ["), "{tty:?}");
+    // The bar is cleared before the summary.
+    assert!(
+        tty.contains("\x1b[2KNo errors were found on the image.\r\n"),
+        "{tty:?}"
+    );
+}
+
+#[test]
 fn check_progress_prints_nothing_on_a_pipe() {
     let d = tempfile::tempdir().unwrap();
     let p = zoned_image(d.path());
