@@ -126,11 +126,7 @@ impl WpReader {
     fn set(&mut self, img: &mut CheckImage, z: u32, e: WpEntry) -> Result<(), Errno> {
         self.load(img, z)?;
         let at = (z - self.first) as usize * 8;
-        let bytes = match self.order {
-            WpByteOrder::BigEndian => e.0.to_be_bytes(),
-            WpByteOrder::LittleEndian => e.0.to_le_bytes(),
-        };
-        self.buf[at..at + 8].copy_from_slice(&bytes);
+        self.buf[at..at + 8].copy_from_slice(&self.order.encode(e));
         self.dirty = true;
         Ok(())
     }
@@ -144,14 +140,11 @@ impl WpReader {
         if self.order == WpByteOrder::BigEndian {
             return img.write(self.offset + self.first as u64 * 8, &self.buf);
         }
+        let be = WpByteOrder::BigEndian;
         let out: Vec<u8> = self
             .buf
             .chunks_exact(8)
-            .flat_map(|c| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(c);
-                u64::from_le_bytes(a).to_be_bytes()
-            })
+            .flat_map(|c| be.encode(self.order.decode(c)))
             .collect();
         img.write(self.offset + self.first as u64 * 8, &out)
     }

@@ -324,6 +324,14 @@ impl WpByteOrder {
             WpByteOrder::LittleEndian => u64::from_le_bytes(a),
         })
     }
+
+    /// Encode one entry in this byte order.
+    pub fn encode(self, e: WpEntry) -> [u8; 8] {
+        match self {
+            WpByteOrder::BigEndian => e.0.to_be_bytes(),
+            WpByteOrder::LittleEndian => e.0.to_le_bytes(),
+        }
+    }
 }
 
 /// Whether every entry in `raw` (entries `first..` of the array) is valid
