@@ -65,59 +65,74 @@ pub(crate) fn compare_refcounts(
                 continue;
             }
             all_same = false;
-            let mut fixing = false;
-            let mut refusal = None;
-            if r1 == 0 {
-                *rebuild = true;
-            } else if r1 > r2 && fix.leaks {
-                if let Some(why) = w.incomplete.first() {
-                    if !told_incomplete {
-                        refusal = Some(format!("zcow: Not freeing leaked clusters: {why}, so they may still be in use; fix that first or copy the data out"));
-                        told_incomplete = true;
-                    }
-                } else {
-                    fixing = true;
-                }
-            } else if r1 < r2 && fix.errors {
-                match w.distrust(i) {
-                Some(why) => {
-                    refusal = Some(format!(
-                        "zcow: Not raising the refcount of cluster {i}: {why}; that would hide the corruption"
-                    ))
-                }
-                None => fixing = true,
-            }
-            }
-            let _ = writeln!(
-                cx.err,
-                "{} cluster {i} refcount={r1} reference={r2}",
-                if fixing {
-                    "Repairing"
-                } else if r1 < r2 {
-                    "ERROR"
-                } else {
-                    "Leaked"
-                }
-            );
-            if let Some(r) = refusal {
-                let _ = writeln!(cx.err, "{r}");
-            }
-            if fixing && cx.img.set_refcount(i, r2, &mut *cx.err).is_ok() {
-                if r1 > r2 {
-                    res.leaks_fixed += 1;
-                } else {
-                    res.corruptions_fixed += 1;
-                }
-                continue;
-            }
-            if r1 < r2 {
-                res.corruptions += 1;
-            } else {
-                res.leaks += 1;
-            }
+            mismatch(cx, res, fix, rebuild, w, i, r1, r2, &mut told_incomplete);
         }
     }
     (highest, all_same)
+}
+
+/// Report (and with `fix`, repair) one cluster whose on-disk refcount `r1`
+/// differs from the computed `r2`.
+#[allow(clippy::too_many_arguments)]
+fn mismatch(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    fix: Fix,
+    rebuild: &mut bool,
+    w: &Walk,
+    i: u64,
+    r1: u64,
+    r2: u64,
+    told_incomplete: &mut bool,
+) {
+    let mut fixing = false;
+    let mut refusal = None;
+    if r1 == 0 {
+        *rebuild = true;
+    } else if r1 > r2 && fix.leaks {
+        if let Some(why) = w.incomplete.first() {
+            if !*told_incomplete {
+                refusal = Some(format!("zcow: Not freeing leaked clusters: {why}, so they may still be in use; fix that first or copy the data out"));
+                *told_incomplete = true;
+            }
+        } else {
+            fixing = true;
+        }
+    } else if r1 < r2 && fix.errors {
+        match w.distrust(i) {
+            Some(why) => {
+                refusal = Some(format!(
+                    "zcow: Not raising the refcount of cluster {i}: {why}; that would hide the corruption"
+                ))
+            }
+            None => fixing = true,
+        }
+    }
+    let _ = writeln!(
+        cx.err,
+        "{} cluster {i} refcount={r1} reference={r2}",
+        if fixing {
+            "Repairing"
+        } else if r1 < r2 {
+            "ERROR"
+        } else {
+            "Leaked"
+        }
+    );
+    if let Some(r) = refusal {
+        let _ = writeln!(cx.err, "{r}");
+    }
+    if fixing && cx.img.set_refcount(i, r2, &mut *cx.err).is_ok() {
+        if r1 > r2 {
+            res.leaks_fixed += 1;
+        } else {
+            res.corruptions_fixed += 1;
+        }
+    } else if r1 < r2 {
+        res.corruptions += 1;
+    } else {
+        res.leaks += 1;
+    }
 }
 
 /// QEMU `check_oflag_copied` over the active tables. `disk_is_computed`:
