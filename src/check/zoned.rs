@@ -49,7 +49,7 @@ impl ZoneMap {
     /// `e`, or None for conventional zones and invalid entries.
     pub fn stale_from(&self, z: u32, e: WpEntry) -> Option<(u64, u64)> {
         let (geo, cs) = (&self.geo, self.cs);
-        if geo.is_conventional(z) || entry_problems(geo, z, e).is_some() {
+        if geo.is_conventional(z) || !entry_ok(geo, z, e) {
             return None;
         }
         let start = geo.zone_start(z);
@@ -249,7 +249,7 @@ impl ZoneScan {
             let geo = &self.map.geo;
             let start = geo.zone_start(i);
             let data_end = if end == 0 { start } else { end };
-            let bad = entry_problems(geo, i, e).is_some();
+            let bad = !entry_ok(geo, i, e);
             if bad || past_data(geo, self.map.cs, i, e, data_end) {
                 self.judged.push((i, data_end));
             }
@@ -369,6 +369,16 @@ pub(crate) fn prepare(cx: &mut Ctx) -> Option<ZoneMap> {
     })
 }
 
+/// Whether [`entry_problems`] finds nothing (without building messages:
+/// this runs for every zone and every data cluster).
+fn entry_ok(geo: &ZoneGeometry, i: u32, e: WpEntry) -> bool {
+    entry_faults(geo, i, e).iter().all(Option::is_none) && !both_fault_bits(e)
+}
+
+fn both_fault_bits(e: WpEntry) -> bool {
+    e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0
+}
+
 /// What is wrong with one entry (the format's rules plus conflicting
 /// fault bits), and the entry with the derivable fields repaired (a wp
 /// outside its zone is left for the caller to clamp).
@@ -384,7 +394,7 @@ fn entry_problems(geo: &ZoneGeometry, i: u32, e: WpEntry) -> Option<(String, WpE
         };
         what.push(f.to_string());
     }
-    if e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0 {
+    if both_fault_bits(e) {
         what.push("both READ_ONLY and OFFLINE fault bits set".into());
     }
     (!what.is_empty()).then(|| (what.join(", "), fixed))
@@ -748,7 +758,7 @@ fn check_entries(
         let mut repaired = None;
         if let Some((what, mut fixed)) = entry_problems(geo, iu, e) {
             let end = start + geo.zone_len(iu);
-            let both_faults = e.0 & WP_READ_ONLY != 0 && e.0 & WP_OFFLINE != 0;
+            let both_faults = both_fault_bits(e);
             if fixed.wp() < start || fixed.wp() > end {
                 // Clamp to the data that is really in the zone.
                 let wp = data_end.clamp(start, start + geo.zone_cap(iu));
