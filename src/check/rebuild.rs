@@ -78,49 +78,30 @@ fn write_refblocks(
     Ok(grown)
 }
 
+/// Pass `r` through, printing QEMU's `PROG: ERROR WHAT: strerror` line when
+/// it is an error.
+fn report_err<T>(cx: &mut Ctx, what: &str, r: Result<T, Errno>) -> Result<T, Errno> {
+    if let Err(e) = &r {
+        let _ = writeln!(cx.err, "{}: ERROR {what}: {}", cx.prog, strerror(*e));
+    }
+    r
+}
+
 /// Rebuild. On failure prints QEMU's message and returns the error.
 pub(crate) fn rebuild(cx: &mut Ctx, w: &mut Walk) -> Result<(), Errno> {
     cx.img.drop_cache();
     let mut rt: Vec<u64> = Vec::new();
     let n = w.imrt.n;
-    if let Err(e) = write_refblocks(cx, w, 0, n, &mut rt) {
-        let _ = writeln!(
-            cx.err,
-            "{}: ERROR writing refblock: {}",
-            cx.prog,
-            strerror(e)
-        );
-        return Err(e);
-    }
+    let r = write_refblocks(cx, w, 0, n, &mut rt);
+    report_err(cx, "writing refblock", r)?;
     let cs = cx.img.cs;
     let (rt_off, rt_clusters) = loop {
         let len = rt.len() as u64 * 8;
         let clusters = len.div_ceil(cs);
         let mut ff = 0;
-        let start = match alloc_imrt(w, clusters, &mut ff) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = writeln!(
-                    cx.err,
-                    "{}: ERROR allocating reftable: {}",
-                    cx.prog,
-                    strerror(e)
-                );
-                return Err(e);
-            }
-        };
-        let changed = match write_refblocks(cx, w, start, start + clusters, &mut rt) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = writeln!(
-                    cx.err,
-                    "{}: ERROR writing refblock: {}",
-                    cx.prog,
-                    strerror(e)
-                );
-                return Err(e);
-            }
-        };
+        let start = report_err(cx, "allocating reftable", alloc_imrt(w, clusters, &mut ff))?;
+        let r = write_refblocks(cx, w, start, start + clusters, &mut rt);
+        let changed = report_err(cx, "writing refblock", r)?;
         if !changed {
             break (start * cs, clusters);
         }
@@ -133,30 +114,14 @@ pub(crate) fn rebuild(cx: &mut Ctx, w: &mut Walk) -> Result<(), Errno> {
         bytes.extend_from_slice(&e.to_be_bytes());
     }
     let r = cx.img.write(rt_off, &bytes).and_then(|_| cx.img.sync());
-    if let Err(e) = r {
-        let _ = writeln!(
-            cx.err,
-            "{}: ERROR writing reftable: {}",
-            cx.prog,
-            strerror(e)
-        );
-        return Err(e);
-    }
+    report_err(cx, "writing reftable", r)?;
     let mut hf = rt_off.to_be_bytes().to_vec();
     hf.extend_from_slice(&(rt_clusters as u32).to_be_bytes());
     let r = cx
         .img
         .write_header_field(crate::format::header::field::REFTABLE_OFFSET, &hf)
         .and_then(|_| cx.img.sync());
-    if let Err(e) = r {
-        let _ = writeln!(
-            cx.err,
-            "{}: ERROR setting reftable: {}",
-            cx.prog,
-            strerror(e)
-        );
-        return Err(e);
-    }
+    report_err(cx, "setting reftable", r)?;
     cx.img.reftable = rt;
     cx.img.reftable_offset = rt_off;
     cx.img.header.refcount_table_offset = rt_off;
