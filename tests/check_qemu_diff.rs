@@ -210,12 +210,6 @@ const SAFER: &[(&str, &[Mode], &str)] = &[
      "qemu-img grows the file to 4 GiB for garbage refblock pointers read from the header; zcow refuses the aliased rebuild"),
     ("33-l1-offset-0", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "qemu-img frees the real L1, L2 and data clusters (all guest data lost); zcow keeps them"),
-    ("16b-l1-size-huge", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img repairs on the basis of data parsed as L1/L2 tables; zcow frees nothing while the walk is incomplete"),
-    ("33-reftable-offset-0", &[Mode::All, Mode::AllJson],
-     "qemu-img grows the file to 4 GiB for garbage refblock pointers read from the header; zcow refuses the aliased rebuild"),
-    ("33-l1-offset-0", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img frees the real L1, L2 and data clusters (all guest data lost); zcow keeps them"),
     ("44-overflow-1bit", &[Mode::All, Mode::AllJson],
      "qemu-img sets COPIED on both entries sharing the overflowed cluster (a guest write then overwrites shared data in place); zcow refuses"),
     ("s-l1-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
@@ -225,6 +219,15 @@ const SAFER: &[(&str, &[Mode], &str)] = &[
     ("s-too-many", &[Mode::All, Mode::AllJson],
      "qemu-img tries to repair 65534 garbage entries and marks the image corrupt; zcow's result differs"),
 ];
+
+#[test]
+fn safer_list_names_each_case_once() {
+    let mut names: Vec<&str> = SAFER.iter().map(|x| x.0).collect();
+    names.sort();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n, "a case is listed twice in SAFER");
+}
 
 fn safer(case: &str, mode: Mode) -> Option<&'static str> {
     SAFER
