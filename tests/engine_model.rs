@@ -115,6 +115,33 @@ fn pick(g: &ZoneGeometry, sel: u32) -> u32 {
     }
 }
 
+/// Where a generated write lands (near the model's wp in a sequential
+/// zone, anywhere in a conventional one) and its data; None when it would
+/// fall off the device.
+fn place_write(
+    g: &ZoneGeometry,
+    m: &Model,
+    zone: u32,
+    delta: i8,
+    sectors: u8,
+    odd: bool,
+    seed: u8,
+) -> Option<(u64, Vec<u8>)> {
+    let zs = g.zone_size;
+    let i = pick(g, zone);
+    let base = if i < g.conventional_zones {
+        i as u64 * zs + (seed as u64 * 97) % zs
+    } else {
+        m.zones[i as usize].wp
+    };
+    let off = base as i64 + delta as i64 * 512;
+    let len = sectors as u64 * 512 + if odd { 100 } else { 0 };
+    if off < 0 || off as u64 + len > g.device_size {
+        return None;
+    }
+    Some((off as u64, pattern(seed, len as usize)))
+}
+
 fn kind<T>(r: Result<T, EngineError>) -> Result<T, ZoneErrorKind> {
     r.map_err(|e| match e.zone_kind() {
         Some(k) => k,
@@ -231,20 +258,9 @@ fn run_on(g: ZoneGeometry, store: Backing, ops: Vec<Op>) {
                 seed,
                 fua,
             } => {
-                let i = pick(&g, zone);
-                let start = i as u64 * zs;
-                let base = if i < g.conventional_zones {
-                    start + (seed as u64 * 97) % zs
-                } else {
-                    m.zones[i as usize].wp
-                };
-                let off = base as i64 + delta as i64 * 512;
-                let len = sectors as u64 * 512 + if odd { 100 } else { 0 };
-                if off < 0 || off as u64 + len > size {
+                let Some((off, data)) = place_write(&g, &m, zone, delta, sectors, odd, seed) else {
                     continue;
-                }
-                let off = off as u64;
-                let data = pattern(seed, len as usize);
+                };
                 let er = kind(e.write(off, &data, fua));
                 let mr = m.write(off, &data);
                 if fua && mr.is_ok() {
@@ -479,20 +495,9 @@ fn run_io(g: ZoneGeometry, ops: Vec<(Op, bool)>) {
                 seed,
                 fua,
             } => {
-                let i = pick(&g, zone);
-                let start = i as u64 * zs;
-                let base = if i < g.conventional_zones {
-                    start + (seed as u64 * 97) % zs
-                } else {
-                    m.zones[i as usize].wp
-                };
-                let off = base as i64 + delta as i64 * 512;
-                let len = sectors as u64 * 512 + if odd { 100 } else { 0 };
-                if off < 0 || off as u64 + len > size {
+                let Some((off, data)) = place_write(&g, &m, zone, delta, sectors, odd, seed) else {
                     continue;
-                }
-                let off = off as u64;
-                let data = pattern(seed, len as usize);
+                };
                 arm(Fail::Write);
                 let eo = out(e.write(off, &data, fua));
                 let mo = if *fail {
