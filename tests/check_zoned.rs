@@ -2,6 +2,8 @@
 //! message, repaired, and a second check is clean; data below every write
 //! pointer is unchanged by the repair.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use zcow::check::{
     run_check, run_repair, undo_repair, CheckOptions, OutputFormat, RepairMode, RepairOptions,
@@ -453,16 +455,7 @@ fn check_zoned_finished_zone_is_clean() {
 #[test]
 fn check_progress_draws_a_bar_on_a_terminal() {
     // `script` runs the command on a pseudo-terminal (util-linux).
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "`script` (util-linux) is missing"
-        );
-        eprintln!("skipping: no `script`");
+    if !common::have("script") {
         return;
     }
     let d = tempfile::tempdir().unwrap();
