@@ -447,6 +447,30 @@ pub enum CheckOpenError {
     Refused(String),
 }
 
+impl CheckOpenError {
+    /// The error for a file that could not be opened at all (QEMU names
+    /// the file twice: once for the image, once for its protocol layer).
+    fn unopenable(name: &str, e: &std::io::Error) -> Self {
+        let m = strerror(e.raw_os_error().unwrap_or(EIO));
+        CheckOpenError::Refused(format!("Could not open '{name}': {m}"))
+    }
+
+    /// Prints QEMU's line for an image that cannot be checked and returns
+    /// the exit code (`check` and `repair` share both).
+    fn report(&self, err: &mut dyn Write, name: &str) -> std::io::Result<i32> {
+        match self {
+            CheckOpenError::NotSupported => {
+                writeln!(err, "zcow-img: This image format does not support checks")?;
+                Ok(63)
+            }
+            CheckOpenError::Refused(m) => {
+                writeln!(err, "zcow-img: Could not open '{name}': {m}")?;
+                Ok(1)
+            }
+        }
+    }
+}
+
 /// `zcow-img check`: prints like `qemu-img check` and returns the exit code
 /// (0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 not checkable).
 pub fn run_check(
@@ -461,20 +485,12 @@ pub fn run_check(
         .unwrap_or_else(|| path.display().to_string());
     let store = match FileStorage::open(path, opts.repair.is_none()) {
         Ok(s) => Arc::new(s) as Arc<dyn Storage>,
-        Err(e) => {
-            let m = strerror(e.raw_os_error().unwrap_or(EIO));
-            writeln!(
-                err,
-                "zcow-img: Could not open '{name}': Could not open '{name}': {m}"
-            )?;
-            return Ok(1);
-        }
+        Err(e) => return Ok(CheckOpenError::unopenable(&name, &e).report(err, &name)?),
     };
     let human = opts.output == OutputFormat::Human;
     let quiet = opts.quiet;
     if opts.format.as_deref() == Some("raw") {
-        writeln!(err, "zcow-img: This image format does not support checks")?;
-        return Ok(63);
+        return Ok(CheckOpenError::NotSupported.report(err, &name)?);
     }
     let mut pre_out: Vec<u8> = Vec::new();
     let r = check_store(store, opts.repair, opts.progress, err, |c| {
@@ -495,17 +511,9 @@ pub fn run_check(
             } else {
                 "Image is not in qcow2 format"
             };
-            writeln!(err, "zcow-img: Could not open '{name}': {m}")?;
-            return Ok(1);
+            return Ok(CheckOpenError::Refused(m.into()).report(err, &name)?);
         }
-        Err(CheckOpenError::NotSupported) => {
-            writeln!(err, "zcow-img: This image format does not support checks")?;
-            return Ok(63);
-        }
-        Err(CheckOpenError::Refused(m)) => {
-            writeln!(err, "zcow-img: Could not open '{name}': {m}")?;
-            return Ok(1);
-        }
+        Err(e) => return Ok(e.report(err, &name)?),
     };
     Ok(report::finish(&rep, &name, opts.output, quiet, out, err)?)
 }

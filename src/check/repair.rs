@@ -282,14 +282,7 @@ pub fn run_repair(
     let name = path.display().to_string();
     let base = match FileStorage::open(path, opts.dry_run) {
         Ok(s) => Arc::new(s) as Arc<dyn Storage>,
-        Err(e) => {
-            let m = super::errno::strerror(e.raw_os_error().unwrap_or(libc::EIO));
-            writeln!(
-                err,
-                "zcow-img: Could not open '{name}': Could not open '{name}': {m}"
-            )?;
-            return Ok(1);
-        }
+        Err(e) => return Ok(CheckOpenError::unopenable(&name, &e).report(err, &name)?),
     };
     let chunk = crate::format::image::read_header_cluster(&*base)
         .ok()
@@ -320,14 +313,7 @@ pub fn run_repair(
     });
     let rep = match r {
         Ok(r) => r,
-        Err(CheckOpenError::NotSupported) => {
-            writeln!(err, "zcow-img: This image format does not support checks")?;
-            return Ok(63);
-        }
-        Err(CheckOpenError::Refused(m)) => {
-            writeln!(err, "zcow-img: Could not open '{name}': {m}")?;
-            return Ok(1);
-        }
+        Err(e) => return Ok(e.report(err, &name)?),
     };
     if let (Some(bk), false) = (&opts.backup, opts.dry_run) {
         // Keep the backup complete even if the repair touched more than the
