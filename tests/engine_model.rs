@@ -328,14 +328,7 @@ fn run_on(g: ZoneGeometry, store: Backing, ops: Vec<Op>) {
                 };
                 let zop = mgmt_op(o);
                 let er = kind(e.zone_mgmt(zop, off, end - off));
-                let mr = if zop == ZoneOp::Reset && first == 0 && last == nr - 1 {
-                    m.reset_all();
-                    Ok(())
-                } else if zop == ZoneOp::Reset {
-                    m.reset_range(first, last)
-                } else {
-                    (first..=last).try_for_each(|i| m.mgmt(zop, i))
-                };
+                let mr = m.mgmt_range(zop, first, last);
                 assert_eq!(er, mr, "step {step} {op:?}");
             }
             Op::ResetAll => {

@@ -16,7 +16,7 @@ use super::ByteReader;
 use crate::engine::{Engine, EngineError, MemZoneStore, StoreResult, ZoneFault, ZoneStore};
 use crate::format::FormatError;
 use crate::storage::{InjectedKind, Op as SOp, StorageError};
-use crate::zone::{ZoneErrorKind, ZoneGeometry, ZoneOp};
+use crate::zone::{ZoneErrorKind, ZoneGeometry};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -289,14 +289,7 @@ pub fn fuzz_engine(data: &[u8]) {
                     (last as u64 + 1) * zs
                 };
                 let er = kind(d.e.zone_mgmt(zop, off, end - off), what);
-                let mr = if zop == ZoneOp::Reset && first == 0 && last == nr - 1 {
-                    m.reset_all();
-                    Ok(())
-                } else if zop == ZoneOp::Reset {
-                    m.reset_range(first, last)
-                } else {
-                    (first..=last).try_for_each(|i| m.mgmt(zop, i))
-                };
+                let mr = m.mgmt_range(zop, first, last);
                 assert_eq!(er, mr, "engine: {what}: {zop:?} {off:#x}+{:#x}", end - off);
             }
             11 => match r.u8() % 4 {

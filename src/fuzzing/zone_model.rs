@@ -53,6 +53,20 @@ impl Model {
         }
     }
 
+    /// Management of zones `first..=last` as one request: a reset of every
+    /// zone is RESET ALL (skips conventional zones); other ranges go zone by
+    /// zone and stop at the first failure.
+    pub fn mgmt_range(&mut self, op: ZoneOp, first: u32, last: u32) -> R<()> {
+        if op == ZoneOp::Reset && first == 0 && last + 1 == self.g.nr_zones {
+            self.reset_all();
+            Ok(())
+        } else if op == ZoneOp::Reset {
+            self.reset_range(first, last)
+        } else {
+            (first..=last).try_for_each(|i| self.mgmt(op, i))
+        }
+    }
+
     pub fn new(g: ZoneGeometry) -> Self {
         let zones: Vec<MZone> = (0..g.nr_zones)
             .map(|i| MZone {
