@@ -403,6 +403,9 @@ fn run(cli: Cli) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    if zcow::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::SUCCESS;
+    }
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
