@@ -28,6 +28,7 @@ use crate::storage::{FileStorage, Storage, StorageError};
 use crate::zone::ZoneGeometry;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -470,6 +471,29 @@ impl Qcow2 {
             (Vec::new(), 0)
         };
         let zoned = Self::load_zoned(store.as_ref(), &header, file_len, &snapshots)?;
+        // Overlapping metadata is refused before anything else about the
+        // zoned metadata: it is the more basic lie.
+        // An array whose size disagrees with its zone count is reported by
+        // the extension's validation instead (its extent means nothing).
+        let wp_array = header
+            .zoned()
+            .filter(|z| z.zonedmeta_size == 8 * z.nr_zones as u64);
+        let (overlap, first_overlap) = MetadataMap::build(&ImageRegions {
+            header: &header,
+            l1: &l1,
+            reftable: &reftable,
+            snapshots: &snapshots,
+            snapshot_table_len,
+            wp_array,
+        });
+        let overlap_warning = first_overlap.map(|o| format!("metadata overlap: {o}"));
+        if let Some(w) = &overlap_warning {
+            if !read_only {
+                return Err(FormatError::Corrupt(format!(
+                    "{w}; the image cannot be opened read/write (run 'zcow-img check')"
+                )));
+            }
+        }
         if let Some(z) = &zoned {
             if !read_only && !opts.check_mode {
                 if let Some(problem) = &z.problem {
@@ -490,27 +514,6 @@ impl Qcow2 {
             return Err(invalid!(
                 "the zoned header extension is present but incompatible feature bit 5 (zoned format) is clear"
             ));
-        }
-        // The array's own placement is checked by the extension's
-        // validation; an array that failed it is never written.
-        let wp_array = header
-            .zoned()
-            .filter(|z| z.validate(header.size, cs, file_len).is_ok());
-        let (overlap, first_overlap) = MetadataMap::build(&ImageRegions {
-            header: &header,
-            l1: &l1,
-            reftable: &reftable,
-            snapshots: &snapshots,
-            snapshot_table_len,
-            wp_array,
-        });
-        let overlap_warning = first_overlap.map(|o| format!("metadata overlap: {o}"));
-        if let Some(w) = &overlap_warning {
-            if !read_only {
-                return Err(FormatError::Corrupt(format!(
-                    "{w}; the image cannot be opened read/write (run 'zcow-img check')"
-                )));
-            }
         }
         let alloc_end = file_len.div_ceil(cs);
         let data = data_file.unwrap_or_else(|| store.clone());
@@ -546,7 +549,12 @@ impl Qcow2 {
         if !read_only && !opts.check_mode && header.version >= 3 {
             let keep = header.autoclear_features & AUTOCLEAR_DATA_FILE_RAW;
             if header.autoclear_features != keep {
-                img.guard(&mut lock(&img.meta), Some(Kind::Header), field::AUTOCLEAR, 8)?;
+                img.guard(
+                    &mut lock(&img.meta),
+                    Some(Kind::Header),
+                    field::AUTOCLEAR,
+                    8,
+                )?;
                 img.store.write_at(field::AUTOCLEAR, &keep.to_be_bytes())?;
                 img.store.sync()?;
                 header.autoclear_features = keep;
@@ -708,10 +716,9 @@ impl Qcow2 {
     fn add_region(&self, m: &mut Meta, r: Region, offset: u64, len: u64) -> Result<()> {
         match m.overlap.insert(r, offset, len) {
             Ok(()) => Ok(()),
-            Err(o) => Err(self.mark_corrupt(
-                m,
-                format!("Preventing invalid write on metadata ({o})"),
-            )),
+            Err(o) => {
+                Err(self.mark_corrupt(m, format!("Preventing invalid write on metadata ({o})")))
+            }
         }
     }
 
@@ -734,9 +741,14 @@ impl Qcow2 {
                 Err(e) => note = format!(" (setting the corrupt bit failed: {e})"),
             }
         }
-        FormatError::Corrupt(format!(
-            "Marking image as corrupt: {why}; further corruption events will be suppressed{note}"
-        ))
+        // QEMU reports the event on stderr whoever the caller is; an NBD
+        // server's operator must see it even though the client gets EIO.
+        // Never panics on a closed stderr.
+        let _ = writeln!(
+            std::io::stderr(),
+            "qcow2: Marking image as corrupt: {why}; further corruption events will be suppressed{note}"
+        );
+        FormatError::Corrupt(format!("{why}; the image is marked corrupt{note}"))
     }
 
     fn writable(&self) -> Result<()> {

@@ -253,7 +253,12 @@ impl MetadataMap {
         if let Some((off, len)) = h.crypto() {
             add(&mut m, Region::CryptoHeader, off, len);
         }
-        add(&mut m, Region::ActiveL1, h.l1_table_offset, h.l1_size as u64 * 8);
+        add(
+            &mut m,
+            Region::ActiveL1,
+            h.l1_table_offset,
+            h.l1_size as u64 * 8,
+        );
         add(
             &mut m,
             Region::RefcountTable,
@@ -287,7 +292,12 @@ impl MetadataMap {
             }
         }
         if let Some(z) = img.wp_array {
-            add(&mut m, Region::WpArray, z.zonedmeta_offset, z.zonedmeta_size);
+            add(
+                &mut m,
+                Region::WpArray,
+                z.zonedmeta_offset,
+                z.zonedmeta_size,
+            );
         }
         for (i, &e) in img.reftable.iter().enumerate() {
             let off = e & !0x1ff;
@@ -335,7 +345,8 @@ mod tests {
         assert_eq!(o.new.region, Region::WpArray);
         assert!(o.to_string().contains("write-pointer array"), "{o}");
         assert!(o.to_string().contains("active L1 table"), "{o}");
-        m.insert(Region::RefcountBlock(0), 0x40000, 0x10000).unwrap();
+        m.insert(Region::RefcountBlock(0), 0x40000, 0x10000)
+            .unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m.conflict(Some(Kind::ActiveL1), 0x30008, 8), None);
         assert_eq!(
