@@ -147,6 +147,7 @@ fn corpus() -> Vec<Case> {
         wp_over("wp array over an L2 table", |l| l.l2, "L2 table"),
         wp_over("wp array over the header", |_| 0, "qcow2 header"),
     ];
+    v.push(wp_over_valid_l1());
     let mut b = base(false);
     let l = layout(&b);
     put64(&mut b, 40, l.reftable);
@@ -178,6 +179,35 @@ fn corpus() -> Vec<Case> {
         v.push(c);
     }
     v
+}
+
+/// The case: one sequential zone, nothing written, so the empty L1
+/// table also reads as a valid write-pointer array (zone 0 empty). Without
+/// the overlap check the first flush writes the zone's wp over L1[0].
+fn wp_over_valid_l1() -> Case {
+    let m = MemStorage::new();
+    create(
+        &m,
+        &CreateOptions {
+            size: 4 << 20,
+            zoned: Some(ZonedCreateOptions {
+                zone_size: Some(4 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut b = m.to_vec();
+    let l = layout(&b);
+    assert_eq!(be64(&b, l.l1), 0);
+    put64(&mut b, l.wp_field.unwrap(), l.l1);
+    Case {
+        name: "wp array over an empty L1 (valid as wp entries)",
+        image: b,
+        expect: Expect::Open,
+        names: ["write-pointer array", "active L1 table"],
+    }
 }
 
 /// An image with one internal snapshot (made by qemu-img) whose snapshot
