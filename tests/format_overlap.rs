@@ -387,6 +387,15 @@ fn zcow_io_write_and_flush_overwrite_nothing() {
             }
         }
         unchanged(&c, &std::fs::read(&p).unwrap(), "zcow-io");
+        if c.expect == Expect::Open {
+            // Read-only use proceeds with a warning naming both regions.
+            let o = run(s(&bin("zcow-img")), &["info", s(&p)]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(0), "{}: info: {err}", c.name);
+            assert!(err.starts_with("warning: "), "{}: {err}", c.name);
+            names_both(&c, &err);
+            unchanged(&c, &std::fs::read(&p).unwrap(), "zcow-img info");
+        }
     }
 }
 
