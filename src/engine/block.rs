@@ -47,6 +47,9 @@ impl BlockDevice for Engine {
     fn zone_append(&self, zone_start: u64, data: &[u8], fua: bool) -> DevResult<u64> {
         Ok(self.append(zone_start, data, fua)?)
     }
+    fn format_info(&self) -> Option<crate::device::FormatInfo> {
+        self.store_format_info()
+    }
     fn describe(&self) -> String {
         let g = self.geometry();
         format!(

@@ -17,6 +17,7 @@ pub mod luks;
 pub mod overlap;
 pub mod refcount;
 pub mod snapshot;
+pub mod specific;
 pub mod types;
 pub mod zoned;
 
