@@ -75,6 +75,7 @@ pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDe
                 },
             )
             .map_err(|e| open_err(path, e))?;
+            warn_overlap(path, &img);
             if img.zoned().is_some() {
                 return open_zoned(img).map_err(|e| open_err(path, e));
             }
@@ -90,4 +91,17 @@ fn open_zoned(img: Qcow2) -> DevResult<Arc<dyn BlockDevice>> {
     let store = Qcow2ZoneStore::new(img)?;
     let engine = Engine::open(Arc::new(store))?;
     Ok(Arc::new(engine))
+}
+
+/// A read-only open of an image whose metadata overlaps proceeds (reads
+/// cannot make it worse) but says so; a read-write open was refused.
+pub fn warn_overlap(path: &Path, img: &Qcow2) {
+    if let Some(w) = img.metadata_overlap() {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: '{}': {w} (opened read-only)",
+            path.display()
+        );
+    }
 }

@@ -18,6 +18,7 @@ use super::error::{invalid, FormatError, Result};
 use super::features::*;
 use super::header::{field, Header, ParseMode, MAX_HOST_OFFSET};
 use super::l2::*;
+use super::overlap::{ImageRegions, Kind, MetadataMap, Region};
 use super::refcount;
 use super::snapshot::{read_table, Snapshot};
 use super::types::{GuestOffset, HostCluster, HostOffset};
@@ -27,6 +28,7 @@ use crate::storage::{FileStorage, Storage, StorageError};
 use crate::zone::ZoneGeometry;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -136,6 +138,11 @@ struct Meta {
     file_len: u64,
     /// Refcount decrements waiting for the reference removal to be durable.
     pending_decrements: Vec<(u64, u64)>,
+    /// Where the metadata lives; every write is checked against it.
+    overlap: MetadataMap,
+    /// A write was refused as a metadata overwrite and the image marked
+    /// corrupt: nothing more is written (QEMU stops the image too).
+    corrupt: bool,
 }
 
 /// Immutable parameters of an open image.
@@ -170,6 +177,9 @@ pub struct Qcow2 {
     /// it. Freeing clusters waits for it to drain, so such I/O never lands
     /// in (or reads from) a cluster that was freed and reused meanwhile.
     unlocked_io: AtomicUsize,
+    /// Metadata overlap found at a read-only open (a read-write open is
+    /// refused instead).
+    overlap_warning: Option<String>,
 }
 
 /// Counts one unlocked data I/O for as long as it lives.
@@ -448,19 +458,42 @@ impl Qcow2 {
                 "Reference count table",
             )?
         };
-        let snapshots = if header.nb_snapshots > 0 {
+        let (snapshots, snapshot_table_len) = if header.nb_snapshots > 0 {
             match read_table(store.as_ref(), header.snapshots_offset, header.nb_snapshots) {
-                Ok((s, _)) => s,
+                Ok(t) => t,
                 Err(e) if opts.check_mode => {
                     let _ = e;
-                    Vec::new()
+                    (Vec::new(), 0)
                 }
                 Err(e) => return Err(e),
             }
         } else {
-            Vec::new()
+            (Vec::new(), 0)
         };
         let zoned = Self::load_zoned(store.as_ref(), &header, file_len, &snapshots)?;
+        // Overlapping metadata is refused before anything else about the
+        // zoned metadata: it is the more basic lie.
+        // An array whose size disagrees with its zone count is reported by
+        // the extension's validation instead (its extent means nothing).
+        let wp_array = header
+            .zoned()
+            .filter(|z| z.zonedmeta_size == 8 * z.nr_zones as u64);
+        let (overlap, first_overlap) = MetadataMap::build(&ImageRegions {
+            header: &header,
+            l1: &l1,
+            reftable: &reftable,
+            snapshots: &snapshots,
+            snapshot_table_len,
+            wp_array,
+        });
+        let overlap_warning = first_overlap.map(|o| format!("metadata overlap: {o}"));
+        if let Some(w) = &overlap_warning {
+            if !read_only {
+                return Err(FormatError::Corrupt(format!(
+                    "{w}; the image cannot be opened read/write (run 'zcow-img check')"
+                )));
+            }
+        }
         if let Some(z) = &zoned {
             if !read_only && !opts.check_mode {
                 if let Some(problem) = &z.problem {
@@ -500,6 +533,8 @@ impl Qcow2 {
                 alloc_end,
                 file_len,
                 pending_decrements: Vec::new(),
+                overlap,
+                corrupt: false,
             }),
             read_only,
             zoned,
@@ -507,12 +542,19 @@ impl Qcow2 {
             path: None,
             backing_chain: Vec::new(),
             unlocked_io: AtomicUsize::new(0),
+            overlap_warning,
         };
         // A read-write open clears autoclear bits zcow does not maintain
         // (bitmaps are not updated by zcow's writes, so they become invalid).
         if !read_only && !opts.check_mode && header.version >= 3 {
             let keep = header.autoclear_features & AUTOCLEAR_DATA_FILE_RAW;
             if header.autoclear_features != keep {
+                img.guard(
+                    &mut lock(&img.meta),
+                    Some(Kind::Header),
+                    field::AUTOCLEAR,
+                    8,
+                )?;
                 img.store.write_at(field::AUTOCLEAR, &keep.to_be_bytes())?;
                 img.store.sync()?;
                 header.autoclear_features = keep;
@@ -626,6 +668,89 @@ impl Qcow2 {
         self.backing.is_some()
     }
 
+    /// The metadata overlap found when the image was opened read-only (a
+    /// read-write open refuses such an image).
+    pub fn metadata_overlap(&self) -> Option<&str> {
+        self.overlap_warning.as_deref()
+    }
+
+    // ---- overlap protection ---------------------------------------------
+
+    /// Refuse a write of `target` (None: guest data) that would touch other
+    /// metadata, marking the image corrupt as QEMU's overlap check does.
+    fn guard(&self, m: &mut Meta, target: Option<Kind>, offset: u64, len: u64) -> Result<()> {
+        let what = match target {
+            Some(k) => k.to_string(),
+            None => "guest data".into(),
+        };
+        self.guard_as(m, target, offset, len, &what)
+    }
+
+    fn guard_as(
+        &self,
+        m: &mut Meta,
+        target: Option<Kind>,
+        offset: u64,
+        len: u64,
+        what: &str,
+    ) -> Result<()> {
+        if m.corrupt {
+            return Err(FormatError::Corrupt(
+                "the image was marked corrupt after a refused metadata overwrite; no further writes"
+                    .into(),
+            ));
+        }
+        match m.overlap.conflict(target, offset, len) {
+            None => Ok(()),
+            Some(hit) => Err(self.mark_corrupt(
+                m,
+                format!(
+                    "Preventing invalid write on metadata ({what} at offset {offset:#x}, {len} bytes, overlaps with {hit})"
+                ),
+            )),
+        }
+    }
+
+    /// Record a new metadata region, refusing one that would share a
+    /// cluster with existing metadata.
+    fn add_region(&self, m: &mut Meta, r: Region, offset: u64, len: u64) -> Result<()> {
+        match m.overlap.insert(r, offset, len) {
+            Ok(()) => Ok(()),
+            Err(o) => {
+                Err(self.mark_corrupt(m, format!("Preventing invalid write on metadata ({o})")))
+            }
+        }
+    }
+
+    /// Set the corrupt bit (once) and stop writing; the error to return.
+    fn mark_corrupt(&self, m: &mut Meta, why: String) -> FormatError {
+        if m.corrupt {
+            return FormatError::Corrupt(why);
+        }
+        m.corrupt = true;
+        let mut note = String::new();
+        if m.header.version >= 3 && !self.read_only {
+            // Cluster 0 is the header's alone (checked at open).
+            let f = m.header.incompatible_features | INCOMPAT_CORRUPT;
+            let done = self
+                .store
+                .write_at(field::INCOMPAT, &f.to_be_bytes())
+                .and_then(|()| self.store.sync());
+            match done {
+                Ok(()) => m.header.incompatible_features = f,
+                Err(e) => note = format!(" (setting the corrupt bit failed: {e})"),
+            }
+        }
+        // QEMU reports the event on stderr whoever the caller is; an NBD
+        // server's operator must see it even though the client gets EIO.
+        // Never panics on a closed stderr.
+        let _ = writeln!(
+            std::io::stderr(),
+            "qcow2: Marking image as corrupt: {why}; further corruption events will be suppressed{note}"
+        );
+        FormatError::Corrupt(format!("{why}; the image is marked corrupt{note}"))
+    }
+
     fn writable(&self) -> Result<()> {
         if self.read_only {
             return Err(FormatError::ReadOnly);
@@ -645,9 +770,16 @@ impl Qcow2 {
                 "writing to images with an external data file is not supported".into(),
             ));
         }
-        if lock(&self.meta).header.crypt_method != 0 {
+        let m = lock(&self.meta);
+        if m.header.crypt_method != 0 {
             return Err(FormatError::Unsupported(
                 "encrypted images are not supported".into(),
+            ));
+        }
+        if m.corrupt {
+            return Err(FormatError::Corrupt(
+                "the image was marked corrupt after a refused metadata overwrite; no further writes"
+                    .into(),
             ));
         }
         Ok(())
@@ -680,6 +812,7 @@ impl Qcow2 {
     fn write_back_l2_tables(&self, m: &mut Meta) -> Result<()> {
         self.flush_refblocks(m)?;
         for off in m.l2.dirty() {
+            self.guard(m, Some(Kind::ActiveL2), off.0, self.p.cs)?;
             if let Some(d) = m.l2.peek(off) {
                 self.store.write_at(off.0, d)?;
                 m.file_len = m.file_len.max(off.0 + self.p.cs);
@@ -767,6 +900,7 @@ impl Qcow2 {
             return Ok(());
         }
         for off in dirty {
+            self.guard(m, Some(Kind::RefcountBlock), off.0, self.p.cs)?;
             if let Some(d) = m.rb.peek(off) {
                 self.store.write_at(off.0, d)?;
                 m.file_len = m.file_len.max(off.0 + self.p.cs);
@@ -786,6 +920,7 @@ impl Qcow2 {
                 break;
             };
             if dirty {
+                self.guard(m, Some(Kind::RefcountBlock), victim.0, self.p.cs)?;
                 if let Some(d) = m.rb.peek(victim) {
                     self.store.write_at(victim.0, d)?;
                 }
@@ -885,6 +1020,7 @@ impl Qcow2 {
         let off = HostCluster(b).offset(self.p.cluster_bits);
         let mut block = vec![0u8; self.p.cs as usize];
         refcount::set(&mut block, self.p.refcount_order, (b - first) as usize, 1);
+        self.add_region(m, Region::RefcountBlock(rti), off.0, self.p.cs)?;
         m.alloc_end = m.alloc_end.max(b + 1);
         // The block is durable before the reftable points at it.
         self.store.write_at(off.0, &block)?;
@@ -892,6 +1028,7 @@ impl Qcow2 {
         self.store.sync()?;
         m.reftable[rti as usize] = off.0;
         let rt_off = m.header.refcount_table_offset + rti * 8;
+        self.guard(m, Some(Kind::RefcountTable), rt_off, 8)?;
         self.store.write_at(rt_off, &off.0.to_be_bytes())?;
         self.store.sync()?;
         m.rb.remove(off);
@@ -953,6 +1090,10 @@ impl Qcow2 {
                 "image file would exceed 2^56 bytes".into(),
             ));
         }
+        self.add_region(m, Region::RefcountTable, t * cs, k * cs)?;
+        for (j, &idx) in newblocks.iter().enumerate() {
+            self.add_region(m, Region::RefcountBlock(idx), (t + k + j as u64) * cs, cs)?;
+        }
         // Build the new refblocks: they count the new table and themselves.
         let mut table: Vec<u64> = m.reftable.clone();
         table.resize((k * cs / 8) as usize, 0);
@@ -986,6 +1127,7 @@ impl Qcow2 {
         let mut hdr = [0u8; 12];
         hdr[..8].copy_from_slice(&(t * cs).to_be_bytes());
         hdr[8..].copy_from_slice(&(k as u32).to_be_bytes());
+        self.guard(m, Some(Kind::Header), field::REFTABLE_OFFSET, 12)?;
         self.store.write_at(field::REFTABLE_OFFSET, &hdr)?;
         self.store.sync()?;
         let old_off = m.header.refcount_table_offset;
@@ -994,6 +1136,9 @@ impl Qcow2 {
         m.header.refcount_table_clusters = k as u32;
         m.reftable = table;
         m.alloc_end = m.alloc_end.max(t + k + nb);
+        if old_clusters > 0 {
+            m.overlap.remove(old_off);
+        }
         // The old table is unreferenced now that the header is durable.
         if old_clusters > 0 {
             m.pending_decrements.push((old_off / cs, old_clusters));
@@ -1013,6 +1158,14 @@ impl Qcow2 {
                 "image file would exceed 2^56 bytes".into(),
             ));
         }
+        // Refcounts that call a metadata cluster free are lying.
+        self.guard_as(
+            m,
+            None,
+            c << self.p.cluster_bits,
+            self.p.cs,
+            "a newly allocated cluster",
+        )?;
         self.set_refcount(m, c, 1)?;
         m.alloc_end = m.alloc_end.max(c + 1);
         m.free_hint = c + 1;
@@ -1045,7 +1198,12 @@ impl Qcow2 {
         let mut punch: Vec<(u64, u64)> = Vec::new();
         for (k, &(first, n)) in list.iter().enumerate() {
             for c in first..first + n {
-                let step = self.refcount(m, c).and_then(|rc| {
+                // A reference into metadata (a lying L2 entry) must not
+                // free, punch or later reuse that metadata.
+                let step = self
+                    .guard_as(m, None, c * cs, cs, "freeing a data cluster")
+                    .and_then(|()| self.refcount(m, c));
+                let step = step.and_then(|rc| {
                     if rc > 0 {
                         self.set_refcount(m, c, rc - 1)?;
                     }
@@ -1089,6 +1247,7 @@ impl Qcow2 {
             let l1_off = m.header.l1_table_offset;
             let dirty: Vec<usize> = m.l1_dirty.iter().copied().collect();
             for i in dirty {
+                self.guard(m, Some(Kind::ActiveL1), l1_off + i as u64 * 8, 8)?;
                 self.store
                     .write_at(l1_off + i as u64 * 8, &m.l1[i].to_be_bytes())?;
                 // Only a written entry stops being dirty: after a failed
@@ -1377,6 +1536,7 @@ impl Qcow2 {
         if off.0 == 0 {
             let c = self.alloc(m)?;
             let new = HostCluster(c).offset(self.p.cluster_bits);
+            self.add_region(m, Region::ActiveL2(l1i as u64), new.0, self.p.cs)?;
             self.make_room_l2(m)?;
             m.l2.insert(new, vec![0u8; self.p.cs as usize], true);
             m.l1[l1i] = new.0 | COPIED;
@@ -1401,6 +1561,9 @@ impl Qcow2 {
         }
         let c = self.alloc(m)?;
         let new = HostCluster(c).offset(self.p.cluster_bits);
+        // The old table stays a snapshot's (inactive L2, not tracked).
+        m.overlap.remove(off.0);
+        self.add_region(m, Region::ActiveL2(l1i as u64), new.0, self.p.cs)?;
         self.make_room_l2(m)?;
         m.l2.insert(new, copy, true);
         m.l1[l1i] = new.0 | COPIED;
@@ -1438,6 +1601,9 @@ impl Qcow2 {
         // Fast path: every cluster already allocated and owned: write in place
         // outside the lock.
         if let Some(runs) = self.inplace_runs(&mut m, offset, data.len() as u64)? {
+            for &(host, len) in &runs {
+                self.guard(&mut m, None, host, len)?;
+            }
             let _io = UnlockedIo::start(&self.unlocked_io);
             drop(m);
             let mut at = 0usize;
@@ -1525,6 +1691,13 @@ impl Qcow2 {
                 _ => false,
             };
             if let (true, ClusterType::Normal(h)) = (owned, ct) {
+                self.guard_as(
+                    m,
+                    None,
+                    h.0,
+                    cs,
+                    &format!("guest data of L2 entry {idx} of the table at {l2}"),
+                )?;
                 let new_entry = (w0 & COPIED == 0).then_some(h.0 | COPIED);
                 steps.push(Step {
                     gc,
@@ -1765,10 +1938,15 @@ impl Qcow2 {
                 size: z.ext.nr_zones as u64,
             });
         }
-        self.store.write_at(
-            z.ext.zonedmeta_offset + first as u64 * 8,
-            &encode_wp_entries(entries),
+        let at = z.ext.zonedmeta_offset + first as u64 * 8;
+        let bytes = encode_wp_entries(entries);
+        self.guard(
+            &mut lock(&self.meta),
+            Some(Kind::WpArray),
+            at,
+            bytes.len() as u64,
         )?;
+        self.store.write_at(at, &bytes)?;
         Ok(())
     }
 
@@ -1839,6 +2017,7 @@ impl Qcow2 {
         } else {
             f &= !INCOMPAT_CORRUPT;
         }
+        self.guard(&mut m, Some(Kind::Header), field::INCOMPAT, 8)?;
         self.store.write_at(field::INCOMPAT, &f.to_be_bytes())?;
         self.store.sync()?;
         m.header.incompatible_features = f;

@@ -228,6 +228,7 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
             ..Default::default()
         },
     )?;
+    crate::open::warn_overlap(path, &img);
     let h = img.header();
     let st = img.storage();
     let file_len = st.len()?;
