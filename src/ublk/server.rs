@@ -168,8 +168,10 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
             nr_sectors: iod.nr_sectors,
         };
         let pos = UblkIOCtx::ublk_user_copy_pos(q.get_qid(), tag, 0);
-        let c = catch_unwind(AssertUnwindSafe(|| handle(cdev, pos, dev, lay, &req, &mut buf)))
-            .unwrap_or_else(|_| Completion::error(libc::EIO));
+        let c = catch_unwind(AssertUnwindSafe(|| {
+            handle(cdev, pos, dev, lay, &req, &mut buf)
+        }))
+        .unwrap_or_else(|_| Completion::error(libc::EIO));
         let desc = match c.append_sector {
             Some(s) if zoned && c.result >= 0 => BufDesc::ZonedAppendLba(s),
             _ => BufDesc::Slice(&[]),
