@@ -95,7 +95,7 @@ timeout -k 20 "$timeout_s" qemu-system-x86_64 \
   </dev/null >"$OUT/qemu.log" 2>&1 &
 qpid=$!
 # An interrupted run takes its VM with it.
-trap 'kill $qpid 2>/dev/null; rm -rf "$ird"' EXIT
+trap 'kill $qpid 2>/dev/null || true; rm -rf "$ird"' EXIT
 trap 'exit 130' INT TERM
 tail -n +1 -F --pid=$qpid "$OUT/console.log" 2>/dev/null &
 tpid=$!
@@ -103,6 +103,7 @@ wait $qpid
 qrc=$?
 wait $tpid
 set -e
+rm -f "$OUT/initrd.gz"
 echo "vm: finished in $(($(date +%s) - start)) s" >&2
 
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
