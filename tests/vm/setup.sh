@@ -62,6 +62,7 @@ APTOPTS=(
   -o "Dir::Cache=$APT/cache"
   -o "Dir::Cache::Archives=$APT/archives"
   -o "APT::Get::List-Cleanup=false"
+  -o "APT::Sandbox::User=root"
 )
 apt_() { apt-get "${APTOPTS[@]}" "$@"; }
 apt_cache() { apt-cache "${APTOPTS[@]}" "$@"; }
@@ -149,6 +150,9 @@ if [ ! -e "$CACHE/fio-src/.done" ]; then
   rm -rf "$CACHE/src"
   touch "$CACHE/fio-src/.done"
 fi
+
+# The suite runs "$(dirname "$0")/../../fio": the installed fio.
+ln -sfn "$(command -v fio)" "$CACHE/fio-src/fio"
 
 cat >"$CACHE/env" <<EOF
 ZCOW_VM_KVER=$KVER
