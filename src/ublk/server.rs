@@ -112,12 +112,22 @@ where
     // Stop watcher: removing the device makes the queue loops return.
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let ctrl = ctrl.clone();
+        let id = ctrl.dev_info().dev_id;
         let done = done.clone();
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
                 if stop.load(Ordering::SeqCst) {
-                    let _ = ctrl.kill_dev();
+                    // libublk's control ring is per thread: this thread
+                    // needs its own handle (not for-add, so dropping it
+                    // deletes nothing).
+                    match UblkCtrl::new_simple(id as i32) {
+                        Ok(c) => {
+                            if let Err(e) = c.kill_dev() {
+                                eprintln!("zcow-ublk: cannot stop device {id}: {e}");
+                            }
+                        }
+                        Err(e) => eprintln!("zcow-ublk: cannot stop device {id}: {e}"),
+                    }
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
