@@ -11,7 +11,7 @@ use super::map::{execute, Completion, Op, Request};
 use crate::device::BlockDevice;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
-use libublk::{BufDesc, UblkError, UblkFlags, UblkIORes};
+use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -96,6 +96,9 @@ where
     if !Path::new(CONTROL_DEVICE).exists() {
         return Err(ServeError::NoDriver);
     }
+    if opts.id >= 0 {
+        remove_stale(opts.id)?;
+    }
     let ctrl = Arc::new(
         UblkCtrlBuilder::default()
             .name("zcow")
@@ -154,6 +157,29 @@ where
     let _ = ctrl.del_dev();
     result.map_err(ublk_err("serving the ublk device"))?;
     Ok(lay)
+}
+
+/// A server killed without clean-up (SIGKILL, crash) leaves its device
+/// behind, stopped (`/dev/ublkcN`, no `/dev/ublkbN`). Asking for that
+/// number again removes it when its server is gone; a live device is an
+/// error.
+fn remove_stale(id: i32) -> Result<(), ServeError> {
+    if !Path::new(&format!("/dev/ublkc{id}")).exists() {
+        return Ok(());
+    }
+    let c = UblkCtrl::new_simple(id).map_err(ublk_err("cannot query the existing ublk device"))?;
+    let info = c.dev_info();
+    let pid = info.ublksrv_pid;
+    let server_alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+    if u32::from(info.state) != sys::UBLK_S_DEV_DEAD || server_alive {
+        return Err(ServeError::Option(format!(
+            "ublk device {id} is in use (server pid {pid}); pick another --id"
+        )));
+    }
+    c.del_dev()
+        .map_err(ublk_err("cannot remove the stale ublk device"))?;
+    eprintln!("zcow-ublk: removed stale ublk device {id} (its server, pid {pid}, is gone)");
+    Ok(())
 }
 
 fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
