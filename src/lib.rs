@@ -22,4 +22,5 @@ pub mod qjson;
 pub mod raw;
 pub mod size;
 pub mod storage;
+pub mod ublk;
 pub mod zone;

@@ -1,0 +1,323 @@
+//! The ublk control and queue loops over `libublk`: add the device, serve
+//! each queue on its own thread, remove the device when asked to stop.
+//!
+//! Each queue thread handles one request at a time to the end (fetch the
+//! payload, run [`execute`](super::map::execute), hand data back, complete),
+//! so every request the driver hands out is completed, with a negative
+//! errno if need be, and a single buffer per queue is enough.
+
+use super::layout::{layout, Layout, LayoutError};
+use super::map::{execute, Completion, Op, Request};
+use crate::device::BlockDevice;
+use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
+use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
+use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
+use std::io;
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The ublk control device; present once `ublk_drv` is loaded.
+pub const CONTROL_DEVICE: &str = "/dev/ublk-control";
+
+/// How to serve.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Device number (`/dev/ublkbN`), or -1 to let the driver pick.
+    pub id: i32,
+    /// Hardware queues (one thread each).
+    pub queues: u16,
+    /// Requests in flight per queue.
+    pub depth: u16,
+    /// Largest request in bytes.
+    pub max_io_bytes: u32,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            id: -1,
+            queues: 1,
+            depth: 64,
+            max_io_bytes: 512 << 10,
+        }
+    }
+}
+
+/// Errors of the ublk front end.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The image cannot be shown as a ublk device.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// No ublk driver.
+    #[error("{CONTROL_DEVICE} does not exist: load the ublk driver first (modprobe ublk_drv)")]
+    NoDriver,
+    /// Invalid option.
+    #[error("{0}")]
+    Option(String),
+    /// libublk or the driver failed.
+    #[error("{what}: {source}")]
+    Ublk {
+        /// The step that failed.
+        what: &'static str,
+        /// The libublk error.
+        #[source]
+        source: UblkError,
+    },
+}
+
+fn ublk_err(what: &'static str) -> impl FnOnce(UblkError) -> ServeError {
+    move |source| ServeError::Ublk { what, source }
+}
+
+/// Serve `dev` as a ublk block device until `stop` is set (or the device
+/// is deleted from outside). `on_live` gets the block device path once
+/// the device is started. The device is removed before this returns; the
+/// caller flushes and closes `dev`.
+pub fn serve<F>(
+    dev: Arc<dyn BlockDevice>,
+    opts: &ServeOptions,
+    stop: &'static AtomicBool,
+    on_live: F,
+) -> Result<Layout, ServeError>
+where
+    F: FnOnce(&str) + Send + Sync + 'static,
+{
+    if opts.queues == 0 || opts.depth == 0 {
+        return Err(ServeError::Option(
+            "queue count and depth must be at least 1".into(),
+        ));
+    }
+    let lay = layout(dev.as_ref(), opts.max_io_bytes)?;
+    if !Path::new(CONTROL_DEVICE).exists() {
+        return Err(ServeError::NoDriver);
+    }
+    if opts.id >= 0 {
+        remove_stale(opts.id)?;
+    }
+    let ctrl = Arc::new(
+        UblkCtrlBuilder::default()
+            .name("zcow")
+            .id(opts.id)
+            .nr_queues(opts.queues)
+            .depth(opts.depth)
+            .io_buf_bytes(lay.max_io_bytes)
+            .ctrl_flags(lay.ctrl_flags())
+            .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+            .build()
+            .map_err(ublk_err("cannot add the ublk device"))?,
+    );
+
+    // Stop watcher: removing the device makes the queue loops return.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let id = ctrl.dev_info().dev_id;
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) {
+                    // libublk's control ring is per thread: this thread
+                    // needs its own handle (not for-add, so dropping it
+                    // deletes nothing).
+                    match UblkCtrl::new_simple(id as i32) {
+                        Ok(c) => {
+                            if let Err(e) = c.kill_dev() {
+                                eprintln!("zcow-ublk: cannot stop device {id}: {e}");
+                            }
+                        }
+                        Err(e) => eprintln!("zcow-ublk: cannot stop device {id}: {e}"),
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    let params = lay.params();
+    let size = lay.size;
+    let qdev = dev.clone();
+    let result = ctrl.run_target(
+        move |udev: &mut UblkDev| {
+            udev.set_default_params(size);
+            udev.tgt.params = params;
+            Ok(())
+        },
+        move |qid: u16, udev: &UblkDev| queue_loop(qid, udev, qdev.as_ref(), &lay),
+        move |c: &UblkCtrl| on_live(&c.get_bdev_path()),
+    );
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    // The queues are gone: deleting now cannot deadlock on them. It may
+    // already be gone (deleted from outside): ENOENT is normal.
+    let _ = ctrl.del_dev();
+    result.map_err(ublk_err("serving the ublk device"))?;
+    Ok(lay)
+}
+
+/// A server killed without clean-up (SIGKILL, crash) leaves its device
+/// behind, stopped (`/dev/ublkcN`, no `/dev/ublkbN`). Asking for that
+/// number again removes it when its server is gone; a live device is an
+/// error.
+fn remove_stale(id: i32) -> Result<(), ServeError> {
+    if !Path::new(&format!("/dev/ublkc{id}")).exists() {
+        return Ok(());
+    }
+    let c = UblkCtrl::new_simple(id).map_err(ublk_err("cannot query the existing ublk device"))?;
+    let info = c.dev_info();
+    let pid = info.ublksrv_pid;
+    let server_alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+    if u32::from(info.state) != sys::UBLK_S_DEV_DEAD || server_alive {
+        return Err(ServeError::Option(format!(
+            "ublk device {id} is in use (server pid {pid}); pick another --id"
+        )));
+    }
+    c.del_dev()
+        .map_err(ublk_err("cannot remove the stale ublk device"))?;
+    eprintln!("zcow-ublk: removed stale ublk device {id} (its server, pid {pid}, is gone)");
+    Ok(())
+}
+
+fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
+    let cdev = udev.tgt.fds[0];
+    let queue = match UblkQueue::new(qid, udev)
+        .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(None)))
+    {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("zcow-ublk: queue {qid}: cannot start: {e}");
+            return;
+        }
+    };
+    // One buffer per queue: requests are handled one after the other.
+    let mut buf = vec![0u8; lay.max_io_bytes as usize];
+    let zoned = lay.zoned.is_some();
+    queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, _: &UblkIOCtx| {
+        let iod = q.get_iod(tag);
+        let req = Request {
+            op_flags: iod.op_flags,
+            start_sector: iod.start_sector,
+            nr_sectors: iod.nr_sectors,
+        };
+        let pos = UblkIOCtx::ublk_user_copy_pos(q.get_qid(), tag, 0);
+        let c = catch_unwind(AssertUnwindSafe(|| {
+            handle(cdev, pos, dev, lay, &req, &mut buf)
+        }))
+        .unwrap_or_else(|_| Completion::error(libc::EIO));
+        let desc = match c.append_sector {
+            Some(s) if zoned && c.result >= 0 => BufDesc::ZonedAppendLba(s),
+            _ => BufDesc::Slice(&[]),
+        };
+        if let Err(e) = q.complete_io_cmd_unified(tag, desc, Ok(UblkIORes::Result(c.result))) {
+            eprintln!("zcow-ublk: queue {qid} tag {tag}: cannot complete: {e}");
+        }
+    });
+}
+
+/// One request: payload in, device call, data out.
+fn handle(
+    cdev: RawFd,
+    pos: u64,
+    dev: &dyn BlockDevice,
+    lay: &Layout,
+    req: &Request,
+    buf: &mut [u8],
+) -> Completion {
+    let n_in = req.payload_in();
+    if n_in > buf.len() {
+        return Completion::error(libc::EINVAL);
+    }
+    if n_in > 0 {
+        match pread_full(cdev, &mut buf[..n_in], pos) {
+            Ok(n) if n == n_in => {}
+            Ok(_) => return Completion::error(libc::EIO),
+            Err(e) => return Completion::error(e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+    let mut c = execute(dev, lay, req, buf);
+    if c.result >= 0 && c.copy_out > 0 {
+        match pwrite_full(cdev, &buf[..c.copy_out], pos) {
+            // A report answers with as many bytes as the kernel's buffer
+            // took (see Completion::copy_out).
+            Ok(n) if req.op() == Some(Op::ReportZones) && n > 0 => {
+                c.result = i32::try_from(n).unwrap_or(i32::MAX)
+            }
+            Ok(n) if n == c.copy_out => {}
+            Ok(_) => c = Completion::error(libc::EIO),
+            Err(e) => c = Completion::error(e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+    c
+}
+
+/// pread until `buf` is full or the request's data ends (a short count).
+fn pread_full(fd: RawFd, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `fd` is
+        // the ublk char device libublk keeps open while the queue runs.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (pos + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Past the end of the kernel's buffer after some bytes.
+                if done > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+            0 => break,
+            n => done += n as usize,
+        }
+    }
+    Ok(done)
+}
+
+/// pwrite until `buf` is sent or the kernel's buffer is full (short count).
+fn pwrite_full(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        // SAFETY: `rest` is valid for reads of `rest.len()` bytes; `fd` as
+        // in pread_full.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (pos + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Past the end of the kernel's buffer after some bytes.
+                if done > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+            0 => break,
+            n => done += n as usize,
+        }
+    }
+    Ok(done)
+}
