@@ -188,7 +188,12 @@ pub fn errno(e: &DeviceError) -> i32 {
 /// Carry out `req` on `dev`. `buf` is the request's buffer: for writes and
 /// appends it holds the payload ([`Request::payload_in`] bytes); reads and
 /// reports fill it. Never panics; every outcome is a [`Completion`].
-pub fn execute(dev: &dyn BlockDevice, layout: &Layout, req: &Request, buf: &mut [u8]) -> Completion {
+pub fn execute(
+    dev: &dyn BlockDevice,
+    layout: &Layout,
+    req: &Request,
+    buf: &mut [u8],
+) -> Completion {
     match run(dev, layout, req, buf) {
         Ok(c) => c,
         Err(e) => Completion::error(errno(&e)),
@@ -201,7 +206,12 @@ fn invalid(what: String) -> DeviceError {
 
 /// The byte range of a data request, checked against the exposed size and
 /// (when it carries data) the buffer.
-fn range(layout: &Layout, req: &Request, buf_len: usize, data: bool) -> Result<(u64, u64), DeviceError> {
+fn range(
+    layout: &Layout,
+    req: &Request,
+    buf_len: usize,
+    data: bool,
+) -> Result<(u64, u64), DeviceError> {
     let len = req.bytes();
     let off = req
         .offset()
@@ -224,7 +234,12 @@ fn range(layout: &Layout, req: &Request, buf_len: usize, data: bool) -> Result<(
     Ok((off, len))
 }
 
-fn run(dev: &dyn BlockDevice, layout: &Layout, req: &Request, buf: &mut [u8]) -> Result<Completion, DeviceError> {
+fn run(
+    dev: &dyn BlockDevice,
+    layout: &Layout,
+    req: &Request,
+    buf: &mut [u8],
+) -> Result<Completion, DeviceError> {
     let op = req
         .op()
         .ok_or_else(|| DeviceError::Unsupported(format!("ublk op {}", req.op_flags & 0xff)))?;
@@ -274,41 +289,45 @@ fn run(dev: &dyn BlockDevice, layout: &Layout, req: &Request, buf: &mut [u8]) ->
             })
         }
         Op::ZoneOpen | Op::ZoneClose | Op::ZoneFinish | Op::ZoneReset => {
-            let z = zoned.ok_or_else(|| DeviceError::Unsupported("zone management on a non-zoned device".into()))?;
+            let z = zoned.ok_or_else(|| {
+                DeviceError::Unsupported("zone management on a non-zoned device".into())
+            })?;
             let zop = match op {
                 Op::ZoneOpen => ZoneOp::Open,
                 Op::ZoneClose => ZoneOp::Close,
                 Op::ZoneFinish => ZoneOp::Finish,
                 _ => ZoneOp::Reset,
             };
-            let off = req
-                .offset()
-                .filter(|o| *o < layout.size)
-                .ok_or_else(|| DeviceError::OutOfRange {
+            let off = req.offset().filter(|o| *o < layout.size).ok_or_else(|| {
+                DeviceError::OutOfRange {
                     offset: req.start_sector.saturating_mul(SECTOR),
                     len: 0,
                     size: layout.size,
-                })?;
+                }
+            })?;
             // The driver names the zone by its start; the length is the
             // zone's (the engine checks alignment).
             dev.zone_mgmt(zop, off, z.geometry.zone_size)?;
             Ok(Completion::done(0))
         }
         Op::ZoneResetAll => {
-            zoned.ok_or_else(|| DeviceError::Unsupported("reset-all on a non-zoned device".into()))?;
+            zoned.ok_or_else(|| {
+                DeviceError::Unsupported("reset-all on a non-zoned device".into())
+            })?;
             dev.zone_mgmt(ZoneOp::Reset, 0, dev.size())?;
             Ok(Completion::done(0))
         }
         Op::ReportZones => {
-            let z = zoned.ok_or_else(|| DeviceError::Unsupported("zone report on a non-zoned device".into()))?;
-            let off = req
-                .offset()
-                .filter(|o| *o < layout.size)
-                .ok_or_else(|| DeviceError::OutOfRange {
+            let z = zoned.ok_or_else(|| {
+                DeviceError::Unsupported("zone report on a non-zoned device".into())
+            })?;
+            let off = req.offset().filter(|o| *o < layout.size).ok_or_else(|| {
+                DeviceError::OutOfRange {
                     offset: req.start_sector.saturating_mul(SECTOR),
                     len: 0,
                     size: layout.size,
-                })?;
+                }
+            })?;
             let first = (off / z.geometry.zone_size) as u32;
             let fit = (buf.len() / BLK_ZONE_BYTES) as u32;
             let max = req.nr_sectors.min(fit).min(z.nr_zones - first);
@@ -322,7 +341,10 @@ fn run(dev: &dyn BlockDevice, layout: &Layout, req: &Request, buf: &mut [u8]) ->
             let zones = dev.zone_report(off, max)?;
             // Zero padding: a zero-length record ends the report.
             buf.fill(0);
-            for (slot, d) in buf.chunks_exact_mut(BLK_ZONE_BYTES).zip(zones.iter().take(max as usize)) {
+            for (slot, d) in buf
+                .chunks_exact_mut(BLK_ZONE_BYTES)
+                .zip(zones.iter().take(max as usize))
+            {
                 slot.copy_from_slice(&encode_zone(d));
             }
             Ok(Completion {

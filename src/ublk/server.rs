@@ -11,7 +11,7 @@ use super::map::{execute, Completion, Op, Request};
 use crate::device::BlockDevice;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
-use libublk::{BufDesc, UblkError, UblkFlags, UblkIORes};
+use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -96,6 +96,9 @@ where
     if !Path::new(CONTROL_DEVICE).exists() {
         return Err(ServeError::NoDriver);
     }
+    if opts.id >= 0 {
+        remove_stale(opts.id)?;
+    }
     let ctrl = Arc::new(
         UblkCtrlBuilder::default()
             .name("zcow")
@@ -112,12 +115,22 @@ where
     // Stop watcher: removing the device makes the queue loops return.
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let ctrl = ctrl.clone();
+        let id = ctrl.dev_info().dev_id;
         let done = done.clone();
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
                 if stop.load(Ordering::SeqCst) {
-                    let _ = ctrl.kill_dev();
+                    // libublk's control ring is per thread: this thread
+                    // needs its own handle (not for-add, so dropping it
+                    // deletes nothing).
+                    match UblkCtrl::new_simple(id as i32) {
+                        Ok(c) => {
+                            if let Err(e) = c.kill_dev() {
+                                eprintln!("zcow-ublk: cannot stop device {id}: {e}");
+                            }
+                        }
+                        Err(e) => eprintln!("zcow-ublk: cannot stop device {id}: {e}"),
+                    }
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -146,6 +159,29 @@ where
     Ok(lay)
 }
 
+/// A server killed without clean-up (SIGKILL, crash) leaves its device
+/// behind, stopped (`/dev/ublkcN`, no `/dev/ublkbN`). Asking for that
+/// number again removes it when its server is gone; a live device is an
+/// error.
+fn remove_stale(id: i32) -> Result<(), ServeError> {
+    if !Path::new(&format!("/dev/ublkc{id}")).exists() {
+        return Ok(());
+    }
+    let c = UblkCtrl::new_simple(id).map_err(ublk_err("cannot query the existing ublk device"))?;
+    let info = c.dev_info();
+    let pid = info.ublksrv_pid;
+    let server_alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+    if u32::from(info.state) != sys::UBLK_S_DEV_DEAD || server_alive {
+        return Err(ServeError::Option(format!(
+            "ublk device {id} is in use (server pid {pid}); pick another --id"
+        )));
+    }
+    c.del_dev()
+        .map_err(ublk_err("cannot remove the stale ublk device"))?;
+    eprintln!("zcow-ublk: removed stale ublk device {id} (its server, pid {pid}, is gone)");
+    Ok(())
+}
+
 fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
     let cdev = udev.tgt.fds[0];
     let queue = match UblkQueue::new(qid, udev)
@@ -168,8 +204,10 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
             nr_sectors: iod.nr_sectors,
         };
         let pos = UblkIOCtx::ublk_user_copy_pos(q.get_qid(), tag, 0);
-        let c = catch_unwind(AssertUnwindSafe(|| handle(cdev, pos, dev, lay, &req, &mut buf)))
-            .unwrap_or_else(|_| Completion::error(libc::EIO));
+        let c = catch_unwind(AssertUnwindSafe(|| {
+            handle(cdev, pos, dev, lay, &req, &mut buf)
+        }))
+        .unwrap_or_else(|_| Completion::error(libc::EIO));
         let desc = match c.append_sector {
             Some(s) if zoned && c.result >= 0 => BufDesc::ZonedAppendLba(s),
             _ => BufDesc::Slice(&[]),
