@@ -20,22 +20,17 @@ dev_up "$img"
 acked=$SCRATCH/crash.acked
 : >"$acked"
 first=$((2 * 16 * 4)) # first sequential zone, in 256 KiB chunks
-(
-  for i in $(seq 0 2000); do
-    dd if="$SCRATCH/crash.data" of="$DEV" bs=256k skip=$((i % 64)) count=1 seek=$((first + i)) \
-      oflag=direct conv=fsync status=none 2>/dev/null || exit 0
-    echo "$i" >>"$acked"
-  done
-) &
+python3 "$(dirname "$0")/flushed_writer.py" "$DEV" "$SCRATCH/crash.data" $((first * 256 * 1024)) \
+  $((256 * 1024)) 2000 "$acked" &
 writer=$!
 sleep "${ZCOW_VM_CRASH_AFTER:-8}"
 n=$(wc -l <"$acked")
 [ "$n" -gt 0 ] || fail "no write completed in the load"
 dev_kill
-guard 60 bash -c "wait $writer 2>/dev/null; while kill -0 $writer 2>/dev/null; do sleep 0.2; done" || fail "writer stuck after the kill"
+wait_for "$writer" 60 || fail "writer stuck after the kill"
 n=$(wc -l <"$acked")
 say "$n flushed 256 KiB writes acknowledged before the kill"
-guard 120 "$BIN/zcow-img" check "$img" || fail "zcow-img check after SIGKILL"
+check_image "$img"
 dev_up "$img"
 for i in $(seq 0 $((n - 1))); do
   cmp <(dd if="$DEV" bs=256k skip=$((first + i)) count=1 iflag=direct status=none) \
@@ -67,12 +62,12 @@ acked=$SCRATCH/crash-f2fs.acked
 writer=$!
 sleep "${ZCOW_VM_CRASH_AFTER:-8}"
 dev_kill
-guard 60 bash -c "while kill -0 $writer 2>/dev/null; do sleep 0.2; done" || fail "writer stuck after the kill"
+wait_for "$writer" 60 || fail "writer stuck after the kill"
 n=$(wc -l <"$acked")
 [ "$n" -gt 0 ] || fail "no file fsync'ed before the kill"
 say "$n files of 1 MiB fsync'ed before the kill"
 guard 120 umount "$mnt" || guard 60 umount -l "$mnt" || fail "umount of the dead file system"
-guard 120 "$BIN/zcow-img" check "$img" || fail "zcow-img check after SIGKILL under f2fs"
+check_image "$img"
 dev_up "$img"
 guard 120 mount -t f2fs "$DEV" "$mnt" || fail "mount f2fs after the crash"
 for i in $(seq 0 $((n - 1))); do
