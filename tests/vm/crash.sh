@@ -32,15 +32,16 @@ n=$(wc -l <"$acked")
 say "$n flushed 256 KiB writes acknowledged before the kill"
 check_image "$img"
 dev_up "$img"
-for i in $(seq 0 $((n - 1))); do
-  cmp <(dd if="$DEV" bs=256k skip=$((first + i)) count=1 iflag=direct status=none) \
-    <(dd if="$SCRATCH/crash.data" bs=256k skip=$((i % 64)) count=1 status=none) >/dev/null ||
-    fail "flushed chunk $i (device offset $(((first + i) * 256)) KiB) lost after the crash"
-done
+guard 300 python3 "$(dirname "$0")/flushed_writer.py" --verify "$DEV" "$SCRATCH/crash.data" \
+  $((first * 256 * 1024)) $((256 * 1024)) "$n" || fail "flushed pieces lost after the crash"
 say "all $n flushed chunks read back"
-# The restarted device takes writes at the write pointer it reports.
-wp=$(blkzone report -o $(((first + n) * 512)) -c 1 "$DEV" | sed -n 's/.*start: 0x\([0-9a-f]*\), .*wptr 0x\([0-9a-f]*\).*/\1 \2/p')
-say "zone holding the next chunk: start/wptr (sectors) $wp"
+# The write pointer the restarted device reports covers every flushed piece.
+read -r zstart zwp < <(blkzone report -o $(((first + n - 1) * 512)) -c 1 "$DEV" |
+  sed -n 's/.*start: 0x\([0-9a-f]*\), .*wptr 0x\([0-9a-f]*\).*/\1 \2/p')
+end=$(((first + n) * 512)) # sectors
+[ $((0x$zstart + 0x$zwp)) -ge "$end" ] ||
+  fail "write pointer $((0x$zstart + 0x$zwp)) behind the last flushed sector $end"
+say "write pointer $((0x$zstart + 0x$zwp)) >= $end, the end of the flushed pieces"
 dev_down
 
 # ---- 3: f2fs ----

@@ -5,13 +5,36 @@ records the index of every piece whose write and flush both completed in ACK
 (one line each, flushed). Stops quietly at the first error: the device
 going away under it is the point of the test.
 
-usage: flushed_writer.py DEV DATA OFFSET CHUNK COUNT ACK"""
+With --verify, reads the first COUNT pieces back (O_DIRECT) and names the
+first one that differs (exit 1).
+
+usage: flushed_writer.py DEV DATA OFFSET CHUNK COUNT ACK
+       flushed_writer.py --verify DEV DATA OFFSET CHUNK COUNT"""
 import mmap
 import os
 import sys
 
 
+def verify():
+    dev, data, offset, chunk, count = sys.argv[2:7]
+    offset, chunk, count = int(offset), int(chunk), int(count)
+    with open(data, "rb") as f:
+        src = f.read()
+    pieces = len(src) // chunk
+    fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, chunk)
+    for i in range(count):
+        k = (i % pieces) * chunk
+        if os.preadv(fd, [buf], offset + i * chunk) != chunk or buf[:] != src[k:k + chunk]:
+            print(f"piece {i} at device offset {offset + i * chunk} differs")
+            return 1
+    print(f"{count} pieces read back")
+    return 0
+
+
 def main():
+    if sys.argv[1] == "--verify":
+        return verify()
     dev, data, offset, chunk, count, ack = sys.argv[1:7]
     offset, chunk, count = int(offset), int(chunk), int(count)
     with open(data, "rb") as f:
