@@ -47,6 +47,9 @@ impl BlockDevice for Engine {
     fn zone_append(&self, zone_start: u64, data: &[u8], fua: bool) -> DevResult<u64> {
         Ok(self.append(zone_start, data, fua)?)
     }
+    fn finish_least_recent_active(&self) -> DevResult<Option<u32>> {
+        Ok(Engine::finish_least_recent_active(self)?)
+    }
     fn describe(&self) -> String {
         let g = self.geometry();
         format!(
