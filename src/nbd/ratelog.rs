@@ -74,6 +74,24 @@ impl RateLog {
     }
 }
 
+impl RateLog {
+    /// Say how many lines were dropped since the last one that went out
+    /// (at the end of a connection, so a burst's tail is not lost silently).
+    pub(crate) fn flush_dropped(&self) {
+        use std::io::Write;
+        let dropped = match self.b.lock() {
+            Ok(mut b) => std::mem::take(&mut b.dropped),
+            Err(_) => 0,
+        };
+        if dropped > 0 {
+            let _ = std::io::stderr().write_all(
+                format!("zcow-nbd: {dropped} more rejected requests not logged (rate limit)\n")
+                    .as_bytes(),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

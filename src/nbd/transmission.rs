@@ -171,6 +171,12 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
             while reading.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 conn.expire_parked(false);
+                // Safety net for a wake-up the completions did not give.
+                while let Some(j) = conn.runnable_parked() {
+                    conn.srv.trace(conn.id, format_args!("cookie {}: resumed by poll", j.req.cookie));
+                    let r = conn.execute(&j.req, &j.payload, None);
+                    conn.after(j, r);
+                }
             }
         });
         std::thread::scope(|s| {
@@ -197,6 +203,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
     });
     // The client is gone or said goodbye: nothing will fill the gaps.
     conn.expire_parked(true);
+    srv.reject_log.flush_dropped();
     if let Ok(mut w) = conn.writer.lock() {
         let _ = w.flush();
     }
@@ -475,10 +482,22 @@ impl Conn<'_> {
         for (z, _, _) in unaware::split(g, offset, len.max(1)) {
             let Some(wp) = self.wp(z) else { continue };
             if let Some(k) = p.iter().position(|x| x.zone == z && x.at == wp) {
-                return Some(p.swap_remove(k).job);
+                let j = p.swap_remove(k).job;
+                self.srv.trace(
+                    self.id,
+                    format_args!("cookie {}: zone {z}'s write pointer reached {wp:#x}: resuming", j.req.cookie),
+                );
+                return Some(j);
             }
         }
         None
+    }
+
+    /// A parked write whose zone's write pointer has reached it.
+    fn runnable_parked(&self) -> Option<Job> {
+        let mut p = self.parked.lock().ok()?;
+        let k = p.iter().position(|x| self.wp(x.zone) == Some(x.at))?;
+        Some(p.swap_remove(k).job)
     }
 
     /// Fail parked writes that waited longer than [`PARK_LIMIT`] (all of
@@ -493,11 +512,24 @@ impl Conn<'_> {
             old
         };
         for x in expired {
-            let wp = self.wp(x.zone).unwrap_or(0);
+            let zone = match self.srv.geometry.as_ref().and_then(|g| {
+                let d = self.srv.device.zone_report(g.zone_start(x.zone), 1).ok()?;
+                d.into_iter().next()
+            }) {
+                Some(d) => format!(
+                    "zone {} (start {:#x}, {}, wp {:#x})",
+                    d.index, d.start, d.cond, d.wp
+                ),
+                None => format!("zone {}", x.zone),
+            };
+            let verb = if x.job.req.typ == CMD_WRITE {
+                "write"
+            } else {
+                "write-zeroes"
+            };
             let msg = format!(
-                "zone {} (wp {wp:#x}): {} at {:#x} is not at the write pointer (waited {} s for the writes before it)",
-                x.zone,
-                command_name(x.job.req.typ),
+                "{zone}: {verb} of {:#x} bytes at {:#x} is not at the write pointer (waited {} s for the writes before it)",
+                x.job.req.length,
                 x.at,
                 x.since.elapsed().as_secs()
             );

@@ -31,6 +31,11 @@ pub(crate) const PARK_LIMIT: Duration = Duration::from_secs(5);
 /// (another connection may take the freed resource first).
 const FINISH_TRIES: usize = 4;
 
+/// At the open limit with every open zone busy: retries, [`OPEN_RETRY`]
+/// apart, before giving up with ENOSPC (about one second in all).
+const OPEN_TRIES: usize = 100;
+const OPEN_RETRY: Duration = Duration::from_millis(10);
+
 /// The data of an unaware write request.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Data<'a> {
@@ -155,6 +160,19 @@ pub(crate) fn run(
             };
             match r {
                 Ok(()) => break,
+                Err(DeviceError::Zone(ze))
+                    if ze.kind == ZoneErrorKind::OpenResource && tries < OPEN_TRIES =>
+                {
+                    // Every open zone has writes in flight, so none can be
+                    // closed implicitly; they finish soon (earlier requests
+                    // first, then any).
+                    tries += 1;
+                    if tries == 1 {
+                        wait_earlier();
+                    } else {
+                        std::thread::sleep(OPEN_RETRY);
+                    }
+                }
                 Err(DeviceError::Zone(ze))
                     if ze.kind == ZoneErrorKind::ActiveResource && tries < FINISH_TRIES =>
                 {
