@@ -78,7 +78,10 @@ impl Srv {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("zcow-nbd exited early ({st}): {}", s.log_text());
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "zcow-nbd did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "zcow-nbd did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         s
@@ -208,7 +211,10 @@ fn load(zone: &str, zone_bytes: u64, opts: &str, tool: Tool<'_>, full: bool, act
         .unwrap();
     assert!(got == want, "read-back differs from the source");
     let log = srv.stop();
-    assert!(!log.contains("failed"), "the server rejected requests:\n{log}");
+    assert!(
+        !log.contains("failed"),
+        "the server rejected requests:\n{log}"
+    );
 
     let dev = open_device(
         &img,
@@ -223,13 +229,14 @@ fn load(zone: &str, zone_bytes: u64, opts: &str, tool: Tool<'_>, full: bool, act
     let wps: Vec<u64> = zones.iter().map(|z| z.wp).collect();
     if full {
         // -S 0 writes every byte: every zone is FULL.
-        assert!(
-            zones.iter().all(|z| z.cond == ZoneCond::Full),
-            "{zones:#?}"
-        );
+        assert!(zones.iter().all(|z| z.cond == ZoneCond::Full), "{zones:#?}");
     } else {
         // nbdcopy copies in requests of 256 KiB by default.
-        let gran = if matches!(tool_kind, Tool::Nbdcopy) { 256 * KIB } else { 1 };
+        let gran = if matches!(tool_kind, Tool::Nbdcopy) {
+            256 * KIB
+        } else {
+            1
+        };
         let exp = expected_wps(&want, zone_bytes, active, gran);
         assert_eq!(wps, exp, "{zones:#?}");
         for z in &zones {
@@ -279,7 +286,14 @@ fn convert_onto_4m_zones() {
     load("4M", 4 * MIB, "", Tool::Convert(&[]), false, 0);
     load("4M", 4 * MIB, "", Tool::Convert(&["-S", "0"]), true, 0);
     load("4M", 4 * MIB, "", Tool::Convert(&["-W"]), false, 0);
-    load("4M", 4 * MIB, "", Tool::Convert(&["-W", "-S", "0"]), true, 0);
+    load(
+        "4M",
+        4 * MIB,
+        "",
+        Tool::Convert(&["-W", "-S", "0"]),
+        true,
+        0,
+    );
 }
 
 #[test]
@@ -425,7 +439,10 @@ print(n)
     let log = srv.stop();
     let lines = log.lines().filter(|l| l.contains("failed:")).count();
     assert!((20..60).contains(&lines), "{lines} lines:\n{log}");
-    assert!(log.contains("more rejected requests not logged (rate limit)"), "{log}");
+    assert!(
+        log.contains("more rejected requests not logged (rate limit)"),
+        "{log}"
+    );
 }
 
 /// Zone-aware clients keep the strict rules: zeroes spanning zones fail,

@@ -102,9 +102,13 @@ impl State {
     /// The least recently written active zone that an implicit finish may
     /// take: IMP_OPEN or CLOSED, no writes in flight.
     pub(crate) fn finish_victim(&self) -> Option<u32> {
-        self.active_lru
-            .iter()
-            .find(|&v| !self.z[v as usize].busy && matches!(self.z[v as usize].cond, ZoneCond::ImpOpen | ZoneCond::Closed))
+        self.active_lru.iter().find(|&v| {
+            !self.z[v as usize].busy
+                && matches!(
+                    self.z[v as usize].cond,
+                    ZoneCond::ImpOpen | ZoneCond::Closed
+                )
+        })
     }
 
     /// Condition of zone `i`.

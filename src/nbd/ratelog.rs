@@ -106,7 +106,9 @@ mod tests {
             (BURST as usize..BURST as usize + 5).contains(&admitted),
             "{admitted}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(1000 / PER_SECOND as u64 + 20));
+        std::thread::sleep(std::time::Duration::from_millis(
+            1000 / PER_SECOND as u64 + 20,
+        ));
         let d = r.admit().expect("refilled");
         assert!(d >= 990, "{d}");
         assert_eq!(r.admit(), None, "one token refilled, one used");

@@ -106,10 +106,7 @@ impl ZoneSeq {
         let Ok(mut g) = self.m.lock() else { return };
         loop {
             let Some(&(a, b)) = g.1.get(&t) else { return };
-            let blocked = g
-                .1
-                .range(..t)
-                .any(|(_, &(x, y))| all || (x <= b && a <= y));
+            let blocked = g.1.range(..t).any(|(_, &(x, y))| all || (x <= b && a <= y));
             if !blocked {
                 return;
             }
@@ -173,7 +170,10 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
                 conn.expire_parked(false);
                 // Safety net for a wake-up the completions did not give.
                 while let Some(j) = conn.runnable_parked() {
-                    conn.srv.trace(conn.id, format_args!("cookie {}: resumed by poll", j.req.cookie));
+                    conn.srv.trace(
+                        conn.id,
+                        format_args!("cookie {}: resumed by poll", j.req.cookie),
+                    );
                     let r = conn.execute(&j.req, &j.payload, None);
                     conn.after(j, r);
                 }
@@ -449,7 +449,11 @@ impl Conn<'_> {
     /// take, so no wake-up is lost).
     fn park(&self, zone: u32, at: u64, job: Job) -> Option<Job> {
         let Ok(mut p) = self.parked.lock() else {
-            return Some(job);
+            self.finish(
+                job,
+                Err((NBD_EIO, "internal error: parked list unusable".into())),
+            );
+            return None;
         };
         if self.wp(zone).is_none_or(|wp| wp >= at) {
             return Some(job);
@@ -485,7 +489,10 @@ impl Conn<'_> {
                 let j = p.swap_remove(k).job;
                 self.srv.trace(
                     self.id,
-                    format_args!("cookie {}: zone {z}'s write pointer reached {wp:#x}: resuming", j.req.cookie),
+                    format_args!(
+                        "cookie {}: zone {z}'s write pointer reached {wp:#x}: resuming",
+                        j.req.cookie
+                    ),
                 );
                 return Some(j);
             }
@@ -504,7 +511,9 @@ impl Conn<'_> {
     /// them with `all`).
     fn expire_parked(&self, all: bool) {
         let expired: Vec<Parked> = {
-            let Ok(mut p) = self.parked.lock() else { return };
+            let Ok(mut p) = self.parked.lock() else {
+                return;
+            };
             let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *p)
                 .into_iter()
                 .partition(|x| all || x.since.elapsed() >= PARK_LIMIT);

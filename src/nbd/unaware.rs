@@ -214,7 +214,10 @@ mod tests {
     #[test]
     fn split_at_zone_boundaries() {
         let g = geo();
-        assert_eq!(split(&g, 0x80000, 0x100000), vec![(0, 0x80000, 0x80000), (1, 0x100000, 0x80000)]);
+        assert_eq!(
+            split(&g, 0x80000, 0x100000),
+            vec![(0, 0x80000, 0x80000), (1, 0x100000, 0x80000)]
+        );
         assert_eq!(split(&g, 0x400000, 0x200000), vec![(4, 0x400000, 0x100000)]);
         assert_eq!(split(&g, 0x100000, 0), vec![]);
         assert_eq!(split(&g, 0x0, 5 << 20).len(), 5);
