@@ -87,17 +87,23 @@ impl Budget {
 /// At most [`MAX_INFLIGHT`] tickets are outstanding, so the scans are short.
 #[derive(Default)]
 struct ZoneSeq {
-    /// Next ticket, and the outstanding ones with their zones (first, last).
-    m: Mutex<(u64, BTreeMap<u64, (u32, u32)>)>,
+    m: Mutex<Tickets>,
     cv: Condvar,
+}
+
+#[derive(Default)]
+struct Tickets {
+    next: u64,
+    /// Outstanding tickets with their zones (first, last).
+    open: BTreeMap<u64, (u32, u32)>,
 }
 
 impl ZoneSeq {
     fn issue(&self, first: u32, last: u32) -> u64 {
         let Ok(mut g) = self.m.lock() else { return 0 };
-        let t = g.0;
-        g.0 += 1;
-        g.1.insert(t, (first, last));
+        let t = g.next;
+        g.next += 1;
+        g.open.insert(t, (first, last));
         t
     }
     /// Wait until no earlier ticket overlaps ticket `t` (every earlier one
@@ -105,8 +111,13 @@ impl ZoneSeq {
     fn wait(&self, t: u64, all: bool) {
         let Ok(mut g) = self.m.lock() else { return };
         loop {
-            let Some(&(a, b)) = g.1.get(&t) else { return };
-            let blocked = g.1.range(..t).any(|(_, &(x, y))| all || (x <= b && a <= y));
+            let Some(&(a, b)) = g.open.get(&t) else {
+                return;
+            };
+            let blocked = g
+                .open
+                .range(..t)
+                .any(|(_, &(x, y))| all || (x <= b && a <= y));
             if !blocked {
                 return;
             }
@@ -118,7 +129,7 @@ impl ZoneSeq {
     }
     fn done(&self, t: u64) {
         if let Ok(mut g) = self.m.lock() {
-            g.1.remove(&t);
+            g.open.remove(&t);
         }
         self.cv.notify_all();
     }
@@ -715,7 +726,13 @@ impl Conn<'_> {
                 .trace(self.id, format_args!("cookie {}: {a}", r.cookie))
         };
         let dev = &*self.srv.device;
-        match unaware::run(dev, g, r.offset, r.length, data, fua, &wait_earlier, &note)? {
+        let w = unaware::Write {
+            offset: r.offset,
+            len: r.length,
+            data,
+            fua,
+        };
+        match unaware::run(dev, g, &w, &wait_earlier, &note)? {
             unaware::Outcome::Done => Ok(Reply::Ok),
             unaware::Outcome::Park { zone, at } => Ok(Reply::Park(zone, at)),
         }

@@ -86,19 +86,35 @@ fn dev_err(e: DeviceError) -> (u32, String) {
     (super::proto::wire_errno(e.errno()), e.to_string())
 }
 
+/// One unaware WRITE or WRITE_ZEROES request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Write<'a> {
+    /// Export offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The payload or the zero flags.
+    pub data: Data<'a>,
+    /// Durable before the reply.
+    pub fua: bool,
+}
+
 /// Run one unaware WRITE / WRITE_ZEROES. `wait_earlier` blocks until every
 /// earlier request of the connection has completed (called before an
 /// implicit finish); `note` logs what the policy did (trace level).
 pub(crate) fn run(
     dev: &dyn BlockDevice,
     g: &ZoneGeometry,
-    offset: u64,
-    len: u64,
-    data: Data<'_>,
-    fua: bool,
+    w: &Write<'_>,
     wait_earlier: &dyn Fn(),
     note: &dyn Fn(std::fmt::Arguments<'_>),
 ) -> Result<Outcome, (u32, String)> {
+    let Write {
+        offset,
+        len,
+        data,
+        fua,
+    } = *w;
     let parts = split(g, offset, len);
     let verb = match data {
         Data::Write(_) => "write",
