@@ -33,15 +33,29 @@ start_qemu() { port=$(free_port); qemu-nbd -t -e 0 -f qcow2 -b 127.0.0.1 -p "$po
 start_kit()  { port=$(free_port); nbdkit -f -i 127.0.0.1 -p "$port" file "$1" & pids+=($!); wait_port "$port"; }
 stop_last()  { local p=${pids[-1]}; kill "$p"; wait "$p" 2>/dev/null || true; unset 'pids[-1]'; }
 
-# Sequential write: qemu-img convert -n (in order, as the strict zone policy needs).
-seq_write() { # kind
-  local t=() s e
+# Sparse source (issue 12): in every 64 MiB (one zone) the first 40 MiB are
+# data, the rest a hole, so each zone has a zero tail.
+rm -f "$dir/sparse.raw"; truncate -s "${MIB}M" "$dir/sparse.raw"
+for ((o = 0; o < MIB; o += 64)); do
+  dd if="$dir/data.raw" of="$dir/sparse.raw" bs=1M skip=$o seek=$o count=$((MIB - o < 40 ? MIB - o : 40)) conv=notrunc,sparse status=none
+done
+
+# Sequential write onto a fresh export: qemu-img convert -n by default.
+seq_write() { # kind [source] [tool]
+  local t=() s e src=${2:-$dir/data.raw} tool=${3:-convert}
   for _ in 1 2 3; do
     case $1 in
       zcow) mkzoned "$dir/w.qcow2"; start_zcow "$dir/w.qcow2" ;;
       qemu) qemu-img create -q -f qcow2 "$dir/w.qcow2" "${MIB}M"; start_qemu "$dir/w.qcow2" ;;
     esac
-    s=$(now); qemu-img convert -n -f raw -O raw "$dir/data.raw" "nbd://127.0.0.1:$port"; e=$(now)
+    s=$(now)
+    case $tool in
+      convert) qemu-img convert -n -f raw -O raw "$src" "nbd://127.0.0.1:$port" ;;
+      convert-W) qemu-img convert -n -W -f raw -O raw "$src" "nbd://127.0.0.1:$port" ;;
+      nbdcopy) nbdcopy "$src" "nbd://127.0.0.1:$port" ;;
+    esac
+    e=$(now)
+    qemu-img compare -q -f raw -F raw "$src" "nbd://127.0.0.1:$port"
     stop_last
     t+=("$(echo "$e - $s" | bc)")
   done
@@ -71,6 +85,9 @@ zr=$(seq_read "$zp"); qr=$(seq_read "$qp"); kr=$(seq_read "$kp")
 zi=$(rand_read "$zp"); qi=$(rand_read "$qp"); ki=$(rand_read "$kp")
 stop_last; stop_last; stop_last
 zw=$(seq_write zcow); qw=$(seq_write qemu)
+zs=$(seq_write zcow "$dir/sparse.raw"); qs=$(seq_write qemu "$dir/sparse.raw")
+zsw=$(seq_write zcow "$dir/sparse.raw" convert-W); qsw=$(seq_write qemu "$dir/sparse.raw" convert-W)
+zc=$(seq_write zcow "$dir/sparse.raw" nbdcopy); qc=$(seq_write qemu "$dir/sparse.raw" nbdcopy)
 
 echo "Data: ${MIB} MiB of random bytes. Times are medians of 3 runs; IOPS from one 8 s fio run."
 echo
@@ -78,4 +95,7 @@ echo "| workload | zcow-nbd (zoned qcow2) | qemu-nbd (plain qcow2 twin) | nbdkit
 echo "|---|---|---|---|---|---|"
 printf '| sequential read, nbdcopy to null: (s) | %.3f | %.3f | %.3f | %.2f× faster | %.2f× faster |\n' "$zr" "$qr" "$kr" "$(echo "$qr / $zr" | bc -l)" "$(echo "$kr / $zr" | bc -l)"
 printf '| sequential write, qemu-img convert -n (s) | %.3f | %.3f | – | %.2f× faster | – |\n' "$zw" "$qw" "$(echo "$qw / $zw" | bc -l)"
+printf '| sparse write (zero tail in every zone), qemu-img convert -n (s) | %.3f | %.3f | – | %.2f× faster | – |\n' "$zs" "$qs" "$(echo "$qs / $zs" | bc -l)"
+printf '| sparse write, qemu-img convert -n -W (s) | %.3f | %.3f | – | %.2f× faster | – |\n' "$zsw" "$qsw" "$(echo "$qsw / $zsw" | bc -l)"
+printf '| sparse write, nbdcopy (s) | %.3f | %.3f | – | %.2f× faster | – |\n' "$zc" "$qc" "$(echo "$qc / $zc" | bc -l)"
 printf '| 4 KiB random read, QD16, fio (IOPS) | %s | %s | %s | %.2f× | %.2f× |\n' "$zi" "$qi" "$ki" "$(echo "$zi / $qi" | bc -l)" "$(echo "$zi / $ki" | bc -l)"

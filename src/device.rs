@@ -166,6 +166,13 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn format_info(&self) -> Option<FormatInfo> {
         None
     }
+    /// Make room at the active-zone limit for a zone-unaware writer:
+    /// finish the least recently written active zone that is not being
+    /// written and was not explicitly opened. Returns the zone finished, or
+    /// `None` when nothing qualifies (or the device has no such policy).
+    fn finish_least_recent_active(&self) -> DevResult<Option<u32>> {
+        Ok(None)
+    }
     /// Human description of what is behind the device (for `info`).
     fn describe(&self) -> String {
         String::new()

@@ -907,3 +907,61 @@ fn open_derives_conditions_from_entries() {
     );
     assert_eq!((e.open_zones(), e.active_zones()), (0, 1));
 }
+
+// ------------------------------------------- implicit finish (unaware policy)
+
+#[test]
+fn finish_least_recent_active_takes_lru_imp_open_or_closed_zone() {
+    let (_s, e) = limited();
+    w(&e, 1).unwrap();
+    w(&e, 2).unwrap();
+    w(&e, 3).unwrap(); // zone 1 implicitly closed: active 1 (CLOSED), 2, 3
+    w(&e, 2).unwrap(); // order of last writes: 1, 3, 2
+    assert_eq!(w(&e, 4), Err(K::ActiveResource));
+    assert_eq!(e.finish_least_recent_active().unwrap(), Some(1));
+    let z1 = e.zone(1).unwrap();
+    assert_eq!((z1.cond, z1.wp), (C::Full, 2 * ZS));
+    // The finished zone keeps its data; the rest reads as zeroes.
+    let mut b = vec![0u8; ZS as usize];
+    e.read(ZS, &mut b).unwrap();
+    assert_eq!(&b[..W as usize], &pattern(1, W as usize)[..]);
+    assert!(b[W as usize..].iter().all(|&x| x == 0));
+    w(&e, 4).unwrap();
+    assert_eq!(e.active_zones(), 3);
+    // Next victim: zone 3 (written before zone 2).
+    assert_eq!(e.finish_least_recent_active().unwrap(), Some(3));
+    assert_eq!(cond(&e, 3), C::Full);
+}
+
+#[test]
+fn finish_least_recent_active_never_takes_explicitly_open_zones() {
+    let (_s, e) = engine(geo(8 * ZS, ZS, CAP, 1, 0, 2, 0x2000));
+    e.zone_op(ZoneOp::Open, 1).unwrap();
+    w(&e, 1).unwrap();
+    w(&e, 2).unwrap();
+    assert_eq!(e.finish_least_recent_active().unwrap(), Some(2));
+    assert_eq!(cond(&e, 1), C::ExpOpen);
+    assert_eq!(e.finish_least_recent_active().unwrap(), None);
+    // Closing the explicitly opened zone makes it a candidate.
+    e.zone_op(ZoneOp::Close, 1).unwrap();
+    assert_eq!(e.finish_least_recent_active().unwrap(), Some(1));
+    assert_eq!(e.active_zones(), 0);
+}
+
+#[test]
+fn finish_least_recent_active_after_reopen_sees_closed_zones() {
+    // CLOSED zones found at open time are candidates, in index order.
+    let (s, e) = engine(geo(8 * ZS, ZS, CAP, 1, 0, 2, 0x2000));
+    w(&e, 3).unwrap();
+    w(&e, 2).unwrap();
+    e.flush().unwrap();
+    drop(e);
+    let e = Engine::open(s).unwrap();
+    assert_eq!(w(&e, 4), Err(K::ActiveResource));
+    assert_eq!(e.finish_least_recent_active().unwrap(), Some(2));
+    w(&e, 4).unwrap();
+    // A zone reset leaves the list.
+    e.zone_op(ZoneOp::Reset, 3).unwrap();
+    assert_eq!(e.finish_least_recent_active().unwrap(), Some(4));
+    assert_eq!(e.finish_least_recent_active().unwrap(), None);
+}

@@ -58,6 +58,10 @@ pub(crate) struct State {
     /// flight keeps its place (a failed write must not move it) but is
     /// skipped when a victim is chosen.
     lru: Lru,
+    /// IMP_OPEN and CLOSED zones, least recently written first: the
+    /// candidates for [`State::finish_victim`] (EXP_OPEN zones are held on
+    /// purpose by a zone-aware user and are never chosen).
+    active_lru: Lru,
 }
 
 impl State {
@@ -65,6 +69,12 @@ impl State {
     /// its entry. CLOSED zones hold an active resource; nothing is open.
     pub(crate) fn new(geo: ZoneGeometry, zones: &[(ZoneCond, u64)]) -> Self {
         let mut active = 0;
+        let mut active_lru = Lru::new(geo.nr_zones);
+        for (i, &(cond, _)) in (0u32..).zip(zones) {
+            if cond == ZoneCond::Closed {
+                active_lru.push_back(i);
+            }
+        }
         let z = zones
             .iter()
             .map(|&(cond, wp)| {
@@ -85,7 +95,20 @@ impl State {
             open: 0,
             active,
             lru: Lru::new(geo.nr_zones),
+            active_lru,
         }
+    }
+
+    /// The least recently written active zone that an implicit finish may
+    /// take: IMP_OPEN or CLOSED, no writes in flight.
+    pub(crate) fn finish_victim(&self) -> Option<u32> {
+        self.active_lru.iter().find(|&v| {
+            !self.z[v as usize].busy
+                && matches!(
+                    self.z[v as usize].cond,
+                    ZoneCond::ImpOpen | ZoneCond::Closed
+                )
+        })
     }
 
     /// Condition of zone `i`.
@@ -312,12 +335,19 @@ impl State {
     pub(crate) fn end_writes(&mut self, i: u32) {
         self.z[i as usize].busy = false;
         match self.z[i as usize].cond {
-            ZoneCond::ImpOpen => self.lru.push_back(i),
+            ZoneCond::ImpOpen => {
+                self.lru.push_back(i);
+                self.active_lru.push_back(i);
+            }
             ZoneCond::Full => {
                 self.release_to(i, false, false);
                 self.lru.remove(i);
+                self.active_lru.remove(i);
             }
-            _ => self.lru.remove(i),
+            _ => {
+                self.lru.remove(i);
+                self.active_lru.remove(i);
+            }
         }
     }
 
@@ -337,6 +367,14 @@ impl State {
         z.wp = wp;
         z.cond = prev;
         z.busy = false;
+        match prev {
+            ImpOpen | Closed => {
+                if !self.active_lru.contains(i) {
+                    self.active_lru.push_back(i);
+                }
+            }
+            _ => self.active_lru.remove(i),
+        }
         if prev != ImpOpen {
             self.lru.remove(i);
         } else if !self.lru.contains(i) {
@@ -392,6 +430,7 @@ impl State {
         }
         self.acquire(i, true, true);
         self.lru.remove(i);
+        self.active_lru.remove(i);
         self.z[i as usize].cond = ExpOpen;
         Ok(())
     }
@@ -407,9 +446,13 @@ impl State {
             self.lru.remove(i);
             if z.wp == self.geo.zone_start(i) {
                 self.release_to(i, false, false);
+                self.active_lru.remove(i);
                 self.z[i as usize].cond = Empty;
             } else {
                 self.release_to(i, false, true);
+                if !self.active_lru.contains(i) {
+                    self.active_lru.push_back(i);
+                }
                 self.z[i as usize].cond = Closed;
             }
         }
@@ -436,6 +479,7 @@ impl State {
     pub(crate) fn apply_finish(&mut self, i: u32) {
         self.release_to(i, false, false);
         self.lru.remove(i);
+        self.active_lru.remove(i);
         let end = self.geo.zone_start(i) + self.geo.zone_len(i);
         let z = &mut self.z[i as usize];
         z.cond = ZoneCond::Full;
@@ -461,6 +505,7 @@ impl State {
     pub(crate) fn apply_reset(&mut self, i: u32) {
         self.release_to(i, false, false);
         self.lru.remove(i);
+        self.active_lru.remove(i);
         let start = self.geo.zone_start(i);
         let z = &mut self.z[i as usize];
         z.cond = ZoneCond::Empty;
@@ -481,8 +526,10 @@ impl State {
     pub(crate) fn apply_condition(&mut self, i: u32, cond: ZoneCond) {
         self.release_to(i, false, false);
         self.lru.remove(i);
+        self.active_lru.remove(i);
         if cond == ZoneCond::Closed {
             self.acquire(i, false, true);
+            self.active_lru.push_back(i);
         }
         self.z[i as usize].cond = cond;
     }

@@ -749,6 +749,20 @@ impl Engine {
         Ok((first, last))
     }
 
+    /// Implicitly finish the least recently written active zone (IMP_OPEN or
+    /// CLOSED, no writes in flight; EXP_OPEN zones are never taken), so a
+    /// zone-unaware writer at the active-zone limit can go on to a new zone.
+    /// Returns the zone finished, or `None` if no zone qualifies. Its data is
+    /// kept; the unwritten rest reads as zeroes, as before.
+    pub fn finish_least_recent_active(&self) -> EngineResult<Option<u32>> {
+        self.writable()?;
+        let Some(v) = self.state().finish_victim() else {
+            return Ok(None);
+        };
+        self.finish_one(v)?;
+        Ok(Some(v))
+    }
+
     fn finish_one(&self, i: u32) -> EngineResult<()> {
         let _g = self.slots[i as usize].lock_idle();
         if !self.state().check_finish(i)? {

@@ -228,10 +228,11 @@ pub(crate) fn negotiate(srv: &Shared, io: &mut ConnIo, conn: u64) -> Result<Outc
                             }
                         }
                         INFO_BLOCK_SIZE => {
+                            let (min, pref, max) = srv.block_sizes();
                             b.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
-                            b.extend_from_slice(&1u32.to_be_bytes());
-                            b.extend_from_slice(&4096u32.to_be_bytes());
-                            b.extend_from_slice(&MAX_PAYLOAD.to_be_bytes());
+                            b.extend_from_slice(&min.to_be_bytes());
+                            b.extend_from_slice(&pref.to_be_bytes());
+                            b.extend_from_slice(&max.to_be_bytes());
                         }
                         INFO_X_ZONED if st.zoned => {
                             if let Some(z) = srv.zoned_info() {

@@ -11,9 +11,11 @@
 pub mod client;
 pub(crate) mod handshake;
 pub mod proto;
+pub(crate) mod ratelog;
 pub mod server;
 pub mod tls;
 pub(crate) mod transmission;
+pub(crate) mod unaware;
 
 pub use client::{connect_uri, NbdClient, NbdDevice};
 pub use proto::{NbdError, Result};

@@ -107,12 +107,29 @@ pub(crate) struct Shared {
     pub geometry: Option<ZoneGeometry>,
     /// Open connections, so a shutdown can cut them off.
     pub conns: Mutex<HashMap<u64, Sock>>,
+    /// Rate-limited log of rejected requests (without `--trace`).
+    pub reject_log: super::ratelog::RateLog,
 }
 
 impl Shared {
     pub(crate) fn trace(&self, conn: u64, args: std::fmt::Arguments<'_>) {
         if self.cfg.trace {
             eprintln!("zcow-nbd: conn {conn}: {args}");
+        }
+    }
+
+    /// `NBD_INFO_BLOCK_SIZE` (minimum, preferred, maximum). On a zoned
+    /// export they keep zone-unaware clients inside zones: the minimum is
+    /// the 512-byte write granularity of sequential zones and the maximum is
+    /// at most one zone, so a client that splits its I/O by the maximum
+    /// (QEMU does) never sends a write covering more than two zones.
+    pub(crate) fn block_sizes(&self) -> (u32, u32, u32) {
+        match &self.geometry {
+            Some(g) => {
+                let max = u64::from(MAX_PAYLOAD).min(g.zone_size) as u32;
+                (512, 4096u32.min(max).max(512), max.max(512))
+            }
+            None => (1, 4096, MAX_PAYLOAD),
         }
     }
 
@@ -305,6 +322,7 @@ impl Server {
                 stats: Arc::new(ServerStats::default()),
                 geometry,
                 conns: Mutex::new(HashMap::new()),
+                reject_log: super::ratelog::RateLog::default(),
             }),
             shutdown: Arc::new(AtomicBool::new(false)),
         }

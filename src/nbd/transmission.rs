@@ -8,19 +8,24 @@
 //! budget is exhausted, which pushes back on the client.
 //!
 //! Ordering: on a zoned device, WRITE / WRITE_ZEROES / TRIM / APPEND that
-//! target the same zone run in arrival order (a ticket per zone), which is
-//! what a pipelining sequential writer needs.
+//! touch a common zone run in arrival order (a ticket covering the zones of
+//! the request), which is what a pipelining sequential writer needs.
+//! Zone-unaware clients' writes go through [`super::unaware`]; one ahead of
+//! the write pointer is parked (off the workers) until the requests before
+//! it fill the gap, or failed after [`PARK_LIMIT`].
 
 use super::handshake::{Ctx, Session};
 use super::proto::*;
-use super::server::Shared;
+use super::server::{Shared, ZonedWrites};
 use super::tls::{ConnIo, Sock};
+use super::unaware::{self, PARK_LIMIT};
 use crate::device::{DeviceError, ZeroFlags};
 use crate::zone::{ZoneCond, ZoneGeometry, ZoneOp, ZoneType};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Requests in flight per connection.
 pub const MAX_INFLIGHT: usize = 128;
@@ -37,8 +42,17 @@ struct Job {
     req: Request,
     payload: Vec<u8>,
     cost: u64,
-    ticket: Option<(u32, u64)>,
+    ticket: Option<u64>,
     early: Option<(u32, String)>,
+}
+
+/// A zone-unaware write waiting for the write pointer of `zone` to reach
+/// `at`.
+struct Parked {
+    zone: u32,
+    at: u64,
+    since: Instant,
+    job: Job,
 }
 
 #[derive(Default)]
@@ -68,38 +82,54 @@ impl Budget {
     }
 }
 
-/// Per-zone FIFO: tickets issued in arrival order, served in that order.
+/// Per-zone FIFO: each modifying request takes a ticket for its zone range
+/// in arrival order and runs once no earlier ticket shares a zone with it.
+/// At most [`MAX_INFLIGHT`] tickets are outstanding, so the scans are short.
 #[derive(Default)]
 struct ZoneSeq {
-    m: Mutex<HashMap<u32, (u64, u64)>>,
+    m: Mutex<Tickets>,
     cv: Condvar,
 }
 
+#[derive(Default)]
+struct Tickets {
+    next: u64,
+    /// Outstanding tickets with their zones (first, last).
+    open: BTreeMap<u64, (u32, u32)>,
+}
+
 impl ZoneSeq {
-    fn issue(&self, zone: u32) -> u64 {
+    fn issue(&self, first: u32, last: u32) -> u64 {
         let Ok(mut g) = self.m.lock() else { return 0 };
-        let e = g.entry(zone).or_insert((0, 0));
-        let t = e.0;
-        e.0 += 1;
+        let t = g.next;
+        g.next += 1;
+        g.open.insert(t, (first, last));
         t
     }
-    fn wait(&self, zone: u32, t: u64) {
+    /// Wait until no earlier ticket overlaps ticket `t` (every earlier one
+    /// if `all`).
+    fn wait(&self, t: u64, all: bool) {
         let Ok(mut g) = self.m.lock() else { return };
-        while g.get(&zone).is_some_and(|e| e.1 != t) {
+        loop {
+            let Some(&(a, b)) = g.open.get(&t) else {
+                return;
+            };
+            let blocked = g
+                .open
+                .range(..t)
+                .any(|(_, &(x, y))| all || (x <= b && a <= y));
+            if !blocked {
+                return;
+            }
             g = match self.cv.wait(g) {
                 Ok(g) => g,
                 Err(_) => return,
             };
         }
     }
-    fn done(&self, zone: u32) {
+    fn done(&self, t: u64) {
         if let Ok(mut g) = self.m.lock() {
-            if let Some(e) = g.get_mut(&zone) {
-                e.1 += 1;
-                if e.1 == e.0 {
-                    g.remove(&zone);
-                }
-            }
+            g.open.remove(&t);
         }
         self.cv.notify_all();
     }
@@ -113,6 +143,8 @@ struct Conn<'a> {
     failed: AtomicBool,
     budget: Budget,
     seq: ZoneSeq,
+    /// Zone-unaware writes waiting for their zone's write pointer.
+    parked: Mutex<Vec<Parked>>,
     sock: Sock,
 }
 
@@ -132,6 +164,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
         failed: AtomicBool::new(false),
         budget: Budget::default(),
         seq: ZoneSeq::default(),
+        parked: Mutex::new(Vec::new()),
         sock,
     };
     // Leader/follower: each worker takes the reader lock, reads one request,
@@ -139,26 +172,49 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
     // between threads happens per request.
     let reader: Mutex<(Box<dyn Read + Send>, bool)> = Mutex::new((reader, false));
     let workers = srv.cfg.workers.max(1);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let job = {
-                    let Ok(mut g) = reader.lock() else { return };
-                    if g.1 || conn.failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match conn.next_job(&mut *g.0) {
-                        Some(j) => j,
-                        None => {
-                            g.1 = true;
+    let reading = AtomicBool::new(true);
+    std::thread::scope(|outer| {
+        // Parked writes whose gap never filled fail after PARK_LIMIT.
+        outer.spawn(|| {
+            while reading.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                conn.expire_parked(false);
+                // Safety net for a wake-up the completions did not give.
+                while let Some(j) = conn.runnable_parked() {
+                    conn.srv.trace(
+                        conn.id,
+                        format_args!("cookie {}: resumed by poll", j.req.cookie),
+                    );
+                    let r = conn.execute(&j.req, &j.payload, None);
+                    conn.after(j, r);
+                }
+            }
+        });
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let job = {
+                        let Ok(mut g) = reader.lock() else { return };
+                        if g.1 || conn.failed.load(Ordering::Relaxed) {
                             return;
                         }
-                    }
-                };
-                conn.work(job);
-            });
-        }
+                        match conn.next_job(&mut *g.0) {
+                            Some(j) => j,
+                            None => {
+                                g.1 = true;
+                                return;
+                            }
+                        }
+                    };
+                    conn.work(job);
+                });
+            }
+        });
+        reading.store(false, Ordering::Relaxed);
     });
+    // The client is gone or said goodbye: nothing will fill the gaps.
+    conn.expire_parked(true);
+    srv.reject_log.flush_dropped();
     if let Ok(mut w) = conn.writer.lock() {
         let _ = w.flush();
     }
@@ -187,6 +243,9 @@ enum Reply {
     Read(Vec<Seg>),
     Status(ContextExtents),
     Append(u64),
+    /// Not done: a zone-unaware write waiting for zone `.0`'s write pointer
+    /// to reach `.1`; never sent.
+    Park(u32, u64),
 }
 
 impl Conn<'_> {
@@ -288,8 +347,10 @@ impl Conn<'_> {
                         req.typ,
                         CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM | CMD_X_ZONE_APPEND
                     ) {
-                        if let Some(z) = g.zone_index(req.offset) {
-                            ticket = Some((z, self.seq.issue(z)));
+                        if let Some(first) = g.zone_index(req.offset) {
+                            let end = req.offset.saturating_add(req.length.max(1)) - 1;
+                            let last = g.zone_index(end).unwrap_or(g.nr_zones - 1);
+                            ticket = Some(self.seq.issue(first, last.max(first)));
                         }
                     }
                 }
@@ -305,22 +366,51 @@ impl Conn<'_> {
     }
 
     fn work(&self, job: Job) {
-        if let Some((z, t)) = job.ticket {
-            self.seq.wait(z, t);
+        if let Some(t) = job.ticket {
+            self.seq.wait(t, false);
         }
-        let result = match job.early {
-            Some(e) => Err(e),
-            None => self.execute(&job.req, &job.payload),
+        let result = match &job.early {
+            Some(e) => Err(e.clone()),
+            None => self.execute(&job.req, &job.payload, job.ticket),
         };
-        if let Some((z, _)) = job.ticket {
-            self.seq.done(z);
+        if let Some(t) = job.ticket {
+            self.seq.done(t);
         }
+        self.after(job, result);
+    }
+
+    /// Reply to a finished request, or park it; then run parked writes its
+    /// completion may have unblocked.
+    fn after(&self, mut job: Job, mut result: std::result::Result<Reply, (u32, String)>) {
+        loop {
+            if let Ok(Reply::Park(zone, at)) = result {
+                match self.park(zone, at, job) {
+                    None => return,
+                    Some(j) => {
+                        // The write pointer got there meanwhile: run it now.
+                        job = j;
+                        result = self.execute(&job.req, &job.payload, None);
+                        continue;
+                    }
+                }
+            }
+            let wrote = result.is_ok() && matches!(job.req.typ, CMD_WRITE | CMD_WRITE_ZEROES);
+            let range = (job.req.offset, job.req.length);
+            self.finish(job, result);
+            match wrote.then(|| self.unparked(range.0, range.1)).flatten() {
+                Some(j) => {
+                    job = j;
+                    result = self.execute(&job.req, &job.payload, None);
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn finish(&self, job: Job, result: std::result::Result<Reply, (u32, String)>) {
         drop(job.payload);
         if let Err((e, msg)) = &result {
-            self.srv.trace(
-                self.id,
-                format_args!("cookie {} failed: errno {e}: {msg}", job.req.cookie),
-            );
+            self.log_reject(&job.req, *e, msg);
         }
         if !self.failed.load(Ordering::Relaxed) && self.send(&job.req, result).is_err() {
             // Wake the reader too: the connection is unusable.
@@ -330,7 +420,157 @@ impl Conn<'_> {
         self.budget.release(job.cost);
     }
 
-    fn execute(&self, r: &Request, payload: &[u8]) -> std::result::Result<Reply, (u32, String)> {
+    /// Every rejected request is logged: with `--trace` in full, otherwise
+    /// rate-limited.
+    fn log_reject(&self, r: &Request, errno: u32, msg: &str) {
+        let what = format!(
+            "{} at {:#x} length {:#x} failed: {}: {msg}",
+            command_name(r.typ),
+            r.offset,
+            r.length,
+            errno_label(errno)
+        );
+        if self.srv.cfg.trace {
+            self.srv.trace(
+                self.id,
+                format_args!("cookie {} flags {:#x}: {what}", r.cookie, r.flags),
+            );
+        } else {
+            self.srv
+                .reject_log
+                .log(format_args!("conn {}: {what}", self.id));
+        }
+    }
+
+    /// The issued write pointer of zone `zone`.
+    fn wp(&self, zone: u32) -> Option<u64> {
+        let g = self.srv.geometry.as_ref()?;
+        let d = self
+            .srv
+            .device
+            .zone_report(g.zone_start(zone), 1)
+            .ok()?
+            .into_iter()
+            .next()?;
+        Some(d.wp)
+    }
+
+    /// Park `job` until zone `zone`'s write pointer reaches `at`; gives the
+    /// job back if it already has (checked under the lock the completions
+    /// take, so no wake-up is lost).
+    fn park(&self, zone: u32, at: u64, job: Job) -> Option<Job> {
+        let Ok(mut p) = self.parked.lock() else {
+            self.finish(
+                job,
+                Err((NBD_EIO, "internal error: parked list unusable".into())),
+            );
+            return None;
+        };
+        if self.wp(zone).is_none_or(|wp| wp >= at) {
+            return Some(job);
+        }
+        self.srv.trace(
+            self.id,
+            format_args!(
+                "cookie {}: {} at {at:#x} is ahead of zone {zone}'s write pointer: waiting for the writes before it",
+                job.req.cookie,
+                command_name(job.req.typ)
+            ),
+        );
+        p.push(Parked {
+            zone,
+            at,
+            since: Instant::now(),
+            job,
+        });
+        None
+    }
+
+    /// A parked write that can run now that a write to `[offset,
+    /// offset+len)` completed.
+    fn unparked(&self, offset: u64, len: u64) -> Option<Job> {
+        let g = self.srv.geometry.as_ref()?;
+        let mut p = self.parked.lock().ok()?;
+        if p.is_empty() {
+            return None;
+        }
+        for (z, _, _) in unaware::split(g, offset, len.max(1)) {
+            let Some(wp) = self.wp(z) else { continue };
+            if let Some(k) = p.iter().position(|x| x.zone == z && x.at == wp) {
+                let j = p.swap_remove(k).job;
+                self.srv.trace(
+                    self.id,
+                    format_args!(
+                        "cookie {}: zone {z}'s write pointer reached {wp:#x}: resuming",
+                        j.req.cookie
+                    ),
+                );
+                return Some(j);
+            }
+        }
+        None
+    }
+
+    /// A parked write whose zone's write pointer has reached it.
+    fn runnable_parked(&self) -> Option<Job> {
+        let mut p = self.parked.lock().ok()?;
+        let k = p.iter().position(|x| self.wp(x.zone) == Some(x.at))?;
+        Some(p.swap_remove(k).job)
+    }
+
+    /// Fail parked writes that waited longer than [`PARK_LIMIT`] (all of
+    /// them with `all`).
+    fn expire_parked(&self, all: bool) {
+        let expired: Vec<Parked> = {
+            let Ok(mut p) = self.parked.lock() else {
+                return;
+            };
+            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *p)
+                .into_iter()
+                .partition(|x| all || x.since.elapsed() >= PARK_LIMIT);
+            *p = keep;
+            old
+        };
+        for x in expired {
+            let zone = match self.srv.geometry.as_ref().and_then(|g| {
+                let d = self.srv.device.zone_report(g.zone_start(x.zone), 1).ok()?;
+                d.into_iter().next()
+            }) {
+                Some(d) => format!(
+                    "zone {} (start {:#x}, {}, wp {:#x})",
+                    d.index, d.start, d.cond, d.wp
+                ),
+                None => format!("zone {}", x.zone),
+            };
+            let verb = if x.job.req.typ == CMD_WRITE {
+                "write"
+            } else {
+                "write-zeroes"
+            };
+            let msg = format!(
+                "{zone}: {verb} of {:#x} bytes at {:#x} is not at the write pointer (waited {} s for the writes before it)",
+                x.job.req.length,
+                x.at,
+                x.since.elapsed().as_secs()
+            );
+            self.finish(x.job, Err(einval(msg)));
+        }
+    }
+
+    /// Whether writes of this session go through the unaware policy.
+    fn unaware(&self) -> Option<&ZoneGeometry> {
+        if self.sess.zoned || self.srv.cfg.zoned_writes != ZonedWrites::Strict {
+            return None;
+        }
+        self.srv.geometry.as_ref()
+    }
+
+    fn execute(
+        &self,
+        r: &Request,
+        payload: &[u8],
+        ticket: Option<u64>,
+    ) -> std::result::Result<Reply, (u32, String)> {
         let dev = &self.srv.device;
         let size = dev.size();
         let fua = r.flags & CMD_FLAG_FUA != 0;
@@ -396,8 +636,11 @@ impl Conn<'_> {
             CMD_WRITE => {
                 writable()?;
                 range()?;
-                dev.write(r.offset, payload, fua || self.srv.cfg.writethrough)
-                    .map_err(dev_err)?;
+                let fua = fua || self.srv.cfg.writethrough;
+                if let Some(g) = self.unaware() {
+                    return self.run_unaware(g, r, unaware::Data::Write(payload), fua, ticket);
+                }
+                dev.write(r.offset, payload, fua).map_err(dev_err)?;
                 Ok(Reply::Ok)
             }
             CMD_FLUSH => {
@@ -428,6 +671,10 @@ impl Conn<'_> {
                         fast_only: r.flags & CMD_FLAG_FAST_ZERO != 0,
                         fua: fua || self.srv.cfg.writethrough,
                     };
+                    if let Some(g) = self.unaware() {
+                        let data = unaware::Data::Zeroes(flags);
+                        return self.run_unaware(g, r, data, flags.fua, ticket);
+                    }
                     dev.write_zeroes(r.offset, r.length, flags)
                         .map_err(dev_err)?;
                 }
@@ -458,6 +705,36 @@ impl Conn<'_> {
                 Ok(Reply::Append(at))
             }
             t => Err(einval(format!("invalid request type ({t}) received"))),
+        }
+    }
+
+    fn run_unaware(
+        &self,
+        g: &ZoneGeometry,
+        r: &Request,
+        data: unaware::Data<'_>,
+        fua: bool,
+        ticket: Option<u64>,
+    ) -> std::result::Result<Reply, (u32, String)> {
+        let wait_earlier = || {
+            if let Some(t) = ticket {
+                self.seq.wait(t, true);
+            }
+        };
+        let note = |a: std::fmt::Arguments<'_>| {
+            self.srv
+                .trace(self.id, format_args!("cookie {}: {a}", r.cookie))
+        };
+        let dev = &*self.srv.device;
+        let w = unaware::Write {
+            offset: r.offset,
+            len: r.length,
+            data,
+            fua,
+        };
+        match unaware::run(dev, g, &w, &wait_earlier, &note)? {
+            unaware::Outcome::Done => Ok(Reply::Ok),
+            unaware::Outcome::Park { zone, at } => Ok(Reply::Park(zone, at)),
         }
     }
 
@@ -734,6 +1011,10 @@ impl Conn<'_> {
                 }
                 w.write_all(&h)?;
             }
+            Ok(Reply::Park(..)) => {
+                // `after` parks these; one here would be a bug, not a reply.
+                return Err(std::io::Error::other("a parked request reached send"));
+            }
             Ok(Reply::Append(at)) => {
                 encode_chunk_header(
                     &mut h,
@@ -849,6 +1130,22 @@ impl Conn<'_> {
         }
         w.flush()
     }
+}
+
+/// `EINVAL (Invalid argument)` for an NBD error value.
+fn errno_label(e: u32) -> String {
+    let (name, errno) = match e {
+        NBD_EPERM => ("EPERM", libc::EPERM),
+        NBD_EIO => ("EIO", libc::EIO),
+        NBD_ENOMEM => ("ENOMEM", libc::ENOMEM),
+        NBD_EINVAL => ("EINVAL", libc::EINVAL),
+        NBD_ENOSPC => ("ENOSPC", libc::ENOSPC),
+        NBD_EOVERFLOW => ("EOVERFLOW", libc::EOVERFLOW),
+        NBD_ENOTSUP => ("ENOTSUP", libc::ENOTSUP),
+        NBD_ESHUTDOWN => ("ESHUTDOWN", libc::ESHUTDOWN),
+        _ => return format!("error {e}"),
+    };
+    format!("{name} ({})", crate::device::errno_name(errno))
 }
 
 fn write_zeroes(w: &mut dyn Write, mut n: u64) -> std::io::Result<()> {
