@@ -126,11 +126,53 @@ enum Cmd {
         /// Image file.
         file: PathBuf,
     },
+    /// Convert or copy images: convert [-c] [-p] [-q] [-n] [-W] [-m N] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE] [--target-is-zero] SOURCE... TARGET
+    Convert(Box<ConvertArgs>),
     /// Zone commands.
     Zone {
         #[command(subcommand)]
         cmd: ZoneCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// Source format (raw or qcow2; probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Target format (raw or qcow2; default raw).
+    #[arg(short = 'O')]
+    out_format: Option<String>,
+    /// Target create options (as for create, including zone.*).
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// The target exists: do not create it.
+    #[arg(short = 'n')]
+    no_create: bool,
+    /// Zero-detection granule (default 4k; 0 writes every byte).
+    #[arg(short = 'S', default_value = "4k")]
+    sparse: String,
+    /// The target reads as zeroes already (needs -n).
+    #[arg(long = "target-is-zero")]
+    target_is_zero: bool,
+    /// Allow out-of-order writes (parallel copy onto non-zoned targets).
+    #[arg(short = 'W')]
+    out_of_order: bool,
+    /// Parallel requests (1-16).
+    #[arg(short = 'm', default_value = "8")]
+    coroutines: String,
+    /// Compressed output (not supported: refused).
+    #[arg(short = 'c')]
+    compressed: bool,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Source images (concatenated) followed by the target.
+    #[arg(required = true)]
+    files: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -311,6 +353,33 @@ fn run(cli: Cli) -> Result<u8> {
             let code = zcow::check::run_repair(&file, &opts, &mut stdout, &mut stderr)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
+        Cmd::Convert(a) => {
+            let mut files = a.files;
+            let target = if files.len() >= 2 {
+                files.pop().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let sparse = zcow::size::parse_size(&a.sparse).map_err(|_| {
+                anyhow::anyhow!("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).")
+            })?;
+            let opts = img::convert::ConvertOptions {
+                sources: files,
+                src_format: a.format,
+                target,
+                out_format: a.out_format,
+                create_opts: a.options,
+                no_create: a.no_create,
+                sparse_size: sparse,
+                target_is_zero: a.target_is_zero,
+                out_of_order: a.out_of_order,
+                coroutines: a.coroutines.parse().unwrap_or(0),
+                progress: a.progress && !a.quiet,
+                compressed: a.compressed,
+            };
+            img::convert::run(&opts).map_err(|e| img_err("convert", e))?;
+            Ok(0)
+        }
         Cmd::Zone { cmd } => match cmd {
             ZoneCmd::Report {
                 offset,
@@ -341,6 +410,14 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(0)
             }
         },
+    }
+}
+
+/// An image command's error: usage errors get qemu-img's hint line.
+fn img_err(cmd: &'static str, e: img::ImgError) -> anyhow::Error {
+    match e {
+        img::ImgError::Usage(msg) => Usage { cmd, msg }.into(),
+        other => anyhow::anyhow!("{other}"),
     }
 }
 

@@ -1,0 +1,1 @@
+//! `zcow-img map`.
