@@ -128,6 +128,29 @@ enum Cmd {
     },
     /// Convert or copy images: convert [-c] [-p] [-q] [-n] [-W] [-m N] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE] [--target-is-zero] SOURCE... TARGET
     Convert(Box<ConvertArgs>),
+    /// Compare two images: compare [-f FMT] [-F FMT] [-s] [-q] [-p] [--ignore-zones] FILE1 FILE2
+    Compare {
+        /// Format of the first image.
+        #[arg(short = 'f')]
+        a_format: Option<String>,
+        /// Format of the second image.
+        #[arg(short = 'F')]
+        b_format: Option<String>,
+        /// Strict: sizes and allocation must match too.
+        #[arg(short = 's')]
+        strict: bool,
+        /// Quiet.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Progress (accepted for qemu-img compatibility).
+        #[arg(short = 'p')]
+        progress: bool,
+        /// Do not compare the write pointers and conditions of zoned images.
+        #[arg(long = "ignore-zones")]
+        ignore_zones: bool,
+        /// The two images.
+        files: Vec<String>,
+    },
     /// Zone commands.
     Zone {
         #[command(subcommand)]
@@ -379,6 +402,30 @@ fn run(cli: Cli) -> Result<u8> {
             };
             img::convert::run(&opts).map_err(|e| img_err("convert", e))?;
             Ok(0)
+        }
+        Cmd::Compare {
+            a_format,
+            b_format,
+            strict,
+            quiet,
+            progress: _,
+            ignore_zones,
+            files,
+        } => {
+            let [a, b] = <[String; 2]>::try_from(files).map_err(|_| Usage {
+                cmd: "compare",
+                msg: "Expecting two image file names".into(),
+            })?;
+            let o = img::compare::CompareOptions {
+                a,
+                b,
+                a_format,
+                b_format,
+                strict,
+                quiet,
+                ignore_zones,
+            };
+            Ok(img::compare::run(&o, &mut stdout, &mut stderr))
         }
         Cmd::Zone { cmd } => match cmd {
             ZoneCmd::Report {
