@@ -151,6 +151,23 @@ enum Cmd {
         /// The two images.
         files: Vec<String>,
     },
+    /// Show the mapping of an image: map [-f FMT] [--output human|json] [--start-offset N] [--max-length N] FILE
+    Map {
+        /// Image format (probed when absent).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// First byte to map.
+        #[arg(long = "start-offset", default_value = "0")]
+        start: String,
+        /// Bytes to map at most.
+        #[arg(long = "max-length")]
+        max_len: Option<String>,
+        /// Image file or NBD URI.
+        file: String,
+    },
     /// Zone commands.
     Zone {
         #[command(subcommand)]
@@ -426,6 +443,35 @@ fn run(cli: Cli) -> Result<u8> {
                 ignore_zones,
             };
             Ok(img::compare::run(&o, &mut stdout, &mut stderr))
+        }
+        Cmd::Map {
+            format,
+            output,
+            start,
+            max_len,
+            file,
+        } => {
+            let output = output_arg("map", &output)?;
+            let num = |what: &str, v: &str| {
+                zcow::size::parse_size(v)
+                    .map_err(|_| anyhow::anyhow!("Invalid {what} specified: '{v}'"))
+            };
+            let o = img::map::MapOptions {
+                file,
+                format,
+                json: output == OutputFormat::Json,
+                start: num("start offset", &start)?,
+                max_len: max_len.map(|m| num("max length", &m)).transpose()?,
+            };
+            let (entries, zones) = img::map::map(&o).map_err(|e| img_err("map", e))?;
+            let text = match output {
+                OutputFormat::Json => img::map::render_json(&entries),
+                OutputFormat::Human => {
+                    img::map::render_human(&entries, &zones).map_err(|e| img_err("map", e))?
+                }
+            };
+            print!("{text}");
+            Ok(0)
         }
         Cmd::Zone { cmd } => match cmd {
             ZoneCmd::Report {

@@ -14,6 +14,7 @@ pub mod header;
 pub mod image;
 pub mod l2;
 pub mod luks;
+pub mod map;
 pub mod refcount;
 pub mod snapshot;
 pub mod types;

@@ -174,9 +174,17 @@ fn compare_zones(
     let (Some(ga), Some(gb)) = (a.zone_geometry(), b.zone_geometry()) else {
         return Ok(());
     };
-    if (ga.zone_size, ga.zone_capacity, ga.conventional_zones, ga.nr_zones)
-        != (gb.zone_size, gb.zone_capacity, gb.conventional_zones, gb.nr_zones)
-    {
+    if (
+        ga.zone_size,
+        ga.zone_capacity,
+        ga.conventional_zones,
+        ga.nr_zones,
+    ) != (
+        gb.zone_size,
+        gb.zone_capacity,
+        gb.conventional_zones,
+        gb.nr_zones,
+    ) {
         return Err(Stop::Differ("Zone layout mismatch!".into()));
     }
     let za = all_zones(a, &o.a)?;

@@ -377,7 +377,8 @@ fn inherit_zone_opts(z: &mut ZonedCreateOptions, g: &ZoneGeometry) {
     z.conventional_zones.get_or_insert(g.conventional_zones);
     z.max_open_zones.get_or_insert(g.max_open_zones);
     z.max_active_zones.get_or_insert(g.max_active_zones);
-    z.max_append_bytes.get_or_insert(u64::from(g.max_append_bytes));
+    z.max_append_bytes
+        .get_or_insert(u64::from(g.max_append_bytes));
 }
 
 /// Check the options as qemu-img does, before anything is opened.
@@ -425,10 +426,7 @@ fn create_target(o: &ConvertOptions, size: u64, src: &Sources) -> ImgResult<Stri
     }
     let path = Path::new(&o.target);
     let create_err = |e: &dyn std::fmt::Display| {
-        failed(format!(
-            "{}: error while converting {fmt}: {e}",
-            o.target
-        ))
+        failed(format!("{}: error while converting {fmt}: {e}", o.target))
     };
     if fmt == "raw" {
         for group in &o.create_opts {
@@ -479,8 +477,7 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
     }
     let bar = (o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = indicatif::ProgressBar::new(size);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("    [{bar:40}] {percent:>3}%")
-        {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("    [{bar:40}] {percent:>3}%") {
             b.set_style(style.progress_chars("=> "));
         }
         b
