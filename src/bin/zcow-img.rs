@@ -168,6 +168,26 @@ enum Cmd {
         /// Image file or NBD URI.
         file: String,
     },
+    /// Measure the size a new image needs: measure [--output human|json] [-O FMT] [-o OPTS] [--size N | [-f FMT] FILE]
+    Measure {
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// Target format (raw or qcow2; default raw).
+        #[arg(short = 'O')]
+        out_format: Option<String>,
+        /// Target create options (including zone.*).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Measure an empty image of this size.
+        #[arg(long = "size")]
+        size: Option<String>,
+        /// Source format.
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Source image or NBD URI.
+        file: Option<String>,
+    },
     /// Zone commands.
     Zone {
         #[command(subcommand)]
@@ -471,6 +491,38 @@ fn run(cli: Cli) -> Result<u8> {
                 }
             };
             print!("{text}");
+            Ok(0)
+        }
+        Cmd::Measure {
+            output,
+            out_format,
+            options,
+            size,
+            format,
+            file,
+        } => {
+            let output = output_arg("measure", &output)?;
+            let size = size
+                .map(|s| {
+                    zcow::size::parse_size(&s)
+                        .map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))
+                })
+                .transpose()?;
+            let o = img::measure::MeasureOptions {
+                size,
+                file,
+                format,
+                out_format,
+                create_opts: options,
+            };
+            let m = img::measure::measure(&o).map_err(|e| img_err("measure", e))?;
+            print!(
+                "{}",
+                match output {
+                    OutputFormat::Human => img::measure::render_human(&m),
+                    OutputFormat::Json => img::measure::render_json(&m),
+                }
+            );
             Ok(0)
         }
         Cmd::Zone { cmd } => match cmd {
