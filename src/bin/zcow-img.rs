@@ -68,7 +68,7 @@ enum Cmd {
         #[arg(short = 'q')]
         quiet: bool,
         /// Image file.
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Virtual size, with optional suffix k, M, G, T, P, E.
         size: Option<String>,
     },
@@ -188,6 +188,24 @@ enum Cmd {
         /// Source image or NBD URI.
         file: Option<String>,
     },
+    /// Change options of an image in place: amend [-f FMT] -o OPTS [-q] FILE
+    Amend {
+        /// Image format (qcow2).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Options: lazy_refcounts, zone.max_open_zones,
+        /// zone.max_active_zones, zone.max_append_bytes ('help' lists them).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Quiet.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Progress (accepted for qemu-img compatibility).
+        #[arg(short = 'p')]
+        progress: bool,
+        /// Image file.
+        file: Option<PathBuf>,
+    },
     /// Zone commands.
     Zone {
         #[command(subcommand)]
@@ -278,6 +296,14 @@ fn run(cli: Cli) -> Result<u8> {
             if format != "qcow2" {
                 bail!("Unknown file format '{format}' (zcow-img creates qcow2 only)");
             }
+            if img::create::wants_help(&options) {
+                print!("{}", img::create::options_help());
+                return Ok(0);
+            }
+            let file = file.ok_or_else(|| Usage {
+                cmd: "create",
+                msg: "Expecting image file name".into(),
+            })?;
             if let Some(b) = backing {
                 options.push(format!("backing_file={}", b.replace(',', ",,")));
             }
@@ -523,6 +549,24 @@ fn run(cli: Cli) -> Result<u8> {
                     OutputFormat::Json => img::measure::render_json(&m),
                 }
             );
+            Ok(0)
+        }
+        Cmd::Amend {
+            format,
+            options,
+            quiet: _,
+            progress: _,
+            file,
+        } => {
+            if img::create::wants_help(&options) {
+                print!("{}", img::amend::AMEND_HELP);
+                return Ok(0);
+            }
+            let file = file.ok_or_else(|| Usage {
+                cmd: "amend",
+                msg: "Expecting one image file name".into(),
+            })?;
+            img::amend::run(&file, format.as_deref(), &options).map_err(|e| img_err("amend", e))?;
             Ok(0)
         }
         Cmd::Zone { cmd } => match cmd {
