@@ -369,6 +369,14 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let output = output_arg("info", &output)?;
             let name = file.to_string_lossy().into_owned();
+            if img::is_uri(&name) {
+                let info = img::info::nbd_info(&name).map_err(|e| img_err("info", e))?;
+                match output {
+                    OutputFormat::Human => print!("{}", info.human()),
+                    OutputFormat::Json => print!("{}", info.json()),
+                }
+                return Ok(0);
+            }
             let open_err = |e| anyhow::anyhow!("Could not open '{name}': {e}");
             if backing_chain {
                 let chain =
@@ -578,6 +586,15 @@ fn run(cli: Cli) -> Result<u8> {
             } => {
                 let output = output_arg("zone report", &output)?;
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
+                if img::is_uri(&file.to_string_lossy()) {
+                    let zones = img::zone::report_device(&file.to_string_lossy(), off, count)
+                        .map_err(|e| img_err("zone report", e))?;
+                    match output {
+                        OutputFormat::Human => print!("{}", img::zone::render_human(&zones)),
+                        OutputFormat::Json => print!("{}", img::zone::render_json(&zones)),
+                    }
+                    return Ok(0);
+                }
                 let (_, zones) = img::zone::report(&file, off, count)
                     .map_err(|e| anyhow::anyhow!("Could not open '{}': {e}", file.display()))?;
                 match output {
