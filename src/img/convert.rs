@@ -604,6 +604,6 @@ mod tests {
             ]
         );
         // Unaligned start: the first granule ends at the next boundary.
-        assert_eq!(granules(100, &b[..4000], 4096), vec![(100, 3996, true)]);
+        assert_eq!(granules(100, &b[..4000], 4096), vec![(100, 4000, true)]);
     }
 }
