@@ -4,7 +4,6 @@
 //! boundaries in map, amend refusals), also over nbd:// with zcow-nbd.
 
 mod common;
-#[allow(dead_code)]
 mod common_nbd;
 use common::*;
 use std::path::Path;

@@ -310,6 +310,9 @@ fn granules(pos: u64, buf: &[u8], gran: u64) -> Vec<(u64, u64, bool)> {
     out
 }
 
+/// Source zones whose fault condition the target takes over.
+type Faults = Vec<(u32, ZoneCond)>;
+
 /// Where each sequential zone's pointer must end: from a zoned source of the
 /// same geometry its write pointer (None where the zone is OFFLINE), else
 /// the zone start (data decides), or the capacity with `-S 0`.
@@ -317,7 +320,7 @@ fn keep_points(
     src: &Sources,
     g: &ZoneGeometry,
     sparse: u64,
-) -> ImgResult<(Vec<Option<u64>>, Vec<(u32, ZoneCond)>)> {
+) -> ImgResult<(Vec<Option<u64>>, Faults)> {
     let n = g.nr_zones as usize;
     let mut faults = Vec::new();
     let same = match (src.devs.len(), src.devs.first()) {
@@ -559,12 +562,7 @@ fn copy_unzoned(c: &Copier<'_>, size: u64, threads: usize) -> ImgResult<()> {
     }
 }
 
-fn copy_zoned(
-    c: &Copier<'_>,
-    g: &ZoneGeometry,
-    size: u64,
-    sparse: u64,
-) -> ImgResult<Vec<(u32, ZoneCond)>> {
+fn copy_zoned(c: &Copier<'_>, g: &ZoneGeometry, size: u64, sparse: u64) -> ImgResult<Faults> {
     let (keep, faults) = keep_points(c.src, g, sparse)?;
     let mut buf = Vec::new();
     for i in 0..g.nr_zones {
