@@ -81,7 +81,6 @@ fn failed(m: impl Into<String>) -> ImgError {
 /// The sources, concatenated.
 struct Sources {
     devs: Vec<(u64, Arc<dyn BlockDevice>)>,
-    size: u64,
 }
 
 impl Sources {
@@ -191,77 +190,61 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// Copy `[off, off+len)` to a target that takes writes anywhere.
-    fn copy_plain(&self, off: u64, len: u64, buf: &mut Vec<u8>) -> ImgResult<()> {
-        let mut pos = off;
-        let end = off + len;
-        while pos < end {
-            let n = (end - pos).min(CHUNK);
-            for (l, zero) in self.src.status(pos, n) {
-                if zero && self.sparse > 0 {
-                    if !self.target_zero {
-                        self.zeroes(pos, l)?;
-                    }
-                } else {
-                    buf.resize(l as usize, 0);
-                    self.src.read(pos, buf)?;
-                    if self.sparse == 0 {
-                        self.write(pos, buf)?;
-                    } else {
-                        self.write_sparse(pos, buf)?;
-                    }
-                }
-                self.tick(l);
-                pos += l;
-            }
-        }
-        Ok(())
-    }
-
-    /// Write `buf` at `pos`, skipping (or zeroing) granules of zeroes.
-    fn write_sparse(&self, pos: u64, buf: &[u8]) -> ImgResult<()> {
-        for (at, l, zero) in granules(pos, buf, self.sparse) {
-            let piece = &buf[(at - pos) as usize..(at - pos + l) as usize];
-            if zero {
-                if !self.target_zero {
-                    self.zeroes(at, l)?;
-                }
-            } else {
-                self.write(at, piece)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copy sequential zone `i` of the target. `keep` is where the zone's
-    /// write pointer must end up at least (a zoned source's pointer, or the
-    /// capacity with `-S 0`); past it, a zero tail stays unwritten.
-    fn copy_seq_zone(
+    /// Write pieces of a segment to a target that takes writes anywhere.
+    fn write_plain(
         &self,
+        pieces: &mut dyn FnMut() -> ImgResult<Piece>,
+        seg: &Seg,
+    ) -> ImgResult<()> {
+        let mut pos = seg.start;
+        while pos < seg.end {
+            let p = pieces()?;
+            match &p.data {
+                None => {
+                    if self.sparse == 0 || !self.target_zero {
+                        self.zeroes(p.pos, p.len)?;
+                    }
+                }
+                Some((buf, runs)) => {
+                    for &(at, l, zero) in runs {
+                        if zero && self.sparse > 0 {
+                            if !self.target_zero {
+                                self.zeroes(at, l)?;
+                            }
+                        } else {
+                            let o = (at - p.pos) as usize;
+                            self.write(at, &buf[o..o + l as usize])?;
+                        }
+                    }
+                }
+            }
+            self.tick(p.len);
+            pos = p.pos + p.len;
+        }
+        Ok(())
+    }
+
+    /// Write the pieces of sequential zone `i` of the target. `keep` is
+    /// where the zone's write pointer must end up at least (a zoned
+    /// source's pointer, or the capacity with `-S 0`); past it, a zero tail
+    /// stays unwritten.
+    fn write_seq_zone(
+        &self,
+        pieces: &mut dyn FnMut() -> ImgResult<Piece>,
+        seg: &Seg,
         g: &ZoneGeometry,
         i: u32,
         keep: u64,
-        buf: &mut Vec<u8>,
     ) -> ImgResult<()> {
         let zs = g.zone_start(i);
         let cap_end = zs + g.zone_cap(i);
-        let zone_end = zs + g.zone_len(i);
-        let src_end = zone_end.min(self.src.size);
         // Where the run of zeroes not yet written starts (the target's wp).
         let mut pending = zs;
-        let mut pos = zs;
-        while pos < src_end {
-            let n = (src_end - pos).min(CHUNK);
-            for (l, zero) in self.src.status(pos, n) {
-                let runs: Vec<(u64, u64, bool)> = if zero {
-                    vec![(pos, l, true)]
-                } else {
-                    buf.resize(l as usize, 0);
-                    self.src.read(pos, buf)?;
-                    let gran = if self.sparse == 0 { 512 } else { self.sparse };
-                    granules(pos, buf, gran)
-                };
-                for (at, rl, z) in runs {
+        let mut pos = seg.start;
+        while pos < seg.end {
+            let p = pieces()?;
+            if let Some((buf, runs)) = &p.data {
+                for &(at, rl, z) in runs {
                     if z {
                         continue;
                     }
@@ -275,13 +258,13 @@ impl Copier<'_> {
                     if at > pending {
                         self.zeroes(pending, at - pending)?;
                     }
-                    let piece = &buf[(at - pos) as usize..(at - pos + rl) as usize];
-                    self.write(at, piece)?;
+                    let o = (at - p.pos) as usize;
+                    self.write(at, &buf[o..o + rl as usize])?;
                     pending = at + rl;
                 }
-                self.tick(l);
-                pos += l;
             }
+            self.tick(p.len);
+            pos = p.pos + p.len;
         }
         let keep = keep.min(cap_end);
         if keep > pending {
@@ -289,6 +272,99 @@ impl Copier<'_> {
         }
         Ok(())
     }
+}
+
+/// A run of the source in order: known zeroes (`data` None), or the bytes
+/// read with their runs of zero and non-zero granules.
+struct Piece {
+    pos: u64,
+    len: u64,
+    data: Option<(Vec<u8>, Vec<(u64, u64, bool)>)>,
+}
+
+/// A range of the target copied one way.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    start: u64,
+    end: u64,
+    /// Zero-detection granule (0: none).
+    gran: u64,
+    /// Sequential zone index and its keep point; None: written anywhere.
+    seq: Option<(u32, u64)>,
+}
+
+/// The pieces of `[pos, pos+n)` (n ≤ CHUNK).
+fn read_pieces(src: &Sources, pos: u64, n: u64, gran: u64) -> ImgResult<Vec<Piece>> {
+    let mut out = Vec::new();
+    let mut at = pos;
+    for (l, zero) in src.status(pos, n) {
+        let data = if zero {
+            None
+        } else {
+            let mut buf = vec![0u8; l as usize];
+            src.read(at, &mut buf)?;
+            let runs = if gran == 0 {
+                vec![(at, l, false)]
+            } else {
+                granules(at, &buf, gran)
+            };
+            Some((buf, runs))
+        };
+        out.push(Piece {
+            pos: at,
+            len: l,
+            data,
+        });
+        at += l;
+    }
+    Ok(out)
+}
+
+/// Copy the segments in order: one thread reads (and finds zeroes) ahead
+/// while this one writes, so reading and writing overlap.
+fn copy_segments(c: &Copier<'_>, segs: &[Seg], g: Option<&ZoneGeometry>) -> ImgResult<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ImgResult<Piece>>(8);
+    let src = c.src;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for seg in segs {
+                let mut pos = seg.start;
+                while pos < seg.end {
+                    let n = (seg.end - pos).min(CHUNK);
+                    match read_pieces(src, pos, n, seg.gran) {
+                        Ok(ps) => {
+                            for p in ps {
+                                if tx.send(Ok(p)).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    pos += n;
+                }
+            }
+        });
+        let mut next = || {
+            rx.recv()
+                .unwrap_or_else(|_| Err(failed("the reading thread stopped early")))
+        };
+        let r = (|| {
+            for seg in segs {
+                match (seg.seq, g) {
+                    (Some((i, keep)), Some(g)) => c.write_seq_zone(&mut next, seg, g, i, keep)?,
+                    _ => c.write_plain(&mut next, seg)?,
+                }
+            }
+            Ok(())
+        })();
+        // Unblock the reader if writing stopped early.
+        drop(rx);
+        r
+    })
 }
 
 /// Split `buf` (at absolute offset `pos`) into runs of whole granules of
@@ -468,7 +544,7 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
         devs.push((size, d));
         size += s;
     }
-    let src = Sources { devs, size };
+    let src = Sources { devs };
     let fmt = if o.no_create {
         o.out_format.clone()
     } else {
@@ -529,28 +605,44 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
 }
 
 fn copy_unzoned(c: &Copier<'_>, size: u64, threads: usize) -> ImgResult<()> {
+    let gran = c.sparse;
     if threads <= 1 {
-        return c.copy_plain(0, size, &mut Vec::new());
+        let seg = Seg {
+            start: 0,
+            end: size,
+            gran,
+            seq: None,
+        };
+        return copy_segments(c, &[seg], None);
     }
     // -W: chunks taken by several threads, written in whatever order they finish.
     let next = AtomicU64::new(0);
     let err: Mutex<Option<ImgError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| {
-                let mut buf = Vec::new();
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let off = k.saturating_mul(CHUNK);
-                    if off >= size || err.lock().map(|e| e.is_some()).unwrap_or(true) {
-                        return;
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let off = k.saturating_mul(CHUNK);
+                if off >= size || err.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let n = (size - off).min(CHUNK);
+                let r = read_pieces(c.src, off, n, gran).and_then(|ps| {
+                    let mut it = ps.into_iter();
+                    let mut pieces = || it.next().ok_or_else(|| failed("short read of the source"));
+                    let seg = Seg {
+                        start: off,
+                        end: off + n,
+                        gran,
+                        seq: None,
+                    };
+                    c.write_plain(&mut pieces, &seg)
+                });
+                if let Err(e) = r {
+                    if let Ok(mut g) = err.lock() {
+                        g.get_or_insert(e);
                     }
-                    if let Err(e) = c.copy_plain(off, (size - off).min(CHUNK), &mut buf) {
-                        if let Ok(mut g) = err.lock() {
-                            g.get_or_insert(e);
-                        }
-                        return;
-                    }
+                    return;
                 }
             });
         }
@@ -564,22 +656,35 @@ fn copy_unzoned(c: &Copier<'_>, size: u64, threads: usize) -> ImgResult<()> {
 
 fn copy_zoned(c: &Copier<'_>, g: &ZoneGeometry, size: u64, sparse: u64) -> ImgResult<Faults> {
     let (keep, faults) = keep_points(c.src, g, sparse)?;
-    let mut buf = Vec::new();
+    let mut segs = Vec::new();
     for i in 0..g.nr_zones {
         let zs = g.zone_start(i);
         if zs >= size {
             break;
         }
-        let len = g.zone_len(i).min(size - zs);
+        let end = zs + g.zone_len(i).min(size - zs);
         if g.is_conventional(i) {
-            c.copy_plain(zs, len, &mut buf)?;
+            segs.push(Seg {
+                start: zs,
+                end,
+                gran: sparse,
+                seq: None,
+            });
             continue;
         }
         match keep[i as usize] {
-            Some(k) => c.copy_seq_zone(g, i, k, &mut buf)?,
-            None => c.tick(len),
+            // -S 0 still finds zero granules, to tell data past the capacity.
+            Some(k) => segs.push(Seg {
+                start: zs,
+                end,
+                gran: if sparse == 0 { 512 } else { sparse },
+                seq: Some((i, k)),
+            }),
+            // OFFLINE in the source: nothing can be read.
+            None => c.tick(end - zs),
         }
     }
+    copy_segments(c, &segs, Some(g))?;
     Ok(faults)
 }
 
