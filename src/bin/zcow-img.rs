@@ -69,7 +69,7 @@ enum Cmd {
         #[arg(short = 'q')]
         quiet: bool,
         /// Image file.
-        file: PathBuf,
+        file: Option<PathBuf>,
         /// Virtual size, with optional suffix k, M, G, T, P, E.
         size: Option<String>,
     },
@@ -127,11 +127,131 @@ enum Cmd {
         /// Image file.
         file: PathBuf,
     },
+    /// Convert or copy images: convert [-c] [-p] [-q] [-n] [-W] [-m N] [-f FMT] [-O FMT] [-o OPTS] [-S SIZE] [--target-is-zero] SOURCE... TARGET
+    Convert(Box<ConvertArgs>),
+    /// Compare two images: compare [-f FMT] [-F FMT] [-s] [-q] [-p] [--ignore-zones] FILE1 FILE2
+    Compare {
+        /// Format of the first image.
+        #[arg(short = 'f')]
+        a_format: Option<String>,
+        /// Format of the second image.
+        #[arg(short = 'F')]
+        b_format: Option<String>,
+        /// Strict: sizes and allocation must match too.
+        #[arg(short = 's')]
+        strict: bool,
+        /// Quiet.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Progress (accepted for qemu-img compatibility).
+        #[arg(short = 'p')]
+        progress: bool,
+        /// Do not compare the write pointers and conditions of zoned images.
+        #[arg(long = "ignore-zones")]
+        ignore_zones: bool,
+        /// The two images.
+        files: Vec<String>,
+    },
+    /// Show the mapping of an image: map [-f FMT] [--output human|json] [--start-offset N] [--max-length N] FILE
+    Map {
+        /// Image format (probed when absent).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// First byte to map.
+        #[arg(long = "start-offset", default_value = "0")]
+        start: String,
+        /// Bytes to map at most.
+        #[arg(long = "max-length")]
+        max_len: Option<String>,
+        /// Image file or NBD URI.
+        file: String,
+    },
+    /// Measure the size a new image needs: measure [--output human|json] [-O FMT] [-o OPTS] [--size N | [-f FMT] FILE]
+    Measure {
+        /// Output format: human or json.
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// Target format (raw or qcow2; default raw).
+        #[arg(short = 'O')]
+        out_format: Option<String>,
+        /// Target create options (including zone.*).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Measure an empty image of this size.
+        #[arg(long = "size")]
+        size: Option<String>,
+        /// Source format.
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Source image or NBD URI.
+        file: Option<String>,
+    },
+    /// Change options of an image in place: amend [-f FMT] -o OPTS [-q] FILE
+    Amend {
+        /// Image format (qcow2).
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Options: lazy_refcounts, zone.max_open_zones,
+        /// zone.max_active_zones, zone.max_append_bytes ('help' lists them).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Quiet.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Progress (accepted for qemu-img compatibility).
+        #[arg(short = 'p')]
+        progress: bool,
+        /// Image file.
+        file: Option<PathBuf>,
+    },
     /// Zone commands.
     Zone {
         #[command(subcommand)]
         cmd: ZoneCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// Source format (raw or qcow2; probed when absent).
+    #[arg(short = 'f')]
+    format: Option<String>,
+    /// Target format (raw or qcow2; default raw).
+    #[arg(short = 'O')]
+    out_format: Option<String>,
+    /// Target create options (as for create, including zone.*).
+    #[arg(short = 'o')]
+    options: Vec<String>,
+    /// The target exists: do not create it.
+    #[arg(short = 'n')]
+    no_create: bool,
+    /// Zero-detection granule (default 4k; 0 writes every byte).
+    #[arg(short = 'S', default_value = "4k")]
+    sparse: String,
+    /// The target reads as zeroes already (needs -n).
+    #[arg(long = "target-is-zero")]
+    target_is_zero: bool,
+    /// Allow out-of-order writes (parallel copy onto non-zoned targets).
+    #[arg(short = 'W')]
+    out_of_order: bool,
+    /// Parallel requests (1-16).
+    #[arg(short = 'm', default_value = "8")]
+    coroutines: String,
+    /// Compressed output (not supported: refused).
+    #[arg(short = 'c')]
+    compressed: bool,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// Source images (concatenated) followed by the target.
+    #[arg(required = true)]
+    files: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -195,6 +315,14 @@ fn run(cli: Cli) -> Result<u8> {
             if format != "qcow2" {
                 bail!("Unknown file format '{format}' (zcow-img creates qcow2 only)");
             }
+            if img::create::wants_help(&options) {
+                print!("{}", img::create::options_help());
+                return Ok(0);
+            }
+            let file = file.ok_or_else(|| Usage {
+                cmd: "create",
+                msg: "Expecting image file name".into(),
+            })?;
             if let Some(b) = backing {
                 options.push(format!("backing_file={}", b.replace(',', ",,")));
             }
@@ -260,6 +388,14 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let output = output_arg("info", &output)?;
             let name = file.to_string_lossy().into_owned();
+            if img::is_uri(&name) {
+                let info = img::info::nbd_info(&name).map_err(|e| img_err("info", e))?;
+                match output {
+                    OutputFormat::Human => print!("{}", info.human()),
+                    OutputFormat::Json => print!("{}", info.json()),
+                }
+                return Ok(0);
+            }
             let open_err = |e| anyhow::anyhow!("Could not open '{name}': {e}");
             if backing_chain {
                 let chain =
@@ -330,6 +466,136 @@ fn run(cli: Cli) -> Result<u8> {
             let code = zcow::check::run_repair(&file, &opts, &mut stdout, &mut stderr)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
+        Cmd::Convert(a) => {
+            let mut files = a.files;
+            let target = if files.len() >= 2 {
+                files.pop().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let sparse = zcow::size::parse_size(&a.sparse).map_err(|_| {
+                anyhow::anyhow!("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).")
+            })?;
+            let opts = img::convert::ConvertOptions {
+                sources: files,
+                src_format: a.format,
+                target,
+                out_format: a.out_format,
+                create_opts: a.options,
+                no_create: a.no_create,
+                sparse_size: sparse,
+                target_is_zero: a.target_is_zero,
+                out_of_order: a.out_of_order,
+                coroutines: a.coroutines.parse().unwrap_or(0),
+                progress: a.progress && !a.quiet,
+                compressed: a.compressed,
+            };
+            img::convert::run(&opts).map_err(|e| img_err("convert", e))?;
+            Ok(0)
+        }
+        Cmd::Compare {
+            a_format,
+            b_format,
+            strict,
+            quiet,
+            progress: _,
+            ignore_zones,
+            files,
+        } => {
+            let [a, b] = <[String; 2]>::try_from(files).map_err(|_| Usage {
+                cmd: "compare",
+                msg: "Expecting two image file names".into(),
+            })?;
+            let o = img::compare::CompareOptions {
+                a,
+                b,
+                a_format,
+                b_format,
+                strict,
+                quiet,
+                ignore_zones,
+            };
+            Ok(img::compare::run(&o, &mut stdout, &mut stderr))
+        }
+        Cmd::Map {
+            format,
+            output,
+            start,
+            max_len,
+            file,
+        } => {
+            let output = output_arg("map", &output)?;
+            let num = |what: &str, v: &str| {
+                zcow::size::parse_size(v)
+                    .map_err(|_| anyhow::anyhow!("Invalid {what} specified: '{v}'"))
+            };
+            let o = img::map::MapOptions {
+                file,
+                format,
+                json: output == OutputFormat::Json,
+                start: num("start offset", &start)?,
+                max_len: max_len.map(|m| num("max length", &m)).transpose()?,
+            };
+            let (entries, zones) = img::map::map(&o).map_err(|e| img_err("map", e))?;
+            let text = match output {
+                OutputFormat::Json => img::map::render_json(&entries),
+                OutputFormat::Human => {
+                    img::map::render_human(&entries, &zones).map_err(|e| img_err("map", e))?
+                }
+            };
+            print!("{text}");
+            Ok(0)
+        }
+        Cmd::Measure {
+            output,
+            out_format,
+            options,
+            size,
+            format,
+            file,
+        } => {
+            let output = output_arg("measure", &output)?;
+            let size = size
+                .map(|s| {
+                    zcow::size::parse_size(&s)
+                        .map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))
+                })
+                .transpose()?;
+            let o = img::measure::MeasureOptions {
+                size,
+                file,
+                format,
+                out_format,
+                create_opts: options,
+            };
+            let m = img::measure::measure(&o).map_err(|e| img_err("measure", e))?;
+            print!(
+                "{}",
+                match output {
+                    OutputFormat::Human => img::measure::render_human(&m),
+                    OutputFormat::Json => img::measure::render_json(&m),
+                }
+            );
+            Ok(0)
+        }
+        Cmd::Amend {
+            format,
+            options,
+            quiet: _,
+            progress: _,
+            file,
+        } => {
+            if img::create::wants_help(&options) {
+                print!("{}", img::amend::AMEND_HELP);
+                return Ok(0);
+            }
+            let file = file.ok_or_else(|| Usage {
+                cmd: "amend",
+                msg: "Expecting one image file name".into(),
+            })?;
+            img::amend::run(&file, format.as_deref(), &options).map_err(|e| img_err("amend", e))?;
+            Ok(0)
+        }
         Cmd::Zone { cmd } => match cmd {
             ZoneCmd::Report {
                 offset,
@@ -345,6 +611,15 @@ fn run(cli: Cli) -> Result<u8> {
                     output_arg("zone report", &output)?
                 };
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
+                if img::is_uri(&file.to_string_lossy()) {
+                    let zones = img::zone::report_device(&file.to_string_lossy(), off, count)
+                        .map_err(|e| img_err("zone report", e))?;
+                    match output {
+                        OutputFormat::Human => print!("{}", img::zone::render_human(&zones)),
+                        OutputFormat::Json => print!("{}", img::zone::render_json(&zones)),
+                    }
+                    return Ok(0);
+                }
                 let (_, zones) = img::zone::report(&file, off, count)
                     .map_err(|e| anyhow::anyhow!("Could not open '{}': {e}", file.display()))?;
                 let text = match output {
@@ -403,6 +678,14 @@ fn run(cli: Cli) -> Result<u8> {
                 Ok(0)
             }
         },
+    }
+}
+
+/// An image command's error: usage errors get qemu-img's hint line.
+fn img_err(cmd: &'static str, e: img::ImgError) -> anyhow::Error {
+    match e {
+        img::ImgError::Usage(msg) => Usage { cmd, msg }.into(),
+        other => anyhow::anyhow!("{other}"),
     }
 }
 

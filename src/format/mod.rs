@@ -15,6 +15,7 @@ pub mod image;
 pub mod l2;
 pub mod luks;
 pub mod overlap;
+pub mod map;
 pub mod refcount;
 pub mod snapshot;
 pub mod specific;

@@ -4,6 +4,89 @@ use crate::format::create::{CreateOptions, Preallocation};
 use crate::format::zoned::ZonedCreateOptions;
 use crate::size::parse_size;
 
+/// Whether `-o` asks for the option list (`help` or `?`), as qemu-img takes it.
+pub fn wants_help(opts: &[String]) -> bool {
+    opts.iter()
+        .flat_map(|g| g.split(','))
+        .any(|o| o == "help" || o == "?")
+}
+
+/// `create -o help`: every option zcow's create takes, in qemu-img's layout.
+pub fn options_help() -> String {
+    const OPTS: &[(&str, &str, &str)] = &[
+        ("backing_file", "str", "File name of a base image"),
+        ("backing_fmt", "str", "Image format of the base image"),
+        ("cluster_size", "size", "qcow2 cluster size"),
+        (
+            "compat",
+            "str",
+            "Compatibility level (v2 [0.10] or v3 [1.1])",
+        ),
+        (
+            "compression_type",
+            "str",
+            "Compression method used for image cluster compression",
+        ),
+        ("extended_l2", "bool (on/off)", "Extended L2 tables"),
+        (
+            "lazy_refcounts",
+            "bool (on/off)",
+            "Postpone refcount updates",
+        ),
+        (
+            "preallocation",
+            "str",
+            "Preallocation mode (allowed values: off, metadata)",
+        ),
+        (
+            "refcount_bits",
+            "num",
+            "Width of a reference count entry in bits",
+        ),
+        ("size", "size", "Virtual disk size"),
+        (
+            "zone.capacity",
+            "size",
+            "Writable bytes of each zone (default: zone.size)",
+        ),
+        (
+            "zone.conventional_zones",
+            "num",
+            "Leading zones without a write pointer (default 0)",
+        ),
+        (
+            "zone.max_active_zones",
+            "num",
+            "Zones that may be open or closed at once (0: no limit)",
+        ),
+        (
+            "zone.max_append_bytes",
+            "size",
+            "Largest zone append (multiple of 512, below the capacity; default 64k)",
+        ),
+        (
+            "zone.max_open_zones",
+            "num",
+            "Zones that may be open at once (0: no limit)",
+        ),
+        (
+            "zone.mode",
+            "str",
+            "Zone model: host-managed makes a zoned image",
+        ),
+        (
+            "zone.size",
+            "size",
+            "Bytes per zone, a power of two (default 256M)",
+        ),
+    ];
+    let mut s = String::from("Supported qcow2 options:\n");
+    for (name, ty, desc) in OPTS {
+        s.push_str(&format!("  {:<22} - {desc}\n", format!("{name}=<{ty}>")));
+    }
+    s
+}
+
 /// Parse `-o key=value,...` strings (several `-o` allowed; `,,` escapes a
 /// comma as in qemu) into create options. `size` is the positional size.
 pub fn parse_options(opts: &[String], size: Option<u64>) -> Result<CreateOptions, String> {

@@ -457,3 +457,67 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         human: s,
     })
 }
+
+/// Info about an NBD export (as qemu-img shows one: raw over the `nbd`
+/// protocol), with the zone layout when the export is zoned.
+pub fn nbd_info(uri: &str) -> Result<ImageInfo, super::ImgError> {
+    let d = super::open_named(uri, None, true)?;
+    let len = d.size();
+    let mut child_info = Map::new();
+    child_info.insert("children".into(), json!([]));
+    child_info.insert("virtual-size".into(), json!(len));
+    child_info.insert("filename".into(), json!(uri));
+    child_info.insert("format".into(), json!("nbd"));
+    let mut child = Map::new();
+    child.insert("name".into(), json!("file"));
+    child.insert("info".into(), Value::Object(child_info));
+    let mut top = Map::new();
+    top.insert("children".into(), json!([Value::Object(child)]));
+    top.insert("virtual-size".into(), json!(len));
+    top.insert("filename".into(), json!(uri));
+    top.insert("format".into(), json!("raw"));
+    let mut human = format!(
+        "image: {uri}\nfile format: raw\nvirtual size: {} ({len} bytes)\ndisk size: unavailable\n",
+        human_size(len)
+    );
+    if let Some(g) = d.zone_geometry() {
+        let lim = |v: u32| {
+            if v == 0 {
+                "0 (unlimited)".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let mut conds = Vec::new();
+        let mut off = 0;
+        while (conds.len() as u64) < u64::from(g.nr_zones) {
+            let z = d
+                .zone_report(off, 65536)
+                .map_err(|e| super::ImgError::Failed(format!("zone report of {uri}: {e}")))?;
+            let Some(last) = z.last() else { break };
+            off = last.start + last.len;
+            conds.extend(z.iter().map(|z| z.cond));
+        }
+        human.push_str(&format!(
+            "Zoned information:\n    model: host-managed\n    zone size: {} ({} bytes)\n    zone capacity: {} ({} bytes)\n    zone count: {}\n    conventional zones: {}\n    max open zones: {}\n    max active zones: {}\n    max append bytes: {}\n    zones by condition: {}\n",
+            human_size(g.zone_size),
+            g.zone_size,
+            human_size(g.zone_capacity),
+            g.zone_capacity,
+            g.nr_zones,
+            g.conventional_zones,
+            lim(g.max_open_zones),
+            lim(g.max_active_zones),
+            g.max_append_bytes,
+            crate::zone::summarize_counts(&crate::zone::count_by_cond(conds))
+        ));
+    }
+    human.push_str(&format!(
+        "Child node '/file':\n    filename: {uri}\n    protocol type: nbd\n    file length: {} ({len} bytes)\n    disk size: unavailable\n",
+        human_size(len)
+    ));
+    Ok(ImageInfo {
+        json: Value::Object(top),
+        human,
+    })
+}

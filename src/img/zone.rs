@@ -201,3 +201,37 @@ pub fn set_cond(path: &Path, index: u32, cond: FaultCond) -> crate::format::Resu
     img.sync_file()?;
     Ok(cond_from_entry(&g, index, new))
 }
+
+/// Zone descriptors of a device opened by name (an NBD URI: the report
+/// comes from the server's zoned extension), from the zone holding
+/// `offset`, at most `count`.
+pub fn report_device(
+    name: &str,
+    offset: u64,
+    count: Option<u32>,
+) -> Result<Vec<ZoneDescriptor>, super::ImgError> {
+    let d = super::open_named(name, None, true)?;
+    let g = d
+        .zone_geometry()
+        .ok_or_else(|| super::ImgError::Failed(format!("'{name}' is not a zoned export")))?;
+    let first = g.zone_index(offset).ok_or_else(|| {
+        super::ImgError::Failed(format!("offset {offset} is past the end of '{name}'"))
+    })?;
+    let want = count.map_or(u64::from(g.nr_zones - first), u64::from);
+    let mut out: Vec<ZoneDescriptor> = Vec::new();
+    let mut off = g.zone_start(first);
+    while (out.len() as u64) < want {
+        let n = (want - out.len() as u64).min(65536) as u32;
+        let z = d
+            .zone_report(off, n)
+            .map_err(|e| super::ImgError::Failed(format!("zone report of {name}: {e}")))?;
+        let Some(last) = z.last() else { break };
+        off = last.start + last.len;
+        out.extend(z);
+        if off >= g.device_size {
+            break;
+        }
+    }
+    out.truncate(want as usize);
+    Ok(out)
+}
