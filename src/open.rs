@@ -4,6 +4,7 @@ use crate::device::{BlockDevice, DevResult, DeviceError};
 use crate::engine::{Engine, Qcow2ZoneStore};
 use crate::format::{BackingPolicy, FormatError, Qcow2};
 use crate::raw::RawDevice;
+use crate::storage::lock::LockRequest;
 use crate::storage::{FileStorage, Storage};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,13 +21,20 @@ pub struct OpenOptions {
     pub allow_backing: bool,
 }
 
-fn open_err(path: &Path, e: impl std::fmt::Display) -> DeviceError {
+fn open_err(path: &Path, e: impl std::error::Error + 'static) -> DeviceError {
+    // A lock conflict reads as QEMU's, without the "Could not open" prefix
+    // (qemu-io: "can't open device X: Failed to get "write" lock ...").
+    if let Some(m) = crate::storage::open_refusal(&e) {
+        return DeviceError::Invalid(m);
+    }
     DeviceError::Invalid(format!("Could not open '{}': {e}", path.display()))
 }
 
 /// Whether the file starts with the qcow2 magic.
 fn probe_qcow2(path: &Path) -> DevResult<bool> {
-    let st = FileStorage::open(path, true).map_err(|e| open_err(path, e))?;
+    // A short unlocked probe: the real open takes the locks and reports a
+    // conflict the way the opener (reader or writer) would see it.
+    let st = FileStorage::open_with(path, true, None).map_err(|e| open_err(path, e))?;
     if st.len().map_err(FormatError::from)? < 4 {
         return Ok(false);
     }
@@ -58,7 +66,12 @@ pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDe
     };
     match fmt.as_str() {
         "raw" => {
-            let store = FileStorage::open(path, opts.read_only).map_err(|e| open_err(path, e))?;
+            let mut lock = LockRequest::raw(opts.read_only);
+            if opts.read_only && crate::storage::lock::force_share() {
+                lock = lock.force_shared();
+            }
+            let store = FileStorage::open_with(path, opts.read_only, Some(lock))
+                .map_err(|e| open_err(path, e))?;
             Ok(Arc::new(RawDevice::new(Arc::new(store), opts.read_only)?))
         }
         "qcow2" => {

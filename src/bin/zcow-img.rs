@@ -83,6 +83,10 @@ enum Cmd {
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Take no locks that exclude others (the image may be in use and
+        /// change while it is read).
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -104,6 +108,9 @@ enum Cmd {
         /// Show a progress bar (on a terminal only).
         #[arg(short = 'p')]
         progress: bool,
+        /// Take no locks that exclude others (read-only checks only).
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Image file.
         file: String,
     },
@@ -146,6 +153,10 @@ enum ZoneCmd {
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Take no locks that exclude others (the image may be in use; the
+        /// report shows what is durable on disk now).
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -227,8 +238,13 @@ fn run(cli: Cli) -> Result<u8> {
                     img::create::formatting_line(&file.to_string_lossy(), &o)
                 );
             }
-            let st = FileStorage::create(&file).with_context(|| {
-                format!("{}: Could not create '{}'", file.display(), file.display())
+            let st = FileStorage::create(&file).map_err(|e| match zcow::storage::open_refusal(&e) {
+                Some(m) => anyhow::anyhow!("{}: {m}", file.display()),
+                None => anyhow::Error::new(e).context(format!(
+                    "{}: Could not create '{}'",
+                    file.display(),
+                    file.display()
+                )),
             })?;
             create(&st, &o).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             Ok(0)
@@ -237,11 +253,15 @@ fn run(cli: Cli) -> Result<u8> {
             format,
             output,
             backing_chain,
+            force_share,
             file,
         } => {
             let output = output_arg("info", &output)?;
+            zcow::storage::lock::set_force_share(force_share);
             let name = file.to_string_lossy().into_owned();
-            let open_err = |e| anyhow::anyhow!("Could not open '{name}': {e}");
+            let open_err = |e: zcow::format::FormatError| {
+                anyhow::anyhow!("Could not open '{name}': {}", open_msg(&e))
+            };
             if backing_chain {
                 let chain =
                     img::info::chain_info(&file, &name, format.as_deref()).map_err(open_err)?;
@@ -265,8 +285,13 @@ fn run(cli: Cli) -> Result<u8> {
             output,
             quiet,
             progress,
+            force_share,
             file,
         } => {
+            if force_share && repair.is_some() {
+                bail!("Could not open '{file}': force-share=on can only be used with read-only images");
+            }
+            zcow::storage::lock::set_force_share(force_share);
             let repair = match repair {
                 Some(r) => {
                     Some(RepairMode::from_arg(&r).map_err(|msg| Usage { cmd: "check", msg })?)
@@ -316,12 +341,15 @@ fn run(cli: Cli) -> Result<u8> {
                 offset,
                 count,
                 output,
+                force_share,
                 file,
             } => {
                 let output = output_arg("zone report", &output)?;
+                zcow::storage::lock::set_force_share(force_share);
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
-                let (_, zones) = img::zone::report(&file, off, count)
-                    .map_err(|e| anyhow::anyhow!("Could not open '{}': {e}", file.display()))?;
+                let (_, zones) = img::zone::report(&file, off, count).map_err(|e| {
+                    anyhow::anyhow!("Could not open '{}': {}", file.display(), open_msg(&e))
+                })?;
                 match output {
                     OutputFormat::Human => print!("{}", img::zone::render_human(&zones)),
                     OutputFormat::Json => print!("{}", img::zone::render_json(&zones)),
@@ -335,13 +363,31 @@ fn run(cli: Cli) -> Result<u8> {
                     "clear" => img::zone::FaultCond::Clear,
                     _ => bail!("unknown condition '{cond}' (use readonly, offline or clear)"),
                 };
-                let now = img::zone::set_cond(&file, zone, c)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                let now = img::zone::set_cond(&file, zone, c).map_err(|e| {
+                    match zcow::storage::lock::conflict_in(&e) {
+                        // The image is in use: a running zcow-nbd changes
+                        // zones through its control socket, never under it.
+                        Some(c) => anyhow::anyhow!(
+                            "Could not open '{}': {c}\nIf zcow-nbd serves it, send the change \
+                             to the server's control socket (zcow-nbd --control PATH): \
+                             zcow-img zone set-cond --control PATH {} {zone} {cond}",
+                            file.display(),
+                            file.display()
+                        ),
+                        None => anyhow::anyhow!("{}: {e}", file.display()),
+                    }
+                })?;
                 println!("zone {zone}: {}", now.name());
                 Ok(0)
             }
         },
     }
+}
+
+/// An open error as QEMU prints it: a lock conflict or a directory on its
+/// own, anything else as its message.
+fn open_msg(e: &(dyn std::error::Error + 'static)) -> String {
+    zcow::storage::open_refusal(e).unwrap_or_else(|| e.to_string())
 }
 
 fn main() -> ExitCode {

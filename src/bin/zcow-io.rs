@@ -28,6 +28,10 @@ struct Cli {
     /// Open the image read-only
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
+    /// Open the image with no locks that exclude others (read-only only), as
+    /// qemu-io -U: other processes may change it while it is read
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
     /// Image file or nbd:// URI
     file: Option<String>,
 }
@@ -65,6 +69,14 @@ fn run(cli: Cli) -> Result<u8> {
     let mut err = io::stderr();
 
     if let Some(file) = &cli.file {
+        if cli.force_share && !cli.read_only {
+            writeln!(
+                err,
+                "zcow-io: can't open device {file}: force-share=on can only be used with read-only images"
+            )?;
+            return Ok(1);
+        }
+        zcow::storage::lock::set_force_share(cli.force_share);
         let opts = OpenOptions {
             format: cli.format.clone(),
             read_only: cli.read_only,

@@ -96,7 +96,9 @@ fn file_child_human(display_name: &str, rounded_len: u64, actual: u64) -> String
 
 /// Info about a raw image.
 pub fn raw_info(path: &Path, display_name: &str) -> crate::format::Result<ImageInfo> {
-    let st = crate::storage::FileStorage::open(path, true).map_err(|e| {
+    // A raw reader shares everything, as qemu-img's does.
+    let lock = crate::storage::lock::LockRequest::raw(true);
+    let st = crate::storage::FileStorage::open_with(path, true, Some(lock)).map_err(|e| {
         crate::format::FormatError::Storage(crate::storage::StorageError::Io {
             op: crate::storage::Op::Read,
             offset: 0,
