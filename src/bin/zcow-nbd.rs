@@ -147,7 +147,14 @@ fn run() -> Result<()> {
             allow_backing: false,
         },
     )
-    .with_context(|| format!("cannot open {}", args.image.display()))?;
+    .map_err(|e| {
+        // Open errors carry their own words (QEMU's, for lock conflicts).
+        let msg = match e {
+            zcow::device::DeviceError::Invalid(m) => m,
+            other => other.to_string(),
+        };
+        anyhow::anyhow!("cannot open {}: {msg}", args.image.display())
+    })?;
 
     let tls = match &args.tls_creds {
         Some(dir) => Some(
