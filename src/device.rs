@@ -149,6 +149,14 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
             "zone append on a non-zoned device".into(),
         ))
     }
+    /// Set or clear a persistent fault condition (READ_ONLY, OFFLINE) on
+    /// zone `index`, durably, for every user of the device at once.
+    fn zone_set_fault(&self, index: u32, fault: crate::engine::ZoneFault) -> DevResult<()> {
+        let _ = (index, fault);
+        Err(DeviceError::Unsupported(
+            "zone conditions on a non-zoned device".into(),
+        ))
+    }
     /// Human description of what is behind the device (for `info`).
     fn describe(&self) -> String {
         String::new()

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod control;
 pub mod device;
 pub mod engine;
 pub mod format;

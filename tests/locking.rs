@@ -48,7 +48,10 @@ fn hint(path: &str) -> String {
 
 fn plain(dir: &Path, name: &str) -> String {
     let p = dir.join(name);
-    succeeded(run("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "4M"]));
+    succeeded(run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", s(&p), "4M"],
+    ));
     s(&p).to_string()
 }
 
@@ -84,7 +87,10 @@ fn wait_locked(image: &str, child: &mut Child) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("the opener of {image} exited early: {st}");
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "{image} was not locked");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{image} was not locked"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -171,7 +177,10 @@ fn zcow_nbd_serving_refuses_qemu_and_zcow_writers() {
     // -U: both read the served image.
     succeeded(run("qemu-img", &["info", "-U", &img]));
     let out = succeeded(zrun("zcow-img", &["info", "-U", &img]));
-    assert!(out.starts_with(&format!("image: {img}\nfile format: qcow2\n")), "{out}");
+    assert!(
+        out.starts_with(&format!("image: {img}\nfile format: qcow2\n")),
+        "{out}"
+    );
     succeeded(zrun("zcow-io", &["-r", "-U", "-c", "read 0 512", &img]));
     // Once the server is gone, writers get in again.
     drop(srv);
@@ -308,7 +317,9 @@ fn backing_files_are_locked_as_qemu_locks_them() {
     let top = s(&top).to_string();
     succeeded(run(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top],
+        &[
+            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+        ],
     ));
     // zcow-io writing the top holds its backing file as a reader.
     {

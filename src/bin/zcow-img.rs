@@ -162,6 +162,10 @@ enum ZoneCmd {
     },
     /// Set or clear a persistent fault condition: readonly, offline, clear.
     SetCond {
+        /// Send the change to the control socket of the zcow-nbd serving
+        /// the image (its --control PATH) instead of opening the image.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         /// Image file.
         file: PathBuf,
         /// Zone index.
@@ -238,14 +242,15 @@ fn run(cli: Cli) -> Result<u8> {
                     img::create::formatting_line(&file.to_string_lossy(), &o)
                 );
             }
-            let st = FileStorage::create(&file).map_err(|e| match zcow::storage::open_refusal(&e) {
-                Some(m) => anyhow::anyhow!("{}: {m}", file.display()),
-                None => anyhow::Error::new(e).context(format!(
-                    "{}: Could not create '{}'",
-                    file.display(),
-                    file.display()
-                )),
-            })?;
+            let st =
+                FileStorage::create(&file).map_err(|e| match zcow::storage::open_refusal(&e) {
+                    Some(m) => anyhow::anyhow!("{}: {m}", file.display()),
+                    None => anyhow::Error::new(e).context(format!(
+                        "{}: Could not create '{}'",
+                        file.display(),
+                        file.display()
+                    )),
+                })?;
             create(&st, &o).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             Ok(0)
         }
@@ -356,13 +361,42 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 Ok(0)
             }
-            ZoneCmd::SetCond { file, zone, cond } => {
+            ZoneCmd::SetCond {
+                control,
+                file,
+                zone,
+                cond,
+            } => {
                 let c = match cond.as_str() {
                     "readonly" | "read-only" | "ro" => img::zone::FaultCond::ReadOnly,
                     "offline" => img::zone::FaultCond::Offline,
                     "clear" => img::zone::FaultCond::Clear,
                     _ => bail!("unknown condition '{cond}' (use readonly, offline or clear)"),
                 };
+                if let Some(sock) = control {
+                    let name = match c {
+                        img::zone::FaultCond::ReadOnly => "readonly",
+                        img::zone::FaultCond::Offline => "offline",
+                        img::zone::FaultCond::Clear => "clear",
+                    };
+                    let req = serde_json::json!({"op": "set-cond", "zone": zone, "cond": name});
+                    let reply = zcow::control::request(&sock, &req)
+                        .with_context(|| format!("control socket {}", sock.display()))?;
+                    if reply["ok"] != serde_json::json!(true) {
+                        bail!(
+                            "{}: {}",
+                            file.display(),
+                            reply["error"]
+                                .as_str()
+                                .unwrap_or("the server refused the change")
+                        );
+                    }
+                    println!(
+                        "zone {zone}: {}",
+                        reply["zone"]["condition"].as_str().unwrap_or("?")
+                    );
+                    return Ok(0);
+                }
                 let now = img::zone::set_cond(&file, zone, c).map_err(|e| {
                     match zcow::storage::lock::conflict_in(&e) {
                         // The image is in use: a running zcow-nbd changes

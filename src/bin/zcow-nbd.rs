@@ -118,6 +118,10 @@ struct Args {
     /// Log options and commands to stderr.
     #[arg(long)]
     trace: bool,
+    /// Serve zone control requests (JSON lines: set-cond, open, close,
+    /// finish, reset, report; see docs/control.md) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -193,6 +197,15 @@ fn run() -> Result<()> {
         writeln!(f, "{}", std::process::id())?;
     }
 
+    // After the fork: the control threads must live in the serving process.
+    let control = match &args.control {
+        Some(p) => Some(
+            zcow::control::ControlServer::start(p, device.clone())
+                .with_context(|| format!("cannot listen on control socket {}", p.display()))?,
+        ),
+        None => None,
+    };
+
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
@@ -238,6 +251,7 @@ fn run() -> Result<()> {
     if !server.wait_idle(Duration::from_secs(10)) {
         eprintln!("zcow-nbd: requests still running after 10 s; flushing anyway");
     }
+    drop(control);
     let flushed = device.flush();
     if let Some(p) = &args.socket {
         let _ = std::fs::remove_file(p);

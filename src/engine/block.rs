@@ -47,6 +47,9 @@ impl BlockDevice for Engine {
     fn zone_append(&self, zone_start: u64, data: &[u8], fua: bool) -> DevResult<u64> {
         Ok(self.append(zone_start, data, fua)?)
     }
+    fn zone_set_fault(&self, index: u32, fault: super::ZoneFault) -> DevResult<()> {
+        Ok(self.set_condition(index, fault)?)
+    }
     fn describe(&self) -> String {
         let g = self.geometry();
         format!(
