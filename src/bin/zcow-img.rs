@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use zcow::check::{OutputFormat, RepairMode, RepairOptions};
@@ -237,10 +238,11 @@ fn run(cli: Cli) -> Result<u8> {
             zcow::format::create::validate(&o)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if !quiet {
-                println!(
+                writeln!(
+                    stdout,
                     "{}",
                     img::create::formatting_line(&file.to_string_lossy(), &o)
-                );
+                )?;
             }
             let st =
                 FileStorage::create(&file).map_err(|e| match zcow::storage::open_refusal(&e) {
@@ -270,17 +272,18 @@ fn run(cli: Cli) -> Result<u8> {
             if backing_chain {
                 let chain =
                     img::info::chain_info(&file, &name, format.as_deref()).map_err(open_err)?;
-                print!(
+                write!(
+                    stdout,
                     "{}",
                     img::info::render_chain(&chain, output == OutputFormat::Json)
-                );
+                )?;
                 return Ok(0);
             }
             let info =
                 img::info::image_info_probe(&file, &name, format.as_deref()).map_err(open_err)?;
             match output {
-                OutputFormat::Human => print!("{}", info.human()),
-                OutputFormat::Json => print!("{}", info.json()),
+                OutputFormat::Human => write!(stdout, "{}", info.human())?,
+                OutputFormat::Json => write!(stdout, "{}", info.json())?,
             }
             Ok(0)
         }
@@ -330,7 +333,12 @@ fn run(cli: Cli) -> Result<u8> {
                 zcow::check::undo_repair(&file, &b).with_context(|| {
                     format!("undo of the repair of '{}' failed", file.display())
                 })?;
-                println!("Restored '{}' from '{}'.", file.display(), b.display());
+                writeln!(
+                    stdout,
+                    "Restored '{}' from '{}'.",
+                    file.display(),
+                    b.display()
+                )?;
                 return Ok(0);
             }
             let opts = RepairOptions {
@@ -356,8 +364,8 @@ fn run(cli: Cli) -> Result<u8> {
                     anyhow::anyhow!("Could not open '{}': {}", file.display(), open_msg(&e))
                 })?;
                 match output {
-                    OutputFormat::Human => print!("{}", img::zone::render_human(&zones)),
-                    OutputFormat::Json => print!("{}", img::zone::render_json(&zones)),
+                    OutputFormat::Human => write!(stdout, "{}", img::zone::render_human(&zones))?,
+                    OutputFormat::Json => write!(stdout, "{}", img::zone::render_json(&zones))?,
                 }
                 Ok(0)
             }
@@ -391,10 +399,11 @@ fn run(cli: Cli) -> Result<u8> {
                                 .unwrap_or("the server refused the change")
                         );
                     }
-                    println!(
+                    writeln!(
+                        stdout,
                         "zone {zone}: {}",
                         reply["zone"]["condition"].as_str().unwrap_or("?")
-                    );
+                    )?;
                     return Ok(0);
                 }
                 let now = img::zone::set_cond(&file, zone, c).map_err(|e| {
@@ -411,11 +420,19 @@ fn run(cli: Cli) -> Result<u8> {
                         None => anyhow::anyhow!("{}: {e}", file.display()),
                     }
                 })?;
-                println!("zone {zone}: {}", now.name());
+                writeln!(stdout, "zone {zone}: {}", now.name())?;
                 Ok(0)
             }
         },
     }
+}
+
+/// Whether an error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// An open error as QEMU prints it: a lock conflict or a directory on its
@@ -427,8 +444,13 @@ fn open_msg(e: &(dyn std::error::Error + 'static)) -> String {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`zcow-img zone report IMG | head -1`):
+        // nothing to say and no one to say it to; exit as a C tool killed
+        // by SIGPIPE looks to the shell.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("zcow-img: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "zcow-img: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -48,9 +48,19 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`zcow-io ... | head -1`): exit quietly, as a
+        // C tool killed by SIGPIPE looks to the shell.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::from(141)
+        }
         Err(e) => {
-            // Output errors (closed pipe): nothing sensible left to print to.
-            eprintln!("zcow-io: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(io::stderr(), "zcow-io: {e:#}");
             ExitCode::from(1)
         }
     }

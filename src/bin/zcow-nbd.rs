@@ -132,7 +132,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("zcow-nbd: {e:#}");
+        let _ = writeln!(std::io::stderr(), "zcow-nbd: {e:#}");
         std::process::exit(1);
     }
 }
@@ -241,7 +241,7 @@ fn run() -> Result<()> {
     });
     if args.trace {
         if let Some(p) = listener.port() {
-            eprintln!("zcow-nbd: listening on port {p}");
+            let _ = writeln!(std::io::stderr(), "zcow-nbd: listening on port {p}");
         }
     }
     let served = server.serve(&listener);
@@ -249,7 +249,10 @@ fn run() -> Result<()> {
     // flush, so nothing acknowledged stays in a cache.
     server.disconnect_all();
     if !server.wait_idle(Duration::from_secs(10)) {
-        eprintln!("zcow-nbd: requests still running after 10 s; flushing anyway");
+        let _ = writeln!(
+            std::io::stderr(),
+            "zcow-nbd: requests still running after 10 s; flushing anyway"
+        );
     }
     drop(control);
     let flushed = device.flush();
