@@ -58,6 +58,10 @@ pub enum DeviceError {
     /// Invalid arguments.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request is not permitted (EPERM), e.g. a write that would make a
+    /// guessed raw image look like another format.
+    #[error("operation not permitted: {0}")]
+    Denied(String),
     /// An error returned by a remote server (NBD).
     #[error("server error {errno} ({}): {message}", errno_name(*.errno))]
     Remote {
@@ -78,7 +82,7 @@ impl DeviceError {
             DeviceError::Zone(z) => z.kind.nbd_errno(),
             DeviceError::Format(f) => f.errno(),
             DeviceError::OutOfRange { .. } | DeviceError::Invalid(_) => libc::EINVAL,
-            DeviceError::ReadOnly => libc::EPERM,
+            DeviceError::ReadOnly | DeviceError::Denied(_) => libc::EPERM,
             DeviceError::Unsupported(_) | DeviceError::FastZeroUnsupported => libc::ENOTSUP,
             DeviceError::Remote { errno, .. } => *errno,
             DeviceError::Connection(_) => libc::EIO,

@@ -18,6 +18,7 @@ pub mod iocmd;
 pub mod nbd;
 pub mod open;
 pub mod plain;
+pub mod probe;
 pub mod qjson;
 pub mod raw;
 pub mod size;

@@ -916,7 +916,8 @@ fn conventional_zone_capacity_is_its_length_and_all_of_it_is_writable() {
     let d = e.zone(0).unwrap();
     assert_eq!((d.len, d.cap), (ZS, ZS));
     assert_eq!(e.report(0, 2).unwrap()[0].cap, ZS);
-    e.write(CAP, &pattern(3, (ZS - CAP) as usize), false).unwrap();
+    e.write(CAP, &pattern(3, (ZS - CAP) as usize), false)
+        .unwrap();
     let mut buf = vec![0u8; (ZS - CAP) as usize];
     e.read(CAP, &mut buf).unwrap();
     assert_eq!(buf, pattern(3, (ZS - CAP) as usize));
