@@ -33,10 +33,12 @@ fn open_err(path: &Path, e: impl std::error::Error + 'static) -> DeviceError {
 }
 
 /// What the file's first bytes say it is.
-fn probe_path(path: &Path) -> DevResult<Probed> {
+fn probe_path(path: &Path, read_only: bool) -> DevResult<Probed> {
     // A short unlocked probe: the real open takes the locks and reports a
-    // conflict the way the opener (reader or writer) would see it.
-    let st = FileStorage::open_with(path, true, None).map_err(|e| open_err(path, e))?;
+    // conflict the way the opener (reader or writer) would see it. Opened
+    // with the final mode so a directory fails as it would (EISDIR for a
+    // writer, "not a regular file" for a reader), as in QEMU.
+    let st = FileStorage::open_with(path, read_only, None).map_err(|e| open_err(path, e))?;
     let mut head = [0u8; crate::probe::PROBE_LEN];
     st.read_at_zero_fill(0, &mut head)
         .map_err(|e| open_err(path, FormatError::from(e)))?;
@@ -57,7 +59,7 @@ pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDe
     let mut guessed_raw = false;
     let fmt = match opts.format.as_deref() {
         Some(f) => f.to_string(),
-        None => match probe_path(path)? {
+        None => match probe_path(path, opts.read_only)? {
             Probed::Qcow2 => "qcow2".into(),
             Probed::Other(f) => {
                 return Err(DeviceError::Invalid(format!(
