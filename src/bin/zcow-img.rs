@@ -209,6 +209,9 @@ fn run(cli: Cli) -> Result<u8> {
             if size.is_none() && o.size == 0 {
                 if let Some(b) = &o.backing_file {
                     let bp = file.parent().map(|d| d.join(b)).unwrap_or_else(|| b.into());
+                    // Only its size is read: force-shared, as qemu-img opens
+                    // a backing file for its size (it may be in use).
+                    zcow::storage::lock::set_force_share(true);
                     let bi = zcow::format::Qcow2::open_path(
                         &bp,
                         &zcow::format::OpenOptions {
@@ -217,6 +220,7 @@ fn run(cli: Cli) -> Result<u8> {
                             ..Default::default()
                         },
                     );
+                    zcow::storage::lock::set_force_share(false);
                     o.size = match bi {
                         Ok(i) => i.size(),
                         Err(_) => std::fs::metadata(&bp)
