@@ -71,6 +71,10 @@ pub enum DeviceError {
     /// Invalid arguments.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request is not permitted (EPERM), e.g. a write that would make a
+    /// guessed raw image look like another format.
+    #[error("operation not permitted: {0}")]
+    Denied(String),
     /// An error returned by a remote server (NBD).
     #[error("server error {errno} ({}): {message}", errno_name(*.errno))]
     Remote {
@@ -91,7 +95,7 @@ impl DeviceError {
             DeviceError::Zone(z) => z.kind.nbd_errno(),
             DeviceError::Format(f) => f.errno(),
             DeviceError::OutOfRange { .. } | DeviceError::Invalid(_) => libc::EINVAL,
-            DeviceError::ReadOnly => libc::EPERM,
+            DeviceError::ReadOnly | DeviceError::Denied(_) => libc::EPERM,
             DeviceError::Unsupported(_) | DeviceError::FastZeroUnsupported => libc::ENOTSUP,
             DeviceError::Remote { errno, .. } => *errno,
             DeviceError::Connection(_) => libc::EIO,
@@ -172,6 +176,14 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// `None` when nothing qualifies (or the device has no such policy).
     fn finish_least_recent_active(&self) -> DevResult<Option<u32>> {
         Ok(None)
+    }
+    /// Set or clear a persistent fault condition (READ_ONLY, OFFLINE) on
+    /// zone `index`, durably, for every user of the device at once.
+    fn zone_set_fault(&self, index: u32, fault: crate::engine::ZoneFault) -> DevResult<()> {
+        let _ = (index, fault);
+        Err(DeviceError::Unsupported(
+            "zone conditions on a non-zoned device".into(),
+        ))
     }
     /// Human description of what is behind the device (for `info`).
     fn describe(&self) -> String {

@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod cli_docs;
+pub mod control;
 pub mod device;
 pub mod engine;
 pub mod format;
@@ -18,6 +19,7 @@ pub mod iocmd;
 pub mod nbd;
 pub mod open;
 pub mod plain;
+pub mod probe;
 pub mod qjson;
 pub mod raw;
 pub mod size;

@@ -3,8 +3,11 @@
 use crate::device::{BlockDevice, DevResult, DeviceError};
 use crate::engine::{Engine, Qcow2ZoneStore};
 use crate::format::{BackingPolicy, FormatError, Qcow2};
+use crate::probe::Probed;
 use crate::raw::RawDevice;
+use crate::storage::lock::LockRequest;
 use crate::storage::{FileStorage, Storage};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,19 +23,26 @@ pub struct OpenOptions {
     pub allow_backing: bool,
 }
 
-fn open_err(path: &Path, e: impl std::fmt::Display) -> DeviceError {
+fn open_err(path: &Path, e: impl std::error::Error + 'static) -> DeviceError {
+    // A lock conflict reads as QEMU's, without the "Could not open" prefix
+    // (qemu-io: "can't open device X: Failed to get "write" lock ...").
+    if let Some(m) = crate::storage::open_refusal(&e) {
+        return DeviceError::Invalid(m);
+    }
     DeviceError::Invalid(format!("Could not open '{}': {e}", path.display()))
 }
 
-/// Whether the file starts with the qcow2 magic.
-fn probe_qcow2(path: &Path) -> DevResult<bool> {
-    let st = FileStorage::open(path, true).map_err(|e| open_err(path, e))?;
-    if st.len().map_err(FormatError::from)? < 4 {
-        return Ok(false);
-    }
-    let mut m = [0u8; 4];
-    st.read_at(0, &mut m).map_err(FormatError::from)?;
-    Ok(u32::from_be_bytes(m) == crate::format::header::QCOW_MAGIC)
+/// What the file's first bytes say it is.
+fn probe_path(path: &Path, read_only: bool) -> DevResult<Probed> {
+    // A short unlocked probe: the real open takes the locks and reports a
+    // conflict the way the opener (reader or writer) would see it. Opened
+    // with the final mode so a directory fails as it would (EISDIR for a
+    // writer, "not a regular file" for a reader), as in QEMU.
+    let st = FileStorage::open_with(path, read_only, None).map_err(|e| open_err(path, e))?;
+    let mut head = [0u8; crate::probe::PROBE_LEN];
+    st.read_at_zero_fill(0, &mut head)
+        .map_err(|e| open_err(path, FormatError::from(e)))?;
+    Ok(crate::probe::probe_file(path, &head))
 }
 
 /// Open `path` as a block device: an NBD URI through the NBD client, or a
@@ -46,20 +56,43 @@ pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDe
             return crate::nbd::connect_uri(s);
         }
     }
+    let mut guessed_raw = false;
     let fmt = match opts.format.as_deref() {
         Some(f) => f.to_string(),
-        None => {
-            if probe_qcow2(path)? {
-                "qcow2".into()
-            } else {
+        None => match probe_path(path, opts.read_only)? {
+            Probed::Qcow2 => "qcow2".into(),
+            Probed::Other(f) => {
+                return Err(DeviceError::Invalid(format!(
+                    "Could not open '{}': {}",
+                    path.display(),
+                    crate::probe::unsupported_message(f)
+                )))
+            }
+            Probed::Raw => {
+                guessed_raw = true;
                 "raw".into()
             }
-        }
+        },
     };
     match fmt.as_str() {
         "raw" => {
-            let store = FileStorage::open(path, opts.read_only).map_err(|e| open_err(path, e))?;
-            Ok(Arc::new(RawDevice::new(Arc::new(store), opts.read_only)?))
+            let mut lock = LockRequest::raw(opts.read_only);
+            if opts.read_only && crate::storage::lock::force_share() {
+                lock = lock.force_shared();
+            }
+            let store = FileStorage::open_with(path, opts.read_only, Some(lock))
+                .map_err(|e| open_err(path, e))?;
+            let dev = RawDevice::new(Arc::new(store), opts.read_only)?;
+            if guessed_raw && !opts.read_only {
+                // QEMU's block layer warns on stderr at open, and so do we.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{}",
+                    crate::probe::guessed_raw_warning(&path.display().to_string())
+                );
+                return Ok(Arc::new(dev.guard_block0()));
+            }
+            Ok(Arc::new(dev))
         }
         "qcow2" => {
             let img = Qcow2::open_path(

@@ -11,6 +11,9 @@ pub struct RawDevice {
     store: Arc<dyn Storage>,
     size: u64,
     read_only: bool,
+    /// The format was guessed: refuse writes that would make block 0 look
+    /// like another format (QEMU's rule for probed raw images).
+    guard_block0: bool,
 }
 
 impl RawDevice {
@@ -22,7 +25,40 @@ impl RawDevice {
             store,
             size,
             read_only,
+            guard_block0: false,
         })
+    }
+
+    /// Protect block 0 as QEMU protects a raw image whose format was only
+    /// guessed: a write that would make the first 512 bytes probe as
+    /// another format (so that the next probing open would interpret the
+    /// guest's data as image metadata) fails with EPERM.
+    pub fn guard_block0(mut self) -> Self {
+        self.guard_block0 = true;
+        self
+    }
+
+    fn check_block0(&self, offset: u64, data: &[u8]) -> DevResult<()> {
+        let n = crate::probe::PROBE_LEN as u64;
+        if !self.guard_block0 || offset >= n || data.is_empty() {
+            return Ok(());
+        }
+        let mut head = vec![0u8; crate::probe::PROBE_LEN];
+        st(self.store.read_at_zero_fill(0, &mut head))?;
+        let end = (offset + data.len() as u64).min(n);
+        head[offset as usize..end as usize].copy_from_slice(&data[..(end - offset) as usize]);
+        match crate::probe::probe(&head) {
+            crate::probe::Probed::Raw => Ok(()),
+            crate::probe::Probed::Qcow2 => Err(DeviceError::Denied(
+                "the write would make block 0 look like a qcow2 image (the format was guessed \
+                 raw; open with -f raw to write it)"
+                    .into(),
+            )),
+            crate::probe::Probed::Other(f) => Err(DeviceError::Denied(format!(
+                "the write would make block 0 look like a {f} image (the format was guessed \
+                 raw; open with -f raw to write it)"
+            ))),
+        }
     }
 
     /// An in-memory raw device of `size` zero bytes (tests).
@@ -59,6 +95,7 @@ impl BlockDevice for RawDevice {
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
         self.writable()?;
         check_range(offset, data.len() as u64, self.size)?;
+        self.check_block0(offset, data)?;
         st(self.store.write_at(offset, data))?;
         if fua {
             st(self.store.sync())?;

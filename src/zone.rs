@@ -158,9 +158,15 @@ impl ZoneGeometry {
         let start = self.zone_start(i);
         self.zone_size.min(self.device_size.saturating_sub(start))
     }
-    /// Capacity of zone `i`.
+    /// Capacity of zone `i`: the zone capacity for sequential zones; a
+    /// conventional zone's whole length (Linux refuses a device whose
+    /// conventional zones report less).
     pub fn zone_cap(&self, i: u32) -> u64 {
-        self.zone_capacity.min(self.zone_len(i))
+        if self.is_conventional(i) {
+            self.zone_len(i)
+        } else {
+            self.zone_capacity.min(self.zone_len(i))
+        }
     }
     /// Index of the zone holding byte `offset` (None past the end).
     pub fn zone_index(&self, offset: u64) -> Option<u32> {

@@ -964,4 +964,19 @@ fn finish_least_recent_active_after_reopen_sees_closed_zones() {
     e.zone_op(ZoneOp::Reset, 3).unwrap();
     assert_eq!(e.finish_least_recent_active().unwrap(), Some(4));
     assert_eq!(e.finish_least_recent_active().unwrap(), None);
+#[test]
+fn conventional_zone_capacity_is_its_length_and_all_of_it_is_writable() {
+    // Zone 0 is conventional; the sequential capacity (48 KiB) does not
+    // apply to it: it reports and accepts its whole 64 KiB.
+    let (_s, e) = engine(table_geo());
+    let d = e.zone(0).unwrap();
+    assert_eq!((d.len, d.cap), (ZS, ZS));
+    assert_eq!(e.report(0, 2).unwrap()[0].cap, ZS);
+    e.write(CAP, &pattern(3, (ZS - CAP) as usize), false)
+        .unwrap();
+    let mut buf = vec![0u8; (ZS - CAP) as usize];
+    e.read(CAP, &mut buf).unwrap();
+    assert_eq!(buf, pattern(3, (ZS - CAP) as usize));
+    // Sequential zones keep the zone capacity.
+    assert_eq!(e.zone(1).unwrap().cap, CAP);
 }

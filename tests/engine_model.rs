@@ -229,6 +229,8 @@ fn file_backing(g: &ZoneGeometry) -> Option<(Backing, ZoneGeometry)> {
         },
     )
     .ok()?;
+    // The creating handle holds the image's write lock until closed.
+    drop(st);
     let b = Backing::File { path: p, _dir: d };
     let real = b.open().geometry();
     Some((b, real))

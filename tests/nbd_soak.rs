@@ -259,6 +259,8 @@ fn bench_zone_append_vs_sequential_write() {
             },
         )
         .unwrap();
+        // The creating handle holds the image's write lock until closed.
+        drop(st);
         zcow::open::open_device(&p, &zcow::open::OpenOptions::default()).unwrap()
     };
     for depth in [1, 8, 32] {

@@ -66,7 +66,7 @@ wrote 4096/4096 bytes at offset 1048576
 wrote 4096/4096 bytes at offset 2097152
 4 KiB, 1 ops; TIME
 After zap done, the append sector is 0x1800
-start: 0x0, len 0x800, cap 0x600, wptr 0x0, zcond:0, [type: 1]
+start: 0x0, len 0x800, cap 0x800, wptr 0x0, zcond:0, [type: 1]
 start: 0x800, len 0x800, cap 0x600, wptr 0x808, zcond:4, [type: 2]
 start: 0x1000, len 0x800, cap 0x600, wptr 0x1008, zcond:2, [type: 2]
 start: 0x1800, len 0x800, cap 0x600, wptr 0x1808, zcond:2, [type: 2]
@@ -74,7 +74,7 @@ start: 0x2000, len 0x800, cap 0x600, wptr 0x2000, zcond:1, [type: 2]
 start: 0x2800, len 0x800, cap 0x600, wptr 0x2800, zcond:1, [type: 2]
 zone open failed: No space left on device
 zone open failed: No space left on device
-start: 0x0, len 0x800, cap 0x600, wptr 0x0, zcond:0, [type: 1]
+start: 0x0, len 0x800, cap 0x800, wptr 0x0, zcond:0, [type: 1]
 start: 0x800, len 0x800, cap 0x600, wptr 0x808, zcond:4, [type: 2]
 start: 0x1000, len 0x800, cap 0x600, wptr 0x1800, zcond:14, [type: 2]
 start: 0x1800, len 0x800, cap 0x600, wptr 0x1808, zcond:2, [type: 2]

@@ -226,7 +226,7 @@ fn check(cmds: &[&str], expected: &str) {
 fn report_lines_in_sectors() {
     check(
         &["zrp 0 10"],
-        "start: 0x0, len 0x800, cap 0x600, wptr 0x0, zcond:0, [type: 1]\n\
+        "start: 0x0, len 0x800, cap 0x800, wptr 0x0, zcond:0, [type: 1]\n\
          start: 0x800, len 0x800, cap 0x600, wptr 0x800, zcond:1, [type: 2]\n\
          start: 0x1000, len 0x800, cap 0x600, wptr 0x1000, zcond:1, [type: 2]\n\
          start: 0x1800, len 0x400, cap 0x400, wptr 0x1800, zcond:1, [type: 2]\n",

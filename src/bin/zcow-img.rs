@@ -84,6 +84,10 @@ enum Cmd {
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Take no locks that exclude others (the image may be in use and
+        /// change while it is read).
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -105,6 +109,9 @@ enum Cmd {
         /// Show a progress bar (on a terminal only).
         #[arg(short = 'p')]
         progress: bool,
+        /// Take no locks that exclude others (read-only checks only).
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Image file.
         file: String,
     },
@@ -267,6 +274,10 @@ enum ZoneCmd {
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Take no locks that exclude others (the image may be in use; the
+        /// report shows what is durable on disk now).
+        #[arg(short = 'U', long = "force-share")]
+        force_share: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -290,6 +301,10 @@ enum ZoneCmd {
     },
     /// Set or clear a persistent fault condition: readonly, offline, clear.
     SetCond {
+        /// Send the change to the control socket of the zcow-nbd serving
+        /// the image (its --control PATH) instead of opening the image.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
         /// Image file.
         file: PathBuf,
         /// Zone index.
@@ -340,6 +355,9 @@ fn run(cli: Cli) -> Result<u8> {
             if size.is_none() && o.size == 0 {
                 if let Some(b) = &o.backing_file {
                     let bp = file.parent().map(|d| d.join(b)).unwrap_or_else(|| b.into());
+                    // Only its size is read: force-shared, as qemu-img opens
+                    // a backing file for its size (it may be in use).
+                    zcow::storage::lock::set_force_share(true);
                     let bi = zcow::format::Qcow2::open_path(
                         &bp,
                         &zcow::format::OpenOptions {
@@ -348,6 +366,7 @@ fn run(cli: Cli) -> Result<u8> {
                             ..Default::default()
                         },
                     );
+                    zcow::storage::lock::set_force_share(false);
                     o.size = match bi {
                         Ok(i) => i.size(),
                         Err(_) => std::fs::metadata(&bp)
@@ -369,14 +388,21 @@ fn run(cli: Cli) -> Result<u8> {
             zcow::format::create::validate(&o)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if !quiet {
-                println!(
+                writeln!(
+                    stdout,
                     "{}",
                     img::create::formatting_line(&file.to_string_lossy(), &o)
-                );
+                )?;
             }
-            let st = FileStorage::create(&file).with_context(|| {
-                format!("{}: Could not create '{}'", file.display(), file.display())
-            })?;
+            let st =
+                FileStorage::create(&file).map_err(|e| match zcow::storage::open_refusal(&e) {
+                    Some(m) => anyhow::anyhow!("{}: {m}", file.display()),
+                    None => anyhow::Error::new(e).context(format!(
+                        "{}: Could not create '{}'",
+                        file.display(),
+                        file.display()
+                    )),
+                })?;
             create(&st, &o).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             Ok(0)
         }
@@ -384,33 +410,38 @@ fn run(cli: Cli) -> Result<u8> {
             format,
             output,
             backing_chain,
+            force_share,
             file,
         } => {
             let output = output_arg("info", &output)?;
+            zcow::storage::lock::set_force_share(force_share);
             let name = file.to_string_lossy().into_owned();
             if img::is_uri(&name) {
                 let info = img::info::nbd_info(&name).map_err(|e| img_err("info", e))?;
                 match output {
-                    OutputFormat::Human => print!("{}", info.human()),
-                    OutputFormat::Json => print!("{}", info.json()),
+                    OutputFormat::Human => write!(stdout, "{}", info.human())?,
+                    OutputFormat::Json => write!(stdout, "{}", info.json())?,
                 }
                 return Ok(0);
             }
-            let open_err = |e| anyhow::anyhow!("Could not open '{name}': {e}");
+            let open_err = |e: zcow::format::FormatError| {
+                anyhow::anyhow!("Could not open '{name}': {}", open_msg(&e))
+            };
             if backing_chain {
                 let chain =
                     img::info::chain_info(&file, &name, format.as_deref()).map_err(open_err)?;
-                print!(
+                write!(
+                    stdout,
                     "{}",
                     img::info::render_chain(&chain, output == OutputFormat::Json)
-                );
+                )?;
                 return Ok(0);
             }
             let info =
                 img::info::image_info_probe(&file, &name, format.as_deref()).map_err(open_err)?;
             match output {
-                OutputFormat::Human => print!("{}", info.human()),
-                OutputFormat::Json => print!("{}", info.json()),
+                OutputFormat::Human => write!(stdout, "{}", info.human())?,
+                OutputFormat::Json => write!(stdout, "{}", info.json())?,
             }
             Ok(0)
         }
@@ -420,8 +451,13 @@ fn run(cli: Cli) -> Result<u8> {
             output,
             quiet,
             progress,
+            force_share,
             file,
         } => {
+            if force_share && repair.is_some() {
+                bail!("Could not open '{file}': force-share=on can only be used with read-only images");
+            }
+            zcow::storage::lock::set_force_share(force_share);
             let repair = match repair {
                 Some(r) => {
                     Some(RepairMode::from_arg(&r).map_err(|msg| Usage { cmd: "check", msg })?)
@@ -455,7 +491,12 @@ fn run(cli: Cli) -> Result<u8> {
                 zcow::check::undo_repair(&file, &b).with_context(|| {
                     format!("undo of the repair of '{}' failed", file.display())
                 })?;
-                println!("Restored '{}' from '{}'.", file.display(), b.display());
+                writeln!(
+                    stdout,
+                    "Restored '{}' from '{}'.",
+                    file.display(),
+                    b.display()
+                )?;
                 return Ok(0);
             }
             let opts = RepairOptions {
@@ -601,6 +642,7 @@ fn run(cli: Cli) -> Result<u8> {
                 offset,
                 count,
                 output,
+                force_share,
                 file,
             } => {
                 // blkzone's layout is zone report's own third format.
@@ -610,18 +652,18 @@ fn run(cli: Cli) -> Result<u8> {
                 } else {
                     output_arg("zone report", &output)?
                 };
+                zcow::storage::lock::set_force_share(force_share);
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
-                if img::is_uri(&file.to_string_lossy()) {
-                    let zones = img::zone::report_device(&file.to_string_lossy(), off, count)
-                        .map_err(|e| img_err("zone report", e))?;
-                    match output {
-                        OutputFormat::Human => print!("{}", img::zone::render_human(&zones)),
-                        OutputFormat::Json => print!("{}", img::zone::render_json(&zones)),
-                    }
-                    return Ok(0);
-                }
-                let (_, zones) = img::zone::report(&file, off, count)
-                    .map_err(|e| anyhow::anyhow!("Could not open '{}': {e}", file.display()))?;
+                let zones = if img::is_uri(&file.to_string_lossy()) {
+                    img::zone::report_device(&file.to_string_lossy(), off, count)
+                        .map_err(|e| img_err("zone report", e))?
+                } else {
+                    img::zone::report(&file, off, count)
+                        .map_err(|e| {
+                            anyhow::anyhow!("Could not open '{}': {}", file.display(), open_msg(&e))
+                        })?
+                        .1
+                };
                 let text = match output {
                     _ if blkzone => img::zone::render_blkzone(&zones),
                     OutputFormat::Human => img::zone::render_human(&zones),
@@ -665,16 +707,58 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 Ok(0)
             }
-            ZoneCmd::SetCond { file, zone, cond } => {
+            ZoneCmd::SetCond {
+                control,
+                file,
+                zone,
+                cond,
+            } => {
                 let c = match cond.as_str() {
                     "readonly" | "read-only" | "ro" => img::zone::FaultCond::ReadOnly,
                     "offline" => img::zone::FaultCond::Offline,
                     "clear" => img::zone::FaultCond::Clear,
                     _ => bail!("unknown condition '{cond}' (use readonly, offline or clear)"),
                 };
-                let now = img::zone::set_cond(&file, zone, c)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                println!("zone {zone}: {}", now.name());
+                if let Some(sock) = control {
+                    let name = match c {
+                        img::zone::FaultCond::ReadOnly => "readonly",
+                        img::zone::FaultCond::Offline => "offline",
+                        img::zone::FaultCond::Clear => "clear",
+                    };
+                    let req = serde_json::json!({"op": "set-cond", "zone": zone, "cond": name});
+                    let reply = zcow::control::request(&sock, &req)
+                        .with_context(|| format!("control socket {}", sock.display()))?;
+                    if reply["ok"] != serde_json::json!(true) {
+                        bail!(
+                            "{}: {}",
+                            file.display(),
+                            reply["error"]
+                                .as_str()
+                                .unwrap_or("the server refused the change")
+                        );
+                    }
+                    writeln!(
+                        stdout,
+                        "zone {zone}: {}",
+                        reply["zone"]["condition"].as_str().unwrap_or("?")
+                    )?;
+                    return Ok(0);
+                }
+                let now = img::zone::set_cond(&file, zone, c).map_err(|e| {
+                    match zcow::storage::lock::conflict_in(&e) {
+                        // The image is in use: a running zcow-nbd changes
+                        // zones through its control socket, never under it.
+                        Some(c) => anyhow::anyhow!(
+                            "Could not open '{}': {c}\nIf zcow-nbd serves it, send the change \
+                             to the server's control socket (zcow-nbd --control PATH): \
+                             zcow-img zone set-cond --control PATH {} {zone} {cond}",
+                            file.display(),
+                            file.display()
+                        ),
+                        None => anyhow::anyhow!("{}: {e}", file.display()),
+                    }
+                })?;
+                writeln!(stdout, "zone {zone}: {}", now.name())?;
                 Ok(0)
             }
         },
@@ -689,14 +773,33 @@ fn img_err(cmd: &'static str, e: img::ImgError) -> anyhow::Error {
     }
 }
 
+/// Whether an error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// An open error as QEMU prints it: a lock conflict or a directory on its
+/// own, anything else as its message.
+fn open_msg(e: &(dyn std::error::Error + 'static)) -> String {
+    zcow::storage::open_refusal(e).unwrap_or_else(|| e.to_string())
+}
+
 fn main() -> ExitCode {
     if zcow::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command) {
         return ExitCode::SUCCESS;
     }
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`zcow-img zone report IMG | head -1`):
+        // nothing to say and no one to say it to; exit as a C tool killed
+        // by SIGPIPE looks to the shell.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("zcow-img: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "zcow-img: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -28,6 +28,10 @@ struct Cli {
     /// Open the image read-only
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
+    /// Open the image with no locks that exclude others (read-only only), as
+    /// qemu-io -U: other processes may change it while it is read
+    #[arg(short = 'U', long = "force-share")]
+    force_share: bool,
     /// Image file or nbd:// URI
     file: Option<String>,
 }
@@ -47,9 +51,19 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`zcow-io ... | head -1`): exit quietly, as a
+        // C tool killed by SIGPIPE looks to the shell.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::from(141)
+        }
         Err(e) => {
-            // Output errors (closed pipe): nothing sensible left to print to.
-            eprintln!("zcow-io: {e:#}");
+            // Not eprintln!: it panics when stderr is closed.
+            let _ = writeln!(io::stderr(), "zcow-io: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -68,6 +82,14 @@ fn run(cli: Cli) -> Result<u8> {
     let mut err = io::stderr();
 
     if let Some(file) = &cli.file {
+        if cli.force_share && !cli.read_only {
+            writeln!(
+                err,
+                "zcow-io: can't open device {file}: force-share=on can only be used with read-only images"
+            )?;
+            return Ok(1);
+        }
+        zcow::storage::lock::set_force_share(cli.force_share);
         let opts = OpenOptions {
             format: cli.format.clone(),
             read_only: cli.read_only,

@@ -118,6 +118,10 @@ struct Args {
     /// Log options and commands to stderr.
     #[arg(long)]
     trace: bool,
+    /// Serve zone control requests (JSON lines: set-cond, open, close,
+    /// finish, reset, report; see docs/control.md) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -131,7 +135,7 @@ fn main() {
         return;
     }
     if let Err(e) = run() {
-        eprintln!("zcow-nbd: {e:#}");
+        let _ = writeln!(std::io::stderr(), "zcow-nbd: {e:#}");
         std::process::exit(1);
     }
 }
@@ -150,7 +154,14 @@ fn run() -> Result<()> {
             allow_backing: false,
         },
     )
-    .with_context(|| format!("cannot open {}", args.image.display()))?;
+    .map_err(|e| {
+        // Open errors carry their own words (QEMU's, for lock conflicts).
+        let msg = match e {
+            zcow::device::DeviceError::Invalid(m) => m,
+            other => other.to_string(),
+        };
+        anyhow::anyhow!("cannot open {}: {msg}", args.image.display())
+    })?;
 
     let tls = match &args.tls_creds {
         Some(dir) => Some(
@@ -189,6 +200,15 @@ fn run() -> Result<()> {
         writeln!(f, "{}", std::process::id())?;
     }
 
+    // After the fork: the control threads must live in the serving process.
+    let control = match &args.control {
+        Some(p) => Some(
+            zcow::control::ControlServer::start(p, device.clone())
+                .with_context(|| format!("cannot listen on control socket {}", p.display()))?,
+        ),
+        None => None,
+    };
+
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
@@ -224,7 +244,7 @@ fn run() -> Result<()> {
     });
     if args.trace {
         if let Some(p) = listener.port() {
-            eprintln!("zcow-nbd: listening on port {p}");
+            let _ = writeln!(std::io::stderr(), "zcow-nbd: listening on port {p}");
         }
     }
     let served = server.serve(&listener);
@@ -232,8 +252,12 @@ fn run() -> Result<()> {
     // flush, so nothing acknowledged stays in a cache.
     server.disconnect_all();
     if !server.wait_idle(Duration::from_secs(10)) {
-        eprintln!("zcow-nbd: requests still running after 10 s; flushing anyway");
+        let _ = writeln!(
+            std::io::stderr(),
+            "zcow-nbd: requests still running after 10 s; flushing anyway"
+        );
     }
+    drop(control);
     let flushed = device.flush();
     if let Some(p) = &args.socket {
         let _ = std::fs::remove_file(p);

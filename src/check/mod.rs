@@ -451,6 +451,10 @@ impl CheckOpenError {
     /// The error for a file that could not be opened at all (QEMU names
     /// the file twice: once for the image, once for its protocol layer).
     fn unopenable(name: &str, e: &std::io::Error) -> Self {
+        // A lock conflict (or a directory) reads as QEMU prints it.
+        if let Some(m) = crate::storage::open_refusal(e) {
+            return CheckOpenError::Refused(m);
+        }
         let m = strerror(e.raw_os_error().unwrap_or(EIO));
         CheckOpenError::Refused(format!("Could not open '{name}': {m}"))
     }

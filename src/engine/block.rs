@@ -53,6 +53,9 @@ impl BlockDevice for Engine {
     fn finish_least_recent_active(&self) -> DevResult<Option<u32>> {
         Ok(Engine::finish_least_recent_active(self)?)
     }
+    fn zone_set_fault(&self, index: u32, fault: super::ZoneFault) -> DevResult<()> {
+        Ok(self.set_condition(index, fault)?)
+    }
     fn describe(&self) -> String {
         let g = self.geometry();
         format!(

@@ -401,7 +401,7 @@ impl Engine {
     /// Allocation status from `offset`, at most `len` bytes: below a
     /// sequential zone's wp data, from the wp to the zone end a zero hole;
     /// conventional zones data (the store gives no allocation information).
-    /// The answer stops before an OFFLINE zone.
+    /// OFFLINE zones are data, not known to be zero (their reads fail).
     pub fn block_status(&self, offset: u64, len: u64) -> EngineResult<Vec<Extent>> {
         self.check_range(offset, len)?;
         let mut out: Vec<Extent> = Vec::new();
@@ -422,13 +422,14 @@ impl Engine {
         let mut pos = offset;
         while pos < end {
             let i = (pos / self.geo.zone_size) as u32;
-            if self.entry(i).offline() {
-                if pos == offset {
-                    self.check_fault(i, false, &describe("block status", pos, end - pos))?;
-                }
-                break;
-            }
             let seg_end = self.zone_end(i).min(end);
+            if self.entry(i).offline() {
+                // Data, not known zero: reads there fail, and a status
+                // query (a client mapping the zones) must not.
+                push(seg_end - pos, false);
+                pos = seg_end;
+                continue;
+            }
             let data_end = if self.geo.is_conventional(i) {
                 seg_end
             } else {

@@ -95,6 +95,9 @@ impl Model {
         (self.start(i) + self.g.zone_size).min(self.g.device_size)
     }
     fn cap_end(&self, i: u32) -> u64 {
+        if self.conv(i) {
+            return self.end(i);
+        }
         self.start(i) + self.g.zone_capacity.min(self.end(i) - self.start(i))
     }
     fn conv(&self, i: u32) -> bool {

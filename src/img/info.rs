@@ -96,7 +96,9 @@ fn file_child_human(display_name: &str, rounded_len: u64, actual: u64) -> String
 
 /// Info about a raw image.
 pub fn raw_info(path: &Path, display_name: &str) -> crate::format::Result<ImageInfo> {
-    let st = crate::storage::FileStorage::open(path, true).map_err(|e| {
+    // A raw reader shares everything, as qemu-img's does.
+    let lock = crate::storage::lock::LockRequest::raw(true);
+    let st = crate::storage::FileStorage::open_with(path, true, Some(lock)).map_err(|e| {
         crate::format::FormatError::Storage(crate::storage::StorageError::Io {
             op: crate::storage::Op::Read,
             offset: 0,
@@ -146,11 +148,27 @@ pub fn image_info_probe(
             )))
         }
         None => {
-            let mut m = [0u8; 4];
-            std::fs::File::open(path)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut m))
-                .is_ok()
-                && u32::from_be_bytes(m) == crate::format::header::QCOW_MAGIC
+            // Unlocked probe of the first bytes; a short or unreadable file
+            // probes as raw and the open below reports what is wrong.
+            let mut head = vec![0u8; crate::probe::PROBE_LEN];
+            let mut n = 0;
+            if let Ok(mut f) = std::fs::File::open(path) {
+                while n < head.len() {
+                    match std::io::Read::read(&mut f, &mut head[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+            }
+            match crate::probe::probe_file(path, &head[..n]) {
+                crate::probe::Probed::Qcow2 => true,
+                crate::probe::Probed::Raw => false,
+                crate::probe::Probed::Other(f) => {
+                    return Err(crate::format::FormatError::Unsupported(
+                        crate::probe::unsupported_message(f),
+                    ))
+                }
+            }
         }
     };
     if is_qcow2 {

@@ -1,10 +1,28 @@
 //! File backend: positioned I/O with `pread`/`pwrite`, `fdatasync`, hole punching.
 
+use super::lock::LockRequest;
 use super::{Op, Result, Storage, StorageError};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A directory was given where an image file belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotRegularFile(pub PathBuf);
+
+impl std::fmt::Display for NotRegularFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // QEMU's file driver's words.
+        write!(
+            f,
+            "'file' driver requires '{}' to be a regular file",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for NotRegularFile {}
 
 /// A regular file (or block device) as image storage.
 #[derive(Debug)]
@@ -14,20 +32,44 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Open an existing file.
+    /// Open an existing image file, locked as QEMU locks an image file
+    /// ([`LockRequest::default_for`]: a reader or a writer of metadata,
+    /// force-shared under `-U`). Another process's conflicting lock fails
+    /// the open with an error wrapping a [`super::lock::LockConflict`].
     pub fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
+        Self::open_with(path, read_only, Some(LockRequest::default_for(read_only)))
+    }
+
+    /// Open an existing file with the given locks (None: no locks, for
+    /// a short probe of the first bytes).
+    pub fn open_with(
+        path: &Path,
+        read_only: bool,
+        lock: Option<LockRequest>,
+    ) -> std::io::Result<Self> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        if file.metadata()?.is_dir() {
+            // open(2) of a directory read-only succeeds; QEMU's file driver
+            // refuses it.
+            return Err(std::io::Error::other(NotRegularFile(path.to_path_buf())));
+        }
+        if let Some(req) = lock {
+            super::lock::acquire(&file, path, req)?;
+        }
         Ok(Self { file, read_only })
     }
 
-    /// Create (or truncate) a file for writing.
+    /// Create (or truncate) a file for writing. The file is checked for
+    /// other users' locks before it is truncated.
     pub fn create(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)?;
+        super::lock::acquire(&file, path, LockRequest::image(false))?;
+        file.set_len(0)?;
         Ok(Self {
             file,
             read_only: false,

@@ -6,6 +6,7 @@
 
 pub mod fault;
 pub mod file;
+pub mod lock;
 pub mod memory;
 
 pub use fault::{FaultConfig, FaultStorage};
@@ -121,6 +122,38 @@ impl StorageError {
             StorageError::Injected { .. } | StorageError::PowerLost => libc::EIO,
         }
     }
+}
+
+/// The first error of type `T` in `err`'s chain, looking inside
+/// `io::Error`s too (their `source()` skips the wrapped error itself).
+pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(t) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<T>())
+        {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Why an image file could not be opened, when QEMU's tools print that
+/// reason on its own (a lock conflict, a directory given as an image):
+/// front ends print it in place of their generic "Could not open" text.
+pub fn open_refusal(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(c) = find_in_chain::<lock::LockConflict>(err) {
+        return Some(c.to_string());
+    }
+    find_in_chain::<file::NotRegularFile>(err).map(ToString::to_string)
 }
 
 /// Result alias of the storage layer.
