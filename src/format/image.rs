@@ -551,19 +551,14 @@ impl Qcow2 {
         }
         let mut order = None;
         if problem.is_none() {
-            let mut raw = vec![0u8; ext.zonedmeta_size as usize];
-            store.read_at(ext.zonedmeta_offset, &mut raw)?;
-            let (entries, o) = decode_wp_array(&geometry, &raw);
-            order = o;
-            match o {
+            // Paged, never read whole: constant memory for any zone count.
+            let scan = super::zoned::scan_wp_array(&geometry, |at, buf| {
+                store.read_at(ext.zonedmeta_offset + at, buf)
+            })?;
+            order = scan.order;
+            match scan.order {
                 None => {
-                    let (i, why) = entries
-                        .iter()
-                        .enumerate()
-                        .find_map(|(i, &e)| {
-                            super::zoned::entry_problem(&geometry, i as u32, e).map(|w| (i, w))
-                        })
-                        .unwrap_or((0, "invalid".into()));
+                    let (i, why) = scan.first_bad.unwrap_or((0, "invalid".into()));
                     problem = Some(format!("write-pointer entry of zone {i}: {why}"));
                 }
                 Some(WpByteOrder::LittleEndian) => {
@@ -1740,11 +1735,49 @@ impl Qcow2 {
         // A check-mode open keeps an extension that failed validation: its
         // size may be anything and its geometry overflows the decoder.
         z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        if z.ext.zonedmeta_size > super::zoned::WP_WHOLE_LIMIT {
+            return Err(FormatError::Unsupported(format!(
+                "the write-pointer array of {} zones ({} MiB) is too large to read whole (limit {} MiB); it is read in pages instead",
+                z.ext.nr_zones,
+                z.ext.zonedmeta_size >> 20,
+                super::zoned::WP_WHOLE_LIMIT >> 20
+            )));
+        }
         let mut raw = vec![0u8; z.ext.zonedmeta_size as usize];
         self.store.read_at(z.ext.zonedmeta_offset, &mut raw)?;
         let (entries, _) = decode_wp_array(&z.geometry, &raw);
         let _ = GuestOffset(0);
         Ok(entries)
+    }
+
+    /// Read the entries of zones `first..first+out.len()` (in the byte order
+    /// the array was found in at open) without reading the rest.
+    pub fn read_wp_range(&self, first: u32, out: &mut [u64]) -> Result<()> {
+        let z = self
+            .zoned
+            .as_ref()
+            .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
+        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        if u64::from(first) + out.len() as u64 > u64::from(z.ext.nr_zones) {
+            return Err(FormatError::OutOfRange {
+                offset: u64::from(first),
+                len: out.len() as u64,
+                size: u64::from(z.ext.nr_zones),
+            });
+        }
+        let order = z.order.unwrap_or(WpByteOrder::BigEndian);
+        let mut raw = vec![0u8; out.len().min(super::zoned::WP_PAGE as usize) * 8];
+        let mut done = 0usize;
+        while done < out.len() {
+            let k = (out.len() - done).min(super::zoned::WP_PAGE as usize);
+            let at = z.ext.zonedmeta_offset + (u64::from(first) + done as u64) * 8;
+            self.store.read_at(at, &mut raw[..k * 8])?;
+            for (o, c) in out[done..done + k].iter_mut().zip(raw.chunks_exact(8)) {
+                *o = order.decode(c).0;
+            }
+            done += k;
+        }
+        Ok(())
     }
 
     /// Write the entries of zones `first..` big-endian (not synced).
