@@ -75,7 +75,7 @@ pub(crate) struct State {
     geo: ZoneGeometry,
     flags: Vec<u8>,
     /// Published entries (the engine's; read here for the write pointer).
-    entries: Arc<[AtomicU64]>,
+    entries: Arc<Vec<AtomicU64>>,
     /// Issued write pointer of every busy zone.
     issued: HashMap<u32, u64>,
     open: u32,
@@ -90,7 +90,7 @@ impl State {
     /// State after a power cycle: `conds[i]` is zone `i`'s condition as
     /// derived from its entry in `entries`. CLOSED zones hold an active
     /// resource; nothing is open.
-    pub(crate) fn new(geo: ZoneGeometry, entries: Arc<[AtomicU64]>, conds: Vec<ZoneCond>) -> Self {
+    pub(crate) fn new(geo: ZoneGeometry, entries: Arc<Vec<AtomicU64>>, conds: Vec<ZoneCond>) -> Self {
         let mut active = 0;
         let flags = conds
             .into_iter()

@@ -45,7 +45,7 @@ pub struct Engine {
     /// Published entry of every zone (readable wp and fault bits): what a
     /// flush persists and what reads go by. Shared with `state`, which
     /// takes idle zones' write pointers from here.
-    entries: Arc<[AtomicU64]>,
+    entries: Arc<Vec<AtomicU64>>,
     /// Zones whose entry changed since it was last persisted: one bit each.
     dirty: Box<[AtomicU64]>,
     /// Serialises writes of wp entries (flush, reset, fault conditions).
@@ -175,7 +175,8 @@ impl Engine {
             first += k as u32;
         }
         drop(buf);
-        let entries: Arc<[AtomicU64]> = entries.into();
+        // Arc::new moves the vector; `into()` an `Arc<[_]>` would copy it.
+        let entries = Arc::new(entries);
         let read_only = store.is_read_only();
         Ok(Engine {
             store,
