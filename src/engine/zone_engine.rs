@@ -425,7 +425,7 @@ impl Engine {
     pub fn block_status(&self, offset: u64, len: u64) -> EngineResult<Vec<Extent>> {
         self.check_range(offset, len)?;
         let mut out: Vec<Extent> = Vec::new();
-        let mut push = |len: u64, hole: bool| {
+        let push = |out: &mut Vec<Extent>, len: u64, hole: bool| {
             if len == 0 {
                 return;
             }
@@ -440,7 +440,9 @@ impl Engine {
         };
         let end = offset + len;
         let mut pos = offset;
-        while pos < end {
+        // Bounded answer: at most MAX_STATUS_RUNS extents (a prefix of the
+        // range); the caller asks again for the rest.
+        while pos < end && out.len() < crate::format::MAX_STATUS_RUNS {
             let i = (pos / self.geo.zone_size) as u32;
             if self.entry(i).offline() {
                 if pos == offset {
@@ -454,8 +456,8 @@ impl Engine {
             } else {
                 self.entry(i).wp().clamp(pos, seg_end)
             };
-            push(data_end - pos, false);
-            push(seg_end - data_end, true);
+            push(&mut out, data_end - pos, false);
+            push(&mut out, seg_end - data_end, true);
             pos = seg_end;
         }
         Ok(out)

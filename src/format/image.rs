@@ -107,6 +107,10 @@ impl Default for OpenOptions {
     }
 }
 
+/// Most runs one [`Qcow2::block_status`] answer holds (an NBD reply holds
+/// at most as many extents).
+pub const MAX_STATUS_RUNS: usize = 65536;
+
 /// The zoned part of an open image.
 #[derive(Debug, Clone)]
 pub struct ZonedInfo {
@@ -1148,6 +1152,12 @@ impl Qcow2 {
             let n = (cs - in_off).min(end - pos);
             let l2 = self.l2_offset(m, gc)?;
             if l2.0 == 0 {
+                // No L2 table: its whole span is unallocated, skipped in one
+                // step (a sparse 1 PiB image is 2M steps, not 2^34).
+                let span_end = (gc / self.p.l2_entries + 1)
+                    .saturating_mul(self.p.l2_entries)
+                    .saturating_mul(cs);
+                let n = span_end.min(end) - pos;
                 push(&mut out, Piece::Unalloc { guest: pos, len: n });
                 pos += n;
                 continue;
@@ -1332,14 +1342,31 @@ impl Qcow2 {
 
     /// Allocation status of a guest range: runs of (length, allocated here,
     /// reads as zero).
+    ///
+    /// Bounded work and memory whatever the range: it is mapped one L2
+    /// table's span at a time (the metadata lock is released in between),
+    /// and the answer stops, possibly short of `len`, once it holds
+    /// [`MAX_STATUS_RUNS`] runs; the caller asks again for the rest.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool, bool)>> {
         self.check_range(offset, len)?;
-        let pieces = {
-            let mut m = lock(&self.meta);
-            self.map_range(&mut m, offset, len)?
-        };
-        let has_backing = self.backing.is_some();
+        let span = self.p.l2_entries.saturating_mul(self.p.cs);
+        let end = offset + len;
+        let mut pos = offset;
         let mut out: Vec<(u64, bool, bool)> = Vec::new();
+        while pos < end && out.len() < MAX_STATUS_RUNS {
+            let stop = (pos / span).saturating_add(1).saturating_mul(span).min(end);
+            let pieces = {
+                let mut m = lock(&self.meta);
+                self.map_range(&mut m, pos, stop - pos)?
+            };
+            self.status_runs(pieces, &mut out);
+            pos = stop;
+        }
+        Ok(out)
+    }
+
+    fn status_runs(&self, pieces: Vec<Piece>, out: &mut Vec<(u64, bool, bool)>) {
+        let has_backing = self.backing.is_some();
         for p in pieces {
             let (l, alloc, zero) = match p {
                 Piece::Zero(l) => (l, true, true),
@@ -1352,7 +1379,6 @@ impl Qcow2 {
                 _ => out.push((l, alloc, zero)),
             }
         }
-        Ok(out)
     }
 
     // ---- writes --------------------------------------------------------------
@@ -1698,7 +1724,8 @@ impl Qcow2 {
     fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         // Skip work when the range already reads as zero.
         let st = self.block_status(offset, len)?;
-        if st.iter().all(|&(_, _, zero)| zero) {
+        let covered: u64 = st.iter().map(|r| r.0).sum();
+        if covered == len && st.iter().all(|&(_, _, zero)| zero) {
             return Ok(());
         }
         let z = vec![0u8; len as usize];
