@@ -2,8 +2,11 @@
 # Run every fuzz target (or the ones named after SECONDS) for SECONDS each
 # (default 60), one at a time in a single process (libFuzzer default; -jobs is
 # not used because it forks workers), and print executions and
-# findings per target. Limits: -rss_limit_mb=512 (also the malloc limit),
-# -timeout=1 (seconds per input).
+# findings per target. Built with -O -a: optimised, but with debug
+# assertions and overflow checks on (-O alone turns them off, and arithmetic
+# that wraps in release builds would be invisible to the fuzzers).
+# Limits: -rss_limit_mb=512 (also the malloc limit), -timeout=1 (seconds
+# per input).
 #   fuzz/run.sh [SECONDS] [TARGET...]
 # New inputs go to fuzz/target/work-corpus/<target>/ (not committed; copy
 # interesting ones to fuzz/corpus/<target>/ by hand); crashes, timeouts and
@@ -32,7 +35,8 @@ max_len() {
     esac
 }
 
-cargo +nightly fuzz build -O -s none >/dev/null 2>&1 || { cargo +nightly fuzz build -O -s none; exit 2; }
+flags=(-O -a -s none)
+cargo +nightly fuzz build "${flags[@]}" >/dev/null 2>&1 || { cargo +nightly fuzz build "${flags[@]}"; exit 2; }
 found=0
 printf '%-12s %8s %12s %10s  %s\n' target seconds execs exec/s findings
 for t in "${targets[@]}"; do
@@ -42,7 +46,7 @@ for t in "${targets[@]}"; do
     before=$(ls "$art" | wc -l)
     log=target/fuzz-$t.log
     start=$(date +%s)
-    cargo +nightly fuzz run -O -s none "$t" "$work" "corpus/$t" -- \
+    cargo +nightly fuzz run "${flags[@]}" "$t" "$work" "corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=512 -timeout=1 \
         -max_len="$(max_len "$t")" -artifact_prefix="$art/" \
         -print_final_stats=1 >"$log" 2>&1

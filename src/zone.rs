@@ -148,10 +148,107 @@ pub struct ZoneGeometry {
     pub max_append_bytes: u32,
 }
 
+/// Largest device size a zone geometry may describe: write pointers are
+/// stored in 59 bits (`spec/zoned-qcow2.md`), and every offset computed from
+/// a valid geometry then stays far below `u64::MAX`.
+pub const MAX_DEVICE_SIZE: u64 = (1 << 59) - 1;
+
+/// Write granularity of sequential zones, and the unit every size of a
+/// geometry is a multiple of.
+pub const GEOMETRY_SECTOR: u64 = 512;
+
+/// Why a zone geometry from outside (image header, NBD peer, a store) was
+/// refused. [`ZoneGeometry::validate`] is the one place that decides it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneGeometryError {
+    /// The zone size is not a power of two of at least 512 bytes.
+    #[error("zone size {0:#x} is not a power of two of at least 512 bytes")]
+    ZoneSize(u64),
+    /// The capacity is 0, not a multiple of 512 or larger than the zone.
+    #[error("zone capacity {cap:#x} is not a non-zero multiple of 512 up to the zone size {size:#x}")]
+    Capacity {
+        /// Zone capacity.
+        cap: u64,
+        /// Zone size.
+        size: u64,
+    },
+    /// The device size is 0, not a multiple of 512 or too large.
+    #[error("device size {0:#x} is not a non-zero multiple of 512 below 2^59")]
+    DeviceSize(u64),
+    /// The zone count does not match the device and zone sizes.
+    #[error("nr_zones {nr} does not match ceil(device size {size:#x} / zone size {zone:#x}) = {want}")]
+    ZoneCount {
+        /// Declared zone count.
+        nr: u32,
+        /// Device size.
+        size: u64,
+        /// Zone size.
+        zone: u64,
+        /// The count the sizes give.
+        want: u64,
+    },
+    /// Every zone is conventional.
+    #[error("{conv} conventional zones of {nr} zones: at least one must be sequential")]
+    Conventional {
+        /// Declared conventional zones.
+        conv: u32,
+        /// Zone count.
+        nr: u32,
+    },
+    /// The append limit is not a multiple of 512.
+    #[error("max_append_bytes {0:#x} is not a multiple of 512")]
+    MaxAppend(u32),
+}
+
 impl ZoneGeometry {
-    /// Start offset of zone `i`.
+    /// Check a geometry that came from outside (image, NBD peer, store)
+    /// before any arithmetic relies on it. A valid geometry has
+    /// `zone_start(i) + zone_len(i) <= device_size < 2^59` for every zone,
+    /// so no offset computed from it can overflow.
+    pub fn validate(&self) -> Result<(), ZoneGeometryError> {
+        use ZoneGeometryError as E;
+        let s = GEOMETRY_SECTOR;
+        if self.zone_size < s || !self.zone_size.is_power_of_two() {
+            return Err(E::ZoneSize(self.zone_size));
+        }
+        if self.zone_capacity == 0
+            || self.zone_capacity > self.zone_size
+            || self.zone_capacity % s != 0
+        {
+            return Err(E::Capacity {
+                cap: self.zone_capacity,
+                size: self.zone_size,
+            });
+        }
+        if self.device_size == 0 || self.device_size % s != 0 || self.device_size > MAX_DEVICE_SIZE
+        {
+            return Err(E::DeviceSize(self.device_size));
+        }
+        let want = self.device_size.div_ceil(self.zone_size);
+        if u64::from(self.nr_zones) != want {
+            return Err(E::ZoneCount {
+                nr: self.nr_zones,
+                size: self.device_size,
+                zone: self.zone_size,
+                want,
+            });
+        }
+        if self.conventional_zones >= self.nr_zones {
+            return Err(E::Conventional {
+                conv: self.conventional_zones,
+                nr: self.nr_zones,
+            });
+        }
+        if u64::from(self.max_append_bytes) % s != 0 {
+            return Err(E::MaxAppend(self.max_append_bytes));
+        }
+        Ok(())
+    }
+
+    /// Start offset of zone `i`. Saturates instead of wrapping, so even a
+    /// geometry that skipped [`ZoneGeometry::validate`] cannot overflow.
     pub fn zone_start(&self, i: u32) -> u64 {
-        i as u64 * self.zone_size
+        u64::from(i).saturating_mul(self.zone_size)
     }
     /// Length of zone `i` (the last may be shorter).
     pub fn zone_len(&self, i: u32) -> u64 {
@@ -167,6 +264,10 @@ impl ZoneGeometry {
         } else {
             self.zone_capacity.min(self.zone_len(i))
         }
+    }
+    /// One past the last byte of zone `i`.
+    pub fn zone_end(&self, i: u32) -> u64 {
+        self.zone_start(i).saturating_add(self.zone_len(i))
     }
     /// Index of the zone holding byte `offset` (None past the end).
     pub fn zone_index(&self, offset: u64) -> Option<u32> {
@@ -333,6 +434,80 @@ impl fmt::Display for ZoneError {
                 z.index, z.start, z.cond, z.wp, self.detail
             ),
             None => f.write_str(&self.detail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn geo(device_size: u64, zone_size: u64, cap: u64, nr: u32, conv: u32) -> ZoneGeometry {
+        ZoneGeometry {
+            device_size,
+            zone_size,
+            zone_capacity: cap,
+            nr_zones: nr,
+            conventional_zones: conv,
+            max_open_zones: 0,
+            max_active_zones: 0,
+            max_append_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn refuses_what_would_overflow() {
+        // The nbd_client fuzz finding: a peer's zone size times a zone index
+        // overflowed in zone_start.
+        let g = geo(1 << 40, 1 << 63, 512, 2, 0);
+        assert!(g.validate().is_err());
+        assert_eq!(g.zone_start(u32::MAX), u64::MAX);
+        assert_eq!(g.zone_len(u32::MAX), 0);
+        let big = geo(u64::MAX & !511, 512, 512, u32::MAX, 0);
+        assert!(matches!(big.validate(), Err(ZoneGeometryError::DeviceSize(_))));
+        let count = geo(1 << 20, 4096, 4096, 7, 0);
+        assert_eq!(
+            count.validate().unwrap_err().to_string(),
+            "nr_zones 7 does not match ceil(device size 0x100000 / zone size 0x1000) = 256"
+        );
+        assert!(geo(1 << 20, 4096, 4096, 256, 0).validate().is_ok());
+        assert!(geo(1 << 20, 4096, 4096, 256, 256).validate().is_err());
+    }
+
+    proptest! {
+        /// Large and hostile geometries (beyond what the fuzzers' small
+        /// inputs reach): a geometry either fails validation or every
+        /// zone's range lies inside the device with no overflow.
+        #[test]
+        fn valid_geometries_never_overflow(
+            shift in 0u32..64,
+            dev in any::<u64>(),
+            cap in any::<u64>(),
+            nr in any::<u32>(),
+            conv in any::<u32>(),
+            use_exact in any::<bool>(),
+            probe in any::<u32>(),
+        ) {
+            let zone_size = 1u64 << shift;
+            let dev = if use_exact { dev & crate::zone::MAX_DEVICE_SIZE & !511 } else { dev };
+            let nr = if use_exact && zone_size > 0 {
+                u32::try_from(dev.div_ceil(zone_size)).unwrap_or(nr)
+            } else { nr };
+            let cap = if use_exact { (cap % zone_size.max(1)) & !511 } else { cap };
+            let g = geo(dev, zone_size, cap.max(512).min(zone_size), nr, conv % nr.max(1));
+            // Never panics, valid or not.
+            let _ = (g.zone_start(probe), g.zone_len(probe), g.zone_cap(probe), g.zone_index(dev));
+            if g.validate().is_ok() {
+                for i in [0, probe % g.nr_zones, g.nr_zones - 1] {
+                    let end = g.zone_start(i).checked_add(g.zone_len(i));
+                    prop_assert!(end.is_some_and(|e| e <= g.device_size));
+                    prop_assert!(g.zone_len(i) > 0);
+                    prop_assert!(g.zone_cap(i) <= g.zone_len(i));
+                    prop_assert_eq!(g.zone_index(g.zone_start(i)), Some(i));
+                }
+                prop_assert_eq!(g.zone_end(g.nr_zones - 1), g.device_size);
+            }
         }
     }
 }

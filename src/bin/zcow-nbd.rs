@@ -250,11 +250,14 @@ fn run() -> Result<()> {
     let served = server.serve(&listener);
     // On a signal: cut clients off, let requests already read finish, then
     // flush, so nothing acknowledged stays in a cache.
+    // Every request's work is bounded, so half a second is plenty; one
+    // still running then was never acknowledged and need not wait.
     server.disconnect_all();
-    if !server.wait_idle(Duration::from_secs(10)) {
+    if !server.wait_idle(Duration::from_millis(500)) {
+        // Not eprintln!: it panics when stderr is closed.
         let _ = writeln!(
             std::io::stderr(),
-            "zcow-nbd: requests still running after 10 s; flushing anyway"
+            "zcow-nbd: requests still running after 0.5 s; flushing what was acknowledged"
         );
     }
     drop(control);

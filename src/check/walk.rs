@@ -48,8 +48,11 @@ pub(crate) struct Walk {
     /// Structures the walk could not follow: their clusters may be counted
     /// as leaks although something still points at them.
     pub incomplete: Vec<String>,
-    /// Active guest clusters past a zone's write pointer.
+    /// Active guest clusters past a zone's write pointer (at most
+    /// `zoned::MAX_FINDINGS`; the rest are counted in `stale_unlisted`).
     pub stale: Vec<StaleCluster>,
+    /// Stale clusters past the limit.
+    pub stale_unlisted: u64,
     /// The zoned part of the walk (zoned images with a readable array).
     pub zones: Option<super::zoned::ZoneScan>,
     /// Why references currently being counted are suspect.
@@ -70,6 +73,7 @@ impl Walk {
             data: BitSet::default(),
             incomplete: Vec::new(),
             stale: Vec::new(),
+            stale_unlisted: 0,
             zones: None,
             taint_mode: None,
             track_classes,
@@ -473,7 +477,9 @@ fn check_l2(
                     next_contiguous = offset.wrapping_add(cs);
                 }
                 if let Some((zone, guest, (from, wp))) = zone {
-                    if guest >= from {
+                    if guest >= from && w.stale.len() >= super::zoned::MAX_FINDINGS {
+                        w.stale_unlisted += 1;
+                    } else if guest >= from {
                         w.stale.push(StaleCluster {
                             zone,
                             guest,

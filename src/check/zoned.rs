@@ -39,6 +39,13 @@ pub(crate) struct ZoneMap {
 /// Entries per read of the array (64 KiB).
 const WP_CHUNK: u32 = 8192;
 
+/// Most zone findings (bad entries, write pointers past the data) and
+/// most stale-cluster findings one check keeps in memory (16 and 40 bytes
+/// each: at most 56 MiB whatever the image declares). Findings past the
+/// limit are counted and summarised in one line; a repair fixes the ones
+/// kept, and the next run finds the rest.
+pub(crate) const MAX_FINDINGS: usize = 1 << 20;
+
 impl ZoneMap {
     /// Zone holding guest byte `g`.
     pub fn zone_of(&self, g: u64) -> Option<u32> {
@@ -162,8 +169,11 @@ pub(crate) struct ZoneScan {
     /// The zone the walk is in: (zone, entry, end of its data; 0 = none yet).
     cur: Option<(u32, WpEntry, u64)>,
     /// (zone, end of its data) of every zone whose entry is invalid or whose
-    /// write pointer is past its data, in zone order.
+    /// write pointer is past its data, in zone order; at most
+    /// [`MAX_FINDINGS`].
     judged: Vec<(u32, u64)>,
+    /// Zones past the limit: (invalid entries, write pointers past data).
+    unlisted: (u64, u64),
     /// Why the array could not be read.
     failed: Option<Errno>,
 }
@@ -185,6 +195,7 @@ impl ZoneScan {
             next: 0,
             cur: None,
             judged: Vec::new(),
+            unlisted: (0, 0),
             failed: None,
         }
     }
@@ -251,7 +262,13 @@ impl ZoneScan {
             let data_end = if end == 0 { start } else { end };
             let bad = !entry_ok(geo, i, e);
             if bad || past_data(geo, self.map.cs, i, e, data_end) {
-                self.judged.push((i, data_end));
+                if self.judged.len() < MAX_FINDINGS {
+                    self.judged.push((i, data_end));
+                } else if bad {
+                    self.unlisted.0 += 1;
+                } else {
+                    self.unlisted.1 += 1;
+                }
             }
             self.next += 1;
         }
@@ -794,6 +811,23 @@ fn check_entries(
             }
         }
     }
+    let (bad, past) = scan.unlisted;
+    if bad > 0 {
+        res.corruptions += bad as i64;
+        o.sum.corruptions += bad as i64;
+        let _ = writeln!(
+            cx.err,
+            "ERROR zoned: {bad} more zones with invalid write-pointer entries are not listed (at most {MAX_FINDINGS} zone findings are kept); run check again after repair"
+        );
+    }
+    if past > 0 {
+        res.leaks += past as i64;
+        o.sum.stale += past as i64;
+        let _ = writeln!(
+            cx.err,
+            "Leaked zones: {past} more zones with a write pointer past their data are not listed (at most {MAX_FINDINGS} zone findings are kept); run check again after repair"
+        );
+    }
     // A little-endian array is rewritten whole, big-endian.
     if to_be && failed.is_none() && geo.nr_zones > 0 {
         failed = rd.load(&mut cx.img, geo.nr_zones - 1).err();
@@ -803,6 +837,15 @@ fn check_entries(
         .is_some()
     {
         res.check_errors += 1;
+    }
+    if w.stale_unlisted > 0 {
+        res.leaks += w.stale_unlisted as i64;
+        o.sum.stale += w.stale_unlisted as i64;
+        let _ = writeln!(
+            cx.err,
+            "Leaked zone clusters: {} more clusters at or past their zone's write pointer are not listed (at most {MAX_FINDINGS} are kept); run check again after repair",
+            w.stale_unlisted
+        );
     }
     // Stale data at or past a sequential zone's write pointer.
     for s in &w.stale {

@@ -13,7 +13,7 @@
 //! the condition it had before that write.
 
 use crate::zone::ZoneCond;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Progress of one write.
@@ -42,7 +42,8 @@ pub(crate) struct Flight {
     pub prev: ZoneCond,
 }
 
-/// What a zone's lock protects.
+/// What a zone's lock protects. Exists only while the zone has writes in
+/// flight or results to hand out (see [`ZoneLocks`]).
 #[derive(Debug, Default)]
 pub(crate) struct ZoneIo {
     /// Writes issued and not yet resolved, in write-pointer order.
@@ -51,18 +52,9 @@ pub(crate) struct ZoneIo {
     pub poison: Option<u64>,
     /// Writes resolved but not yet collected by their waiters: (seq, ok).
     pub resolved: Vec<(u64, bool)>,
-    /// Next sequence number.
+    /// Next sequence number (only compared among the zone's own writes in
+    /// flight, so it may start over once the zone is idle).
     pub next_seq: u64,
-    /// Requests waiting for the zone to become idle; new writes wait behind
-    /// them so a steady stream of writes cannot starve a reset or finish.
-    pub idle_waiters: u32,
-}
-
-impl ZoneIo {
-    /// Whether a new write must wait before it is issued.
-    pub(crate) fn write_must_wait(&self) -> bool {
-        self.poison.is_some() || self.idle_waiters > 0
-    }
 }
 
 impl ZoneIo {
@@ -71,48 +63,167 @@ impl ZoneIo {
         let pos = self.resolved.iter().position(|r| r.0 == seq)?;
         Some(self.resolved.swap_remove(pos).1)
     }
+
+    fn idle(&self) -> bool {
+        self.flights.is_empty() && self.poison.is_none() && self.resolved.is_empty()
+    }
 }
 
-/// A zone's lock and the condition variable its waiters sleep on.
+/// Stripes of the zone lock table: zone `i` is guarded by stripe
+/// `i % stripes`. A fixed table instead of one lock per zone keeps the cost
+/// per zone at zero (a million-zone device would otherwise spend ~100 bytes
+/// a zone on mutexes, condition variables and queues).
+const MAX_STRIPES: u32 = 1024;
+
 #[derive(Debug, Default)]
-pub(crate) struct Slot {
-    io: Mutex<ZoneIo>,
+struct StripeIo {
+    /// In-flight bookkeeping of the stripe's busy zones only.
+    zones: HashMap<u32, ZoneIo>,
+    /// Management requests waiting for zones of this stripe to become idle;
+    /// new writes to the stripe wait behind them, so a steady stream of
+    /// writes cannot starve a reset or finish.
+    idle_waiters: u32,
+}
+
+#[derive(Debug, Default)]
+struct Stripe {
+    io: Mutex<StripeIo>,
     cv: Condvar,
 }
 
-impl Slot {
-    /// Lock the zone. A panic elsewhere while holding the lock leaves
+impl Stripe {
+    /// Lock the stripe. A panic elsewhere while holding the lock leaves
     /// consistent data (every update is completed before any call that can
     /// panic), so poisoning is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, ZoneIo> {
+    fn lock(&self) -> MutexGuard<'_, StripeIo> {
         self.io.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sleep until notified.
-    pub(crate) fn wait<'a>(&self, g: MutexGuard<'a, ZoneIo>) -> MutexGuard<'a, ZoneIo> {
-        self.cv.wait(g).unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wake every waiter of the zone.
-    pub(crate) fn notify(&self) {
-        self.cv.notify_all();
-    }
-
-    /// Lock the zone once no write is in flight in it.
-    pub(crate) fn lock_idle(&self) -> MutexGuard<'_, ZoneIo> {
-        let mut g = self.lock();
-        g.idle_waiters += 1;
-        while !g.flights.is_empty() {
-            g = self.wait(g);
-        }
-        g.idle_waiters -= 1;
-        // Writers held back for us wake up and queue for the lock we hold.
-        self.notify();
-        g
     }
 }
 
-/// Lock a mutex, ignoring poisoning (see [`Slot::lock`]).
+/// The per-zone locks: requests to one zone are ordered, requests to
+/// different zones run in parallel (unless they share a stripe, and then
+/// only for the few instructions the lock is held).
+#[derive(Debug)]
+pub(crate) struct ZoneLocks {
+    stripes: Box<[Stripe]>,
+}
+
+impl ZoneLocks {
+    /// Locks for a device of `nr_zones` zones.
+    pub(crate) fn new(nr_zones: u32) -> Self {
+        let n = nr_zones.clamp(1, MAX_STRIPES);
+        ZoneLocks {
+            stripes: (0..n).map(|_| Stripe::default()).collect(),
+        }
+    }
+
+    fn stripe_of(&self, i: u32) -> usize {
+        (i % self.stripes.len() as u32) as usize
+    }
+
+    /// Lock zone `i` (its stripe).
+    pub(crate) fn lock(&self, i: u32) -> ZoneGuard<'_> {
+        let stripe = &self.stripes[self.stripe_of(i)];
+        let mut g = stripe.lock();
+        g.zones.entry(i).or_default();
+        ZoneGuard {
+            stripe,
+            g: Some(g),
+            zone: i,
+        }
+    }
+
+    /// Lock zones `first..=last` once none of them has a write in flight;
+    /// the returned guard keeps new writes to them out until dropped.
+    /// Stripes are taken in ascending order, so range locks never deadlock.
+    pub(crate) fn lock_idle(&self, first: u32, last: u32) -> RangeGuard<'_> {
+        let n = self.stripes.len() as u32;
+        let span = u64::from(last - first) + 1;
+        let mut which: Vec<usize> = if span >= u64::from(n) {
+            (0..n as usize).collect()
+        } else {
+            (first..=last).map(|i| self.stripe_of(i)).collect()
+        };
+        which.sort_unstable();
+        which.dedup();
+        let mut guards = Vec::with_capacity(which.len());
+        for k in which {
+            let stripe = &self.stripes[k];
+            let mut g = stripe.lock();
+            g.idle_waiters += 1;
+            while g
+                .zones
+                .iter()
+                .any(|(&z, io)| z >= first && z <= last && !io.flights.is_empty())
+            {
+                g = stripe.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            g.idle_waiters -= 1;
+            // Writers held back for us wake up and queue for the lock we hold.
+            stripe.cv.notify_all();
+            guards.push(g);
+        }
+        RangeGuard { _guards: guards }
+    }
+}
+
+/// Zones locked idle by [`ZoneLocks::lock_idle`].
+pub(crate) struct RangeGuard<'a> {
+    _guards: Vec<MutexGuard<'a, StripeIo>>,
+}
+
+/// Zone `zone` locked for a write: gives its [`ZoneIo`].
+pub(crate) struct ZoneGuard<'a> {
+    stripe: &'a Stripe,
+    /// Always `Some` outside `wait`.
+    g: Option<MutexGuard<'a, StripeIo>>,
+    zone: u32,
+}
+
+impl ZoneGuard<'_> {
+    fn stripe_io(&mut self) -> &mut StripeIo {
+        self.g.as_mut().expect("zone guard holds its stripe")
+    }
+
+    /// The zone's in-flight bookkeeping.
+    pub(crate) fn io(&mut self) -> &mut ZoneIo {
+        let z = self.zone;
+        self.stripe_io().zones.entry(z).or_default()
+    }
+
+    /// Whether a new write must wait before it is issued: the zone is being
+    /// rolled back, or a management request awaits its stripe.
+    pub(crate) fn write_must_wait(&mut self) -> bool {
+        let waiters = self.stripe_io().idle_waiters;
+        waiters > 0 || self.io().poison.is_some()
+    }
+
+    /// Sleep until notified (the stripe lock is released meanwhile).
+    pub(crate) fn wait(&mut self) {
+        if let Some(g) = self.g.take() {
+            self.g = Some(self.stripe.cv.wait(g).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Wake every waiter of the stripe.
+    pub(crate) fn notify(&self) {
+        self.stripe.cv.notify_all();
+    }
+}
+
+impl Drop for ZoneGuard<'_> {
+    fn drop(&mut self) {
+        // Forget the zone's bookkeeping once it holds nothing.
+        let z = self.zone;
+        if let Some(g) = self.g.as_mut() {
+            if g.zones.get(&z).is_some_and(ZoneIo::idle) {
+                g.zones.remove(&z);
+            }
+        }
+    }
+}
+
+/// Lock a mutex, ignoring poisoning (see [`Stripe::lock`]).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,36 +1,46 @@
-//! Intrusive doubly linked list over zone indices: the IMP_OPEN zones in
-//! order of their last completed write, so the implicit close victim is
-//! found, and any zone moved or removed, in O(1).
+//! Doubly linked list over zone indices: the IMP_OPEN zones in order of
+//! their last completed write, so the implicit close victim is found, and
+//! any zone moved or removed, in O(1).
+//!
+//! Only the linked zones have links (a hash map), so the list costs nothing
+//! per zone of the device: every IMP_OPEN zone holds an open resource, so a
+//! device with an open limit links at most that many. A device without one
+//! never needs a victim, and the list is then off and empty.
+
+use std::collections::HashMap;
 
 const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
 
 /// List of zone indices, least recently written first.
 #[derive(Debug, Clone)]
 pub(crate) struct Lru {
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    linked: Vec<bool>,
+    links: HashMap<u32, Link>,
     head: u32,
     tail: u32,
-    len: u32,
+    /// Off: every operation is a no-op (no open limit, no victims needed).
+    on: bool,
 }
 
 impl Lru {
-    /// An empty list able to hold zones `0..n`.
-    pub(crate) fn new(n: u32) -> Self {
+    /// An empty list; `on` false makes it a no-op.
+    pub(crate) fn new(on: bool) -> Self {
         Lru {
-            prev: vec![NIL; n as usize],
-            next: vec![NIL; n as usize],
-            linked: vec![false; n as usize],
+            links: HashMap::new(),
             head: NIL,
             tail: NIL,
-            len: 0,
+            on,
         }
     }
 
     /// Whether zone `i` is in the list.
     pub(crate) fn contains(&self, i: u32) -> bool {
-        self.linked[i as usize]
+        self.links.contains_key(&i)
     }
 
     /// The least recently written zone.
@@ -45,7 +55,7 @@ impl Lru {
         std::iter::from_fn(move || {
             (c != NIL).then(|| {
                 let i = c;
-                c = self.next[i as usize];
+                c = self.links.get(&i).map_or(NIL, |l| l.next);
                 i
             })
         })
@@ -54,44 +64,37 @@ impl Lru {
     /// Number of zones in the list.
     #[cfg(test)]
     pub(crate) fn len(&self) -> u32 {
-        self.len
+        self.links.len() as u32
     }
 
     /// Unlink zone `i` if it is linked.
     pub(crate) fn remove(&mut self, i: u32) {
-        if !self.linked[i as usize] {
+        let Some(Link { prev: p, next: n }) = self.links.remove(&i) else {
             return;
+        };
+        match self.links.get_mut(&p) {
+            Some(l) => l.next = n,
+            None => self.head = n,
         }
-        let (p, n) = (self.prev[i as usize], self.next[i as usize]);
-        if p == NIL {
-            self.head = n;
-        } else {
-            self.next[p as usize] = n;
+        match self.links.get_mut(&n) {
+            Some(l) => l.prev = p,
+            None => self.tail = p,
         }
-        if n == NIL {
-            self.tail = p;
-        } else {
-            self.prev[n as usize] = p;
-        }
-        self.prev[i as usize] = NIL;
-        self.next[i as usize] = NIL;
-        self.linked[i as usize] = false;
-        self.len -= 1;
     }
 
     /// Put zone `i` at the most recently written end (moving it if linked).
     pub(crate) fn push_back(&mut self, i: u32) {
-        self.remove(i);
-        self.prev[i as usize] = self.tail;
-        self.next[i as usize] = NIL;
-        if self.tail == NIL {
-            self.head = i;
-        } else {
-            self.next[self.tail as usize] = i;
+        if !self.on {
+            return;
         }
+        self.remove(i);
+        let prev = self.tail;
+        match self.links.get_mut(&prev) {
+            Some(l) => l.next = i,
+            None => self.head = i,
+        }
+        self.links.insert(i, Link { prev, next: NIL });
         self.tail = i;
-        self.linked[i as usize] = true;
-        self.len += 1;
     }
 }
 
@@ -105,7 +108,7 @@ mod tests {
 
     #[test]
     fn push_move_remove() {
-        let mut l = Lru::new(5);
+        let mut l = Lru::new(true);
         assert_eq!(l.front(), None);
         l.push_back(3);
         l.push_back(1);

@@ -168,8 +168,20 @@ impl ZoneStore for MemZoneStore {
         self.geo
     }
 
-    fn load_wp_entries(&self) -> StoreResult<Vec<u64>> {
-        Ok(self.entries())
+    fn load_wp_entries(&self, first: u32, out: &mut [u64]) -> StoreResult<()> {
+        let g = self.lock();
+        let first = first as usize;
+        match first.checked_add(out.len()) {
+            Some(end) if end <= g.entries.len() => {
+                out.copy_from_slice(&g.entries[first..end]);
+                Ok(())
+            }
+            _ => Err(FormatError::Invalid(format!(
+                "write-pointer entries {first}..+{} are past the {} zones",
+                out.len(),
+                g.entries.len()
+            ))),
+        }
     }
 
     fn store_wp_entries(&self, first: u32, entries: &[u64]) -> StoreResult<()> {

@@ -41,13 +41,8 @@ impl ZoneStore for Qcow2ZoneStore {
     fn geometry(&self) -> ZoneGeometry {
         self.geometry
     }
-    fn load_wp_entries(&self) -> StoreResult<Vec<u64>> {
-        Ok(self
-            .img
-            .read_wp_entries()?
-            .into_iter()
-            .map(|e| e.0)
-            .collect())
+    fn load_wp_entries(&self, first: u32, out: &mut [u64]) -> StoreResult<()> {
+        self.img.read_wp_range(first, out)
     }
     fn store_wp_entries(&self, first: u32, entries: &[u64]) -> StoreResult<()> {
         let e: Vec<WpEntry> = entries.iter().map(|&v| WpEntry(v)).collect();

@@ -4,7 +4,11 @@
 //! lock and does the I/O around the calls.
 
 use super::lru::Lru;
+use crate::format::wp::WpEntry;
 use crate::zone::{ZoneCond, ZoneCtx, ZoneError, ZoneErrorKind, ZoneGeometry};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Write granularity in sequential zones.
 pub(crate) const SECTOR: u64 = 512;
@@ -35,6 +39,8 @@ pub(crate) struct Issued {
     pub prev: ZoneCond,
 }
 
+/// One zone's state, decoded from its packed byte (and, for the write
+/// pointer, from the published entry or the issued map).
 #[derive(Debug, Clone, Copy)]
 struct ZState {
     cond: ZoneCond,
@@ -47,11 +53,31 @@ struct ZState {
     busy: bool,
 }
 
+/// Packed per-zone byte: bits 0-2 the condition (its place in
+/// [`ZoneCond::ALL`]), bit 3 holds an open resource, bit 4 an active one,
+/// bit 5 writes in flight.
+const COND_MASK: u8 = 0x7;
+const HOLDS_OPEN: u8 = 1 << 3;
+const HOLDS_ACTIVE: u8 = 1 << 4;
+const BUSY: u8 = 1 << 5;
+
+fn cond_bits(c: ZoneCond) -> u8 {
+    ZoneCond::ALL.iter().position(|x| *x == c).unwrap_or(0) as u8
+}
+
 /// Conditions, write pointers and resources of every zone.
+///
+/// One byte per zone: a zone's write pointer is the published entry (shared
+/// with the engine) unless writes are in flight; only those zones have an
+/// issued write pointer of their own, in a map as small as the I/O depth.
 #[derive(Debug)]
 pub(crate) struct State {
     geo: ZoneGeometry,
-    z: Vec<ZState>,
+    flags: Vec<u8>,
+    /// Published entries (the engine's; read here for the write pointer).
+    entries: Arc<Vec<AtomicU64>>,
+    /// Issued write pointer of every busy zone.
+    issued: HashMap<u32, u64>,
     open: u32,
     active: u32,
     /// IMP_OPEN zones, least recently written first. A zone with writes in
@@ -60,41 +86,40 @@ pub(crate) struct State {
     lru: Lru,
     /// IMP_OPEN and CLOSED zones, least recently written first: the
     /// candidates for [`State::finish_victim`] (EXP_OPEN zones are held on
-    /// purpose by a zone-aware user and are never chosen).
+    /// purpose by a zone-aware user and are never chosen). Kept only with
+    /// an active limit, the only case that needs a victim, so it links at
+    /// most that many zones.
     active_lru: Lru,
 }
 
 impl State {
-    /// State after a power cycle: every zone's `(cond, wp)` as derived from
-    /// its entry. CLOSED zones hold an active resource; nothing is open.
-    pub(crate) fn new(geo: ZoneGeometry, zones: &[(ZoneCond, u64)]) -> Self {
+    /// State after a power cycle: `conds[i]` is zone `i`'s condition as
+    /// derived from its entry in `entries`. CLOSED zones hold an active
+    /// resource; nothing is open.
+    pub(crate) fn new(geo: ZoneGeometry, entries: Arc<Vec<AtomicU64>>, conds: Vec<ZoneCond>) -> Self {
         let mut active = 0;
-        let mut active_lru = Lru::new(geo.nr_zones);
-        for (i, &(cond, _)) in (0u32..).zip(zones) {
-            if cond == ZoneCond::Closed {
+        let mut active_lru = Lru::new(geo.max_active_zones != 0);
+        for (i, cond) in (0u32..).zip(&conds) {
+            if *cond == ZoneCond::Closed {
                 active_lru.push_back(i);
             }
         }
-        let z = zones
-            .iter()
-            .map(|&(cond, wp)| {
+        let flags = conds
+            .into_iter()
+            .map(|cond| {
                 let holds_active = cond == ZoneCond::Closed;
                 active += u32::from(holds_active);
-                ZState {
-                    cond,
-                    wp,
-                    holds_open: false,
-                    holds_active,
-                    busy: false,
-                }
+                cond_bits(cond) | if holds_active { HOLDS_ACTIVE } else { 0 }
             })
             .collect();
         State {
             geo,
-            z,
+            flags,
+            entries,
+            issued: HashMap::new(),
             open: 0,
             active,
-            lru: Lru::new(geo.nr_zones),
+            lru: Lru::new(geo.max_open_zones != 0),
             active_lru,
         }
     }
@@ -103,22 +128,56 @@ impl State {
     /// take: IMP_OPEN or CLOSED, no writes in flight.
     pub(crate) fn finish_victim(&self) -> Option<u32> {
         self.active_lru.iter().find(|&v| {
-            !self.z[v as usize].busy
-                && matches!(
-                    self.z[v as usize].cond,
-                    ZoneCond::ImpOpen | ZoneCond::Closed
-                )
+            let z = self.get(v);
+            !z.busy && matches!(z.cond, ZoneCond::ImpOpen | ZoneCond::Closed)
         })
+    }
+
+    fn get(&self, i: u32) -> ZState {
+        let f = self.flags[i as usize];
+        let busy = f & BUSY != 0;
+        let wp = if self.geo.is_conventional(i) {
+            self.geo.zone_start(i)
+        } else if busy {
+            self.issued.get(&i).copied().unwrap_or_else(|| self.published_wp(i))
+        } else {
+            self.published_wp(i)
+        };
+        ZState {
+            cond: ZoneCond::ALL[(f & COND_MASK) as usize],
+            wp,
+            holds_open: f & HOLDS_OPEN != 0,
+            holds_active: f & HOLDS_ACTIVE != 0,
+            busy,
+        }
+    }
+
+    fn published_wp(&self, i: u32) -> u64 {
+        WpEntry(self.entries[i as usize].load(Ordering::SeqCst)).wp()
+    }
+
+    /// Store `z`; the write pointer is kept only while the zone is busy
+    /// (otherwise the engine publishes it in the entry).
+    fn put(&mut self, i: u32, z: ZState) {
+        self.flags[i as usize] = cond_bits(z.cond)
+            | if z.holds_open { HOLDS_OPEN } else { 0 }
+            | if z.holds_active { HOLDS_ACTIVE } else { 0 }
+            | if z.busy { BUSY } else { 0 };
+        if z.busy {
+            self.issued.insert(i, z.wp);
+        } else {
+            self.issued.remove(&i);
+        }
     }
 
     /// Condition of zone `i`.
     pub(crate) fn cond(&self, i: u32) -> ZoneCond {
-        self.z[i as usize].cond
+        self.get(i).cond
     }
 
     /// Issued write pointer of zone `i`.
     pub(crate) fn wp(&self, i: u32) -> u64 {
-        self.z[i as usize].wp
+        self.get(i).wp
     }
 
     /// Zones holding an open resource.
@@ -133,7 +192,7 @@ impl State {
 
     /// The zone as error messages show it.
     pub(crate) fn ctx(&self, i: u32) -> ZoneCtx {
-        let z = &self.z[i as usize];
+        let z = self.get(i);
         ZoneCtx {
             index: i,
             start: self.geo.zone_start(i),
@@ -174,7 +233,7 @@ impl State {
         }
         // Busy zones are skipped; there are at most as many as requests in
         // flight, and none at all for a caller issuing one request at a time.
-        match self.lru.iter().find(|&v| !self.z[v as usize].busy) {
+        match self.lru.iter().find(|&v| !self.get(v).busy) {
             Some(v) => Ok(Some(v)),
             None => Err(self.err(
                 i,
@@ -189,17 +248,18 @@ impl State {
 
     fn implicit_close(&mut self, v: u32) {
         self.lru.remove(v);
-        let z = &mut self.z[v as usize];
+        let mut z = self.get(v);
         debug_assert_eq!(z.cond, ZoneCond::ImpOpen);
         z.cond = ZoneCond::Closed;
         if z.holds_open {
             z.holds_open = false;
             self.open -= 1;
         }
+        self.put(v, z);
     }
 
     fn acquire(&mut self, i: u32, open: bool, active: bool) {
-        let z = &mut self.z[i as usize];
+        let mut z = self.get(i);
         if open && !z.holds_open {
             z.holds_open = true;
             self.open += 1;
@@ -208,11 +268,12 @@ impl State {
             z.holds_active = true;
             self.active += 1;
         }
+        self.put(i, z);
     }
 
     /// Drop resources down to what `open`/`active` say.
     fn release_to(&mut self, i: u32, open: bool, active: bool) {
-        let z = &mut self.z[i as usize];
+        let mut z = self.get(i);
         if !open && z.holds_open {
             z.holds_open = false;
             self.open -= 1;
@@ -221,6 +282,7 @@ impl State {
             z.holds_active = false;
             self.active -= 1;
         }
+        self.put(i, z);
     }
 
     /// Validate a sequential write or append of `len` bytes to zone `i` and,
@@ -238,9 +300,9 @@ impl State {
         let what = &describe_write(verb, kind, len);
         use ZoneCond::*;
         use ZoneErrorKind as K;
-        let z = self.z[i as usize];
+        let z = self.get(i);
         let start = self.geo.zone_start(i);
-        let zone_end = start + self.geo.zone_len(i);
+        let zone_end = self.geo.zone_end(i);
         let cap_end = start + self.geo.zone_cap(i);
         match z.cond {
             ReadOnly => {
@@ -286,7 +348,8 @@ impl State {
                 ));
             }
         }
-        let end = z.wp + len;
+        // A request length is the peer's word: never let it wrap.
+        let end = z.wp.saturating_add(len);
         if end > zone_end {
             return Err(self.err(
                 i,
@@ -314,7 +377,7 @@ impl State {
             self.implicit_close(v);
         }
         self.acquire(i, true, true);
-        let zs = &mut self.z[i as usize];
+        let mut zs = self.get(i);
         zs.busy = true;
         zs.wp = end;
         zs.cond = if end == cap_end {
@@ -324,6 +387,7 @@ impl State {
         } else {
             ImpOpen
         };
+        self.put(i, zs);
         Ok(Issued {
             at: z.wp,
             prev: z.cond,
@@ -333,8 +397,10 @@ impl State {
     /// Every write issued to zone `i` completed: a FULL zone gives back its
     /// resources, an IMP_OPEN zone becomes the most recently written.
     pub(crate) fn end_writes(&mut self, i: u32) {
-        self.z[i as usize].busy = false;
-        match self.z[i as usize].cond {
+        let mut z = self.get(i);
+        z.busy = false;
+        self.put(i, z);
+        match z.cond {
             ZoneCond::ImpOpen => {
                 self.lru.push_back(i);
                 self.active_lru.push_back(i);
@@ -363,10 +429,12 @@ impl State {
             _ => (true, true),
         };
         self.release_to(i, open, active);
-        let z = &mut self.z[i as usize];
+        let mut z = self.get(i);
+        debug_assert!(self.geo.is_conventional(i) || wp == self.published_wp(i));
         z.wp = wp;
         z.cond = prev;
         z.busy = false;
+        self.put(i, z);
         match prev {
             ImpOpen | Closed => {
                 if !self.active_lru.contains(i) {
@@ -386,7 +454,7 @@ impl State {
 
     fn mgmt_fault(&self, i: u32, verb: &str) -> Option<ZoneError> {
         use ZoneCond::*;
-        let c = self.z[i as usize].cond;
+        let c = self.get(i).cond;
         if self.geo.is_conventional(i) {
             return Some(self.err(
                 i,
@@ -410,7 +478,7 @@ impl State {
         if let Some(e) = self.mgmt_fault(i, "open") {
             return Err(e);
         }
-        let victim = match self.z[i as usize].cond {
+        let victim = match self.get(i).cond {
             Empty => {
                 self.check_active(i, "open")?;
                 self.check_open(i, "open")?
@@ -431,7 +499,7 @@ impl State {
         self.acquire(i, true, true);
         self.lru.remove(i);
         self.active_lru.remove(i);
-        self.z[i as usize].cond = ExpOpen;
+        self.set_cond(i, ExpOpen);
         Ok(())
     }
 
@@ -441,19 +509,19 @@ impl State {
         if let Some(e) = self.mgmt_fault(i, "close") {
             return Err(e);
         }
-        let z = self.z[i as usize];
+        let z = self.get(i);
         if matches!(z.cond, ImpOpen | ExpOpen) {
             self.lru.remove(i);
             if z.wp == self.geo.zone_start(i) {
                 self.release_to(i, false, false);
                 self.active_lru.remove(i);
-                self.z[i as usize].cond = Empty;
+                self.set_cond(i, Empty);
             } else {
                 self.release_to(i, false, true);
                 if !self.active_lru.contains(i) {
                     self.active_lru.push_back(i);
                 }
-                self.z[i as usize].cond = Closed;
+                self.set_cond(i, Closed);
             }
         }
         Ok(())
@@ -465,7 +533,7 @@ impl State {
         if let Some(e) = self.mgmt_fault(i, "finish") {
             return Err(e);
         }
-        match self.z[i as usize].cond {
+        match self.get(i).cond {
             Empty => {
                 self.check_active(i, "finish")?;
                 Ok(true)
@@ -475,15 +543,19 @@ impl State {
         }
     }
 
-    /// Finish: wp to the zone end, FULL, resources released.
+    /// Finish: FULL, resources released. The engine has published the
+    /// write pointer at the zone end first.
     pub(crate) fn apply_finish(&mut self, i: u32) {
         self.release_to(i, false, false);
         self.lru.remove(i);
         self.active_lru.remove(i);
-        let end = self.geo.zone_start(i) + self.geo.zone_len(i);
-        let z = &mut self.z[i as usize];
-        z.cond = ZoneCond::Full;
-        z.wp = end;
+        self.set_cond(i, ZoneCond::Full);
+    }
+
+    fn set_cond(&mut self, i: u32, cond: ZoneCond) {
+        let mut z = self.get(i);
+        z.cond = cond;
+        self.put(i, z);
     }
 
     /// Whether reset is allowed and changes anything (EMPTY: no-op).
@@ -491,25 +563,23 @@ impl State {
         if let Some(e) = self.mgmt_fault(i, "reset") {
             return Err(e);
         }
-        Ok(self.z[i as usize].cond != ZoneCond::Empty)
+        Ok(self.get(i).cond != ZoneCond::Empty)
     }
 
     /// Whether reset-all resets zone `i` (others are skipped).
     pub(crate) fn reset_all_applies(&self, i: u32) -> bool {
         use ZoneCond::*;
         !self.geo.is_conventional(i)
-            && matches!(self.z[i as usize].cond, ImpOpen | ExpOpen | Closed | Full)
+            && matches!(self.get(i).cond, ImpOpen | ExpOpen | Closed | Full)
     }
 
-    /// Reset: wp to the start, EMPTY, resources released.
+    /// Reset: EMPTY, resources released. The engine has published the
+    /// write pointer at the zone start first.
     pub(crate) fn apply_reset(&mut self, i: u32) {
         self.release_to(i, false, false);
         self.lru.remove(i);
         self.active_lru.remove(i);
-        let start = self.geo.zone_start(i);
-        let z = &mut self.z[i as usize];
-        z.cond = ZoneCond::Empty;
-        z.wp = start;
+        self.set_cond(i, ZoneCond::Empty);
     }
 
     /// Whether a zone whose fault is cleared can take the condition `cond`
@@ -531,6 +601,6 @@ impl State {
             self.acquire(i, false, true);
             self.active_lru.push_back(i);
         }
-        self.z[i as usize].cond = cond;
+        self.set_cond(i, cond);
     }
 }

@@ -24,8 +24,9 @@ pub trait ZoneStore: Send + Sync + Debug {
     fn format_info(&self) -> Option<crate::device::FormatInfo> {
         None
     }
-    /// Every zone's entry, as last written (at open: as on disk).
-    fn load_wp_entries(&self) -> StoreResult<Vec<u64>>;
+    /// The entries of zones `first..first+out.len()`, as last written (at
+    /// open: as on disk). The engine pages the array in with bounded chunks.
+    fn load_wp_entries(&self, first: u32, out: &mut [u64]) -> StoreResult<()>;
     /// Write the entries of zones `first..first+entries.len()` to the image.
     /// Not durable until the next [`ZoneStore::sync`].
     fn store_wp_entries(&self, first: u32, entries: &[u64]) -> StoreResult<()>;

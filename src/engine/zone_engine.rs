@@ -7,15 +7,14 @@
 //! I/O). Flush takes `meta` without any zone lock.
 
 use super::error::{EngineError, EngineResult};
-use super::inflight::{lock, Flight, Slot, Status, ZoneIo};
-use super::state::{describe_write, State, WriteKind, SECTOR};
+use super::inflight::{lock, Flight, Status, ZoneIo, ZoneLocks};
+use super::state::{describe_write, State, WriteKind};
 use super::store::{StoreResult, ZoneStore};
 use crate::device::Extent;
-use crate::format::wp::{WpEntry, WP_ADDR_MASK};
+use crate::format::wp::WpEntry;
 use crate::zone::{
     ZoneCond, ZoneCtx, ZoneDescriptor, ZoneError, ZoneErrorKind, ZoneGeometry, ZoneOp,
 };
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,13 +40,14 @@ pub struct Engine {
     store: Arc<dyn ZoneStore>,
     geo: ZoneGeometry,
     read_only: bool,
-    slots: Vec<Slot>,
+    locks: ZoneLocks,
     state: Mutex<State>,
     /// Published entry of every zone (readable wp and fault bits): what a
-    /// flush persists and what reads go by.
-    entries: Vec<AtomicU64>,
-    /// Zones whose entry changed since it was last persisted.
-    dirty: Mutex<BTreeSet<u32>>,
+    /// flush persists and what reads go by. Shared with `state`, which
+    /// takes idle zones' write pointers from here.
+    entries: Arc<Vec<AtomicU64>>,
+    /// Zones whose entry changed since it was last persisted: one bit each.
+    dirty: Box<[AtomicU64]>,
     /// Serialises writes of wp entries (flush, reset, fault conditions).
     meta: Mutex<()>,
 }
@@ -59,49 +59,6 @@ impl fmt::Debug for Engine {
             .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
-}
-
-/// Check the geometry the store reports before using it in arithmetic.
-fn validate_geometry(g: &ZoneGeometry) -> EngineResult<()> {
-    let bad = |m: String| Err(EngineError::Invalid(format!("invalid zone geometry: {m}")));
-    if g.zone_size < SECTOR || !g.zone_size.is_power_of_two() {
-        return bad(format!(
-            "zone size {:#x} is not a power of two of at least 512 bytes",
-            g.zone_size
-        ));
-    }
-    if g.zone_capacity == 0 || g.zone_capacity > g.zone_size || g.zone_capacity % SECTOR != 0 {
-        return bad(format!(
-            "zone capacity {:#x} is not a non-zero multiple of 512 up to the zone size {:#x}",
-            g.zone_capacity, g.zone_size
-        ));
-    }
-    if g.device_size == 0 || g.device_size % SECTOR != 0 || g.device_size > WP_ADDR_MASK {
-        return bad(format!(
-            "device size {:#x} is not a non-zero multiple of 512 below 2^59",
-            g.device_size
-        ));
-    }
-    let want = g.device_size.div_ceil(g.zone_size);
-    if u64::from(g.nr_zones) != want {
-        return bad(format!(
-            "nr_zones {} does not match ceil(device size {:#x} / zone size {:#x}) = {want}",
-            g.nr_zones, g.device_size, g.zone_size
-        ));
-    }
-    if g.conventional_zones >= g.nr_zones {
-        return bad(format!(
-            "{} conventional zones of {} zones: at least one must be sequential",
-            g.conventional_zones, g.nr_zones
-        ));
-    }
-    if u64::from(g.max_append_bytes) % SECTOR != 0 {
-        return bad(format!(
-            "max_append_bytes {:#x} is not a multiple of 512",
-            g.max_append_bytes
-        ));
-    }
-    Ok(())
 }
 
 /// Condition and reported wp of zone `i` from its entry, as after a power
@@ -162,6 +119,21 @@ fn runs(idx: impl IntoIterator<Item = u32>, gap: u32) -> Vec<(u32, u32)> {
     out
 }
 
+/// Entries read from the store per call at open (512 KiB).
+const LOAD_CHUNK: usize = 65536;
+
+/// Most dirty entries one flush round snapshots (8 MiB); more are written
+/// in further rounds, each with its own pair of syncs.
+const FLUSH_BATCH: usize = 1 << 20;
+
+/// Memory the engine may spend on per-zone state: a device needing more
+/// is refused at open with a clear error instead of an allocation abort.
+pub const ZONE_STATE_LIMIT: u64 = 1 << 30;
+
+/// Bytes of engine memory per zone: the published entry (8), the packed
+/// condition byte (1) and a dirty bit, rounded up.
+pub const ZONE_STATE_BYTES: u64 = 10;
+
 fn describe(verb: &str, offset: u64, len: u64) -> String {
     format!("{verb} of {len:#x} bytes at {offset:#x}")
 }
@@ -178,30 +150,47 @@ impl Engine {
     /// open; every CLOSED zone holds an active resource).
     pub fn open(store: Arc<dyn ZoneStore>) -> EngineResult<Engine> {
         let geo = store.geometry();
-        validate_geometry(&geo)?;
-        let raw = store
-            .load_wp_entries()
-            .map_err(|e| EngineError::store("loading the write-pointer entries", e))?;
-        if raw.len() != geo.nr_zones as usize {
+        geo.validate()
+            .map_err(|e| EngineError::Invalid(format!("invalid zone geometry: {e}")))?;
+        let need = u64::from(geo.nr_zones) * ZONE_STATE_BYTES;
+        if need > ZONE_STATE_LIMIT {
             return Err(EngineError::Invalid(format!(
-                "the store has {} write-pointer entries for {} zones",
-                raw.len(),
-                geo.nr_zones
+                "{} zones need {} MiB of zone state, more than the limit of {} MiB",
+                geo.nr_zones,
+                need >> 20,
+                ZONE_STATE_LIMIT >> 20
             )));
         }
-        let mut zones = Vec::with_capacity(raw.len());
-        for (i, &r) in (0u32..).zip(raw.iter()) {
-            zones.push(derive(&geo, i, r).map_err(EngineError::Invalid)?);
+        // The array is paged in one chunk at a time: the entries kept are
+        // the only per-zone copy.
+        let n = geo.nr_zones as usize;
+        let mut entries = Vec::with_capacity(n);
+        let mut conds = Vec::with_capacity(n);
+        let mut buf = vec![0u64; LOAD_CHUNK.min(n)];
+        let mut first = 0u32;
+        while (first as usize) < n {
+            let k = LOAD_CHUNK.min(n - first as usize);
+            store
+                .load_wp_entries(first, &mut buf[..k])
+                .map_err(|e| EngineError::store("loading the write-pointer entries", e))?;
+            for (i, &r) in (first..).zip(&buf[..k]) {
+                conds.push(derive(&geo, i, r).map_err(EngineError::Invalid)?.0);
+                entries.push(AtomicU64::new(r));
+            }
+            first += k as u32;
         }
+        drop(buf);
+        // Arc::new moves the vector; `into()` an `Arc<[_]>` would copy it.
+        let entries = Arc::new(entries);
         let read_only = store.is_read_only();
         Ok(Engine {
             store,
             geo,
             read_only,
-            slots: (0..geo.nr_zones).map(|_| Slot::default()).collect(),
-            state: Mutex::new(State::new(geo, &zones)),
-            entries: raw.into_iter().map(AtomicU64::new).collect(),
-            dirty: Mutex::new(BTreeSet::new()),
+            locks: ZoneLocks::new(geo.nr_zones),
+            state: Mutex::new(State::new(geo, entries.clone(), conds)),
+            entries,
+            dirty: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             meta: Mutex::new(()),
         })
     }
@@ -294,7 +283,43 @@ impl Engine {
     }
 
     fn mark_dirty(&self, zones: impl IntoIterator<Item = u32>) {
-        lock(&self.dirty).extend(zones);
+        for i in zones {
+            self.dirty[i as usize / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+        }
+    }
+
+    /// Take up to `max` dirty zones, in ascending order, from word `*word`
+    /// on (moving it past the words taken whole).
+    fn take_dirty(&self, word: &mut usize, max: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        while *word < self.dirty.len() && out.len() < max {
+            let w = &self.dirty[*word];
+            let bits = w.load(Ordering::SeqCst);
+            // Take at most what fits; the rest of the word stays dirty.
+            let room = max - out.len();
+            let take = if (bits.count_ones() as usize) <= room {
+                bits
+            } else {
+                let mut t = 0u64;
+                let mut b = bits;
+                for _ in 0..room {
+                    let low = b & b.wrapping_neg();
+                    t |= low;
+                    b &= !low;
+                }
+                t
+            };
+            w.fetch_and(!take, Ordering::SeqCst);
+            let mut b = take;
+            while b != 0 {
+                out.push((*word * 64) as u32 + b.trailing_zeros());
+                b &= b - 1;
+            }
+            if take == bits {
+                *word += 1;
+            }
+        }
+        out
     }
 
     fn writable(&self) -> EngineResult<()> {
@@ -317,7 +342,7 @@ impl Engine {
     }
 
     fn zone_end(&self, i: u32) -> u64 {
-        self.geo.zone_start(i) + self.geo.zone_len(i)
+        self.geo.zone_end(i)
     }
 
     /// Zones `first..=last` covering `[offset, offset+len)`, `len > 0`.
@@ -405,7 +430,7 @@ impl Engine {
     pub fn block_status(&self, offset: u64, len: u64) -> EngineResult<Vec<Extent>> {
         self.check_range(offset, len)?;
         let mut out: Vec<Extent> = Vec::new();
-        let mut push = |len: u64, hole: bool| {
+        let push = |out: &mut Vec<Extent>, len: u64, hole: bool| {
             if len == 0 {
                 return;
             }
@@ -420,7 +445,9 @@ impl Engine {
         };
         let end = offset + len;
         let mut pos = offset;
-        while pos < end {
+        // Bounded answer: at most MAX_STATUS_RUNS extents (a prefix of the
+        // range); the caller asks again for the rest.
+        while pos < end && out.len() < crate::format::MAX_STATUS_RUNS {
             let i = (pos / self.geo.zone_size) as u32;
             let seg_end = self.zone_end(i).min(end);
             if self.entry(i).offline() {
@@ -435,8 +462,8 @@ impl Engine {
             } else {
                 self.entry(i).wp().clamp(pos, seg_end)
             };
-            push(data_end - pos, false);
-            push(seg_end - data_end, true);
+            push(&mut out, data_end - pos, false);
+            push(&mut out, seg_end - data_end, true);
             pos = seg_end;
         }
         Ok(out)
@@ -557,17 +584,17 @@ impl Engine {
         verb: &str,
         io: &dyn Fn(u64) -> StoreResult<()>,
     ) -> EngineResult<u64> {
-        let slot = &self.slots[i as usize];
-        let mut g = slot.lock();
+        let mut g = self.locks.lock(i);
         // A zone being rolled back, or awaited by a management request, takes
         // no new writes until that is done.
         while g.write_must_wait() {
-            g = slot.wait(g);
+            g.wait();
         }
         let issued = self.state().begin_write(i, kind, len, verb)?;
-        let seq = g.next_seq;
-        g.next_seq += 1;
-        g.flights.push_back(Flight {
+        let io_state = g.io();
+        let seq = io_state.next_seq;
+        io_state.next_seq += 1;
+        io_state.flights.push_back(Flight {
             seq,
             start: issued.at,
             end: issued.at + len,
@@ -578,8 +605,9 @@ impl Engine {
 
         let res = io(issued.at);
 
-        let mut g = slot.lock();
-        if let Some(f) = g.flights.iter_mut().find(|f| f.seq == seq) {
+        let mut g = self.locks.lock(i);
+        let zio = g.io();
+        if let Some(f) = zio.flights.iter_mut().find(|f| f.seq == seq) {
             f.status = if res.is_ok() {
                 Status::Done
             } else {
@@ -587,15 +615,15 @@ impl Engine {
             };
         }
         if res.is_err() {
-            g.poison = Some(g.poison.map_or(issued.at, |p| p.min(issued.at)));
+            zio.poison = Some(zio.poison.map_or(issued.at, |p| p.min(issued.at)));
         }
-        self.settle(i, &mut g);
-        slot.notify();
+        self.settle(i, zio);
+        g.notify();
         let ok = loop {
-            if let Some(ok) = g.take_resolved(seq) {
+            if let Some(ok) = g.io().take_resolved(seq) {
                 break ok;
             }
-            g = slot.wait(g);
+            g.wait();
         };
         drop(g);
         let what = describe_write(verb, WriteKind::At(issued.at), len);
@@ -689,7 +717,7 @@ impl Engine {
             ZoneOp::Reset => self.reset_range(first, last, whole),
             ZoneOp::Open | ZoneOp::Close => {
                 for i in first..=last {
-                    let _g = self.slots[i as usize].lock_idle();
+                    let _g = self.locks.lock_idle(i, i);
                     let mut st = self.state();
                     if op == ZoneOp::Open {
                         st.open_zone(i)?;
@@ -765,7 +793,7 @@ impl Engine {
     }
 
     fn finish_one(&self, i: u32) -> EngineResult<()> {
-        let _g = self.slots[i as usize].lock_idle();
+        let _g = self.locks.lock_idle(i, i);
         if !self.state().check_finish(i)? {
             return Ok(());
         }
@@ -785,16 +813,15 @@ impl Engine {
                 )
             })?;
         }
-        self.state().apply_finish(i);
+        // Published first: the state takes an idle zone's wp from it.
         self.set_entry(i, self.entry(i).with_wp(end));
+        self.state().apply_finish(i);
         self.mark_dirty([i]);
         Ok(())
     }
 
     fn reset_range(&self, first: u32, last: u32, all: bool) -> EngineResult<()> {
-        let _guards: Vec<_> = (first..=last)
-            .map(|i| self.slots[i as usize].lock_idle())
-            .collect();
+        let _guard = self.locks.lock_idle(first, last);
         let mut targets = Vec::new();
         let mut failed = None;
         {
@@ -896,7 +923,7 @@ impl Engine {
             )));
         }
         let i = index;
-        let _g = self.slots[i as usize].lock_idle();
+        let _g = self.locks.lock_idle(i, i);
         let old = self.entry(i);
         let (ro, off) = match fault {
             ZoneFault::ReadOnly => (true, false),
@@ -941,28 +968,40 @@ impl Engine {
             return Ok(());
         }
         let _m = lock(&self.meta);
-        let dirty = std::mem::take(&mut *lock(&self.dirty));
-        // Snapshot before the first sync: every value taken here was
-        // published after its I/O completed, so that sync covers its data.
-        let snap: Vec<(u32, Vec<u64>)> = runs(dirty.iter().copied(), RUN_GAP)
-            .into_iter()
-            .map(|(a, b)| (a, (a..=b).map(|i| self.entry(i).0).collect()))
-            .collect();
-        let r = (|| {
-            self.store.sync()?;
+        // One pass over the dirty bits, in bounded batches: zones marked
+        // before the flush began are all taken; later ones may wait.
+        let mut word = 0;
+        let mut first_round = true;
+        loop {
+            let dirty = self.take_dirty(&mut word, FLUSH_BATCH);
+            if dirty.is_empty() && !first_round {
+                return Ok(());
+            }
+            first_round = false;
+            // Snapshot before the first sync: every value taken here was
+            // published after its I/O completed, so that sync covers its data.
+            let snap: Vec<(u32, Vec<u64>)> = runs(dirty.iter().copied(), RUN_GAP)
+                .into_iter()
+                .map(|(a, b)| (a, (a..=b).map(|i| self.entry(i).0).collect()))
+                .collect();
+            let r = (|| {
+                self.store.sync()?;
+                if snap.is_empty() {
+                    return Ok(());
+                }
+                for (a, vals) in &snap {
+                    self.store.store_wp_entries(*a, vals)?;
+                }
+                self.store.sync()
+            })();
+            if let Err(e) = r {
+                self.mark_dirty(dirty);
+                return Err(EngineError::store("flush", e));
+            }
             if snap.is_empty() {
                 return Ok(());
             }
-            for (a, vals) in &snap {
-                self.store.store_wp_entries(*a, vals)?;
-            }
-            self.store.sync()
-        })();
-        if let Err(e) = r {
-            self.mark_dirty(dirty);
-            return Err(EngineError::store("flush", e));
         }
-        Ok(())
     }
 
     /// Flush everything; the engine stays usable.

@@ -109,6 +109,10 @@ impl Default for OpenOptions {
     }
 }
 
+/// Most runs one [`Qcow2::block_status`] answer holds (an NBD reply holds
+/// at most as many extents).
+pub const MAX_STATUS_RUNS: usize = 65536;
+
 /// The zoned part of an open image.
 #[derive(Debug, Clone)]
 pub struct ZonedInfo {
@@ -593,19 +597,14 @@ impl Qcow2 {
         }
         let mut order = None;
         if problem.is_none() {
-            let mut raw = vec![0u8; ext.zonedmeta_size as usize];
-            store.read_at(ext.zonedmeta_offset, &mut raw)?;
-            let (entries, o) = decode_wp_array(&geometry, &raw);
-            order = o;
-            match o {
+            // Paged, never read whole: constant memory for any zone count.
+            let scan = super::zoned::scan_wp_array(&geometry, |at, buf| {
+                store.read_at(ext.zonedmeta_offset + at, buf)
+            })?;
+            order = scan.order;
+            match scan.order {
                 None => {
-                    let (i, why) = entries
-                        .iter()
-                        .enumerate()
-                        .find_map(|(i, &e)| {
-                            super::zoned::entry_problem(&geometry, i as u32, e).map(|w| (i, w))
-                        })
-                        .unwrap_or((0, "invalid".into()));
+                    let (i, why) = scan.first_bad.unwrap_or((0, "invalid".into()));
                     problem = Some(format!("write-pointer entry of zone {i}: {why}"));
                 }
                 Some(WpByteOrder::LittleEndian) => {
@@ -1312,6 +1311,12 @@ impl Qcow2 {
             let n = (cs - in_off).min(end - pos);
             let l2 = self.l2_offset(m, gc)?;
             if l2.0 == 0 {
+                // No L2 table: its whole span is unallocated, skipped in one
+                // step (a sparse 1 PiB image is 2M steps, not 2^34).
+                let span_end = (gc / self.p.l2_entries + 1)
+                    .saturating_mul(self.p.l2_entries)
+                    .saturating_mul(cs);
+                let n = span_end.min(end) - pos;
                 push(&mut out, Piece::Unalloc { guest: pos, len: n });
                 pos += n;
                 continue;
@@ -1496,14 +1501,31 @@ impl Qcow2 {
 
     /// Allocation status of a guest range: runs of (length, allocated here,
     /// reads as zero).
+    ///
+    /// Bounded work and memory whatever the range: it is mapped one L2
+    /// table's span at a time (the metadata lock is released in between),
+    /// and the answer stops, possibly short of `len`, once it holds
+    /// [`MAX_STATUS_RUNS`] runs; the caller asks again for the rest.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool, bool)>> {
         self.check_range(offset, len)?;
-        let pieces = {
-            let mut m = lock(&self.meta);
-            self.map_range(&mut m, offset, len)?
-        };
-        let has_backing = self.backing.is_some();
+        let span = self.p.l2_entries.saturating_mul(self.p.cs);
+        let end = offset + len;
+        let mut pos = offset;
         let mut out: Vec<(u64, bool, bool)> = Vec::new();
+        while pos < end && out.len() < MAX_STATUS_RUNS {
+            let stop = (pos / span).saturating_add(1).saturating_mul(span).min(end);
+            let pieces = {
+                let mut m = lock(&self.meta);
+                self.map_range(&mut m, pos, stop - pos)?
+            };
+            self.status_runs(pieces, &mut out);
+            pos = stop;
+        }
+        Ok(out)
+    }
+
+    fn status_runs(&self, pieces: Vec<Piece>, out: &mut Vec<(u64, bool, bool)>) {
+        let has_backing = self.backing.is_some();
         for p in pieces {
             let (l, alloc, zero) = match p {
                 Piece::Zero(l) => (l, true, true),
@@ -1516,7 +1538,6 @@ impl Qcow2 {
                 _ => out.push((l, alloc, zero)),
             }
         }
-        Ok(out)
     }
 
     // ---- writes --------------------------------------------------------------
@@ -1876,7 +1897,8 @@ impl Qcow2 {
     fn zero_partial(&self, offset: u64, len: u64) -> Result<()> {
         // Skip work when the range already reads as zero.
         let st = self.block_status(offset, len)?;
-        if st.iter().all(|&(_, _, zero)| zero) {
+        let covered: u64 = st.iter().map(|r| r.0).sum();
+        if covered == len && st.iter().all(|&(_, _, zero)| zero) {
             return Ok(());
         }
         let z = vec![0u8; len as usize];
@@ -1913,11 +1935,49 @@ impl Qcow2 {
         // A check-mode open keeps an extension that failed validation: its
         // size may be anything and its geometry overflows the decoder.
         z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        if z.ext.zonedmeta_size > super::zoned::WP_WHOLE_LIMIT {
+            return Err(FormatError::Unsupported(format!(
+                "the write-pointer array of {} zones ({} MiB) is too large to read whole (limit {} MiB); it is read in pages instead",
+                z.ext.nr_zones,
+                z.ext.zonedmeta_size >> 20,
+                super::zoned::WP_WHOLE_LIMIT >> 20
+            )));
+        }
         let mut raw = vec![0u8; z.ext.zonedmeta_size as usize];
         self.store.read_at(z.ext.zonedmeta_offset, &mut raw)?;
         let (entries, _) = decode_wp_array(&z.geometry, &raw);
         let _ = GuestOffset(0);
         Ok(entries)
+    }
+
+    /// Read the entries of zones `first..first+out.len()` (in the byte order
+    /// the array was found in at open) without reading the rest.
+    pub fn read_wp_range(&self, first: u32, out: &mut [u64]) -> Result<()> {
+        let z = self
+            .zoned
+            .as_ref()
+            .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
+        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        if u64::from(first) + out.len() as u64 > u64::from(z.ext.nr_zones) {
+            return Err(FormatError::OutOfRange {
+                offset: u64::from(first),
+                len: out.len() as u64,
+                size: u64::from(z.ext.nr_zones),
+            });
+        }
+        let order = z.order.unwrap_or(WpByteOrder::BigEndian);
+        let mut raw = vec![0u8; out.len().min(super::zoned::WP_PAGE as usize) * 8];
+        let mut done = 0usize;
+        while done < out.len() {
+            let k = (out.len() - done).min(super::zoned::WP_PAGE as usize);
+            let at = z.ext.zonedmeta_offset + (u64::from(first) + done as u64) * 8;
+            self.store.read_at(at, &mut raw[..k * 8])?;
+            for (o, c) in out[done..done + k].iter_mut().zip(raw.chunks_exact(8)) {
+                *o = order.decode(c).0;
+            }
+            done += k;
+        }
+        Ok(())
     }
 
     /// Write the entries of zones `first..` big-endian (not synced).

@@ -212,6 +212,10 @@ impl ZonedExt {
                 ))
             }
         }
+        // The geometry rules every consumer relies on (one place for them).
+        self.geometry(size)
+            .validate()
+            .map_err(|e| invalid!("zoned extension: {}", e))?;
         if !self.extra.iter().all(|&b| b == 0) && self.extra.len() > 4096 {
             return Err(invalid!(
                 "zoned extension: {} unexpected extra bytes",
@@ -356,6 +360,57 @@ pub fn decode_wp_array(geo: &ZoneGeometry, raw: &[u8]) -> (Vec<WpEntry>, Option<
     let as_read = order.unwrap_or(WpByteOrder::BigEndian);
     let entries = raw.chunks_exact(8).map(|c| as_read.decode(c)).collect();
     (entries, order)
+}
+
+/// Entries per read when the array is paged through (512 KiB).
+pub const WP_PAGE: u32 = 65536;
+
+/// Largest array [`decode_wp_array`]-style whole reads may load (32 Mi
+/// zones, 256 MiB); callers past it page through the array instead.
+pub const WP_WHOLE_LIMIT: u64 = 256 << 20;
+
+/// What a scan of the whole array found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WpScan {
+    /// Byte order every entry is valid in (big-endian preferred).
+    pub order: Option<WpByteOrder>,
+    /// The first entry invalid when read big-endian: (zone, why).
+    pub first_bad: Option<(u32, String)>,
+}
+
+/// Scan the array of `geo.nr_zones` entries one [`WP_PAGE`] at a time
+/// through `read(byte offset in the array, buf)`: memory stays constant
+/// whatever the zone count, and the scan stops as soon as neither byte
+/// order can hold (a bogus array of half a billion zones costs one page).
+pub fn scan_wp_array<E>(
+    geo: &ZoneGeometry,
+    mut read: impl FnMut(u64, &mut [u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<WpScan, E> {
+    let (mut be, mut le) = (true, true);
+    let mut first_bad = None;
+    let mut buf = Vec::new();
+    let mut first = 0u32;
+    while first < geo.nr_zones && (be || le) {
+        let k = WP_PAGE.min(geo.nr_zones - first);
+        buf.resize(k as usize * 8, 0);
+        read(u64::from(first) * 8, &mut buf)?;
+        if be && !wp_entries_valid(geo, first, &buf, WpByteOrder::BigEndian) {
+            be = false;
+            first_bad = buf.chunks_exact(8).zip(first..).find_map(|(c, i)| {
+                entry_problem(geo, i, WpByteOrder::BigEndian.decode(c)).map(|w| (i, w))
+            });
+        }
+        le = le && wp_entries_valid(geo, first, &buf, WpByteOrder::LittleEndian);
+        first += k;
+    }
+    let order = if be {
+        Some(WpByteOrder::BigEndian)
+    } else if le {
+        Some(WpByteOrder::LittleEndian)
+    } else {
+        None
+    };
+    Ok(WpScan { order, first_bad })
 }
 
 /// Encode entries big-endian.

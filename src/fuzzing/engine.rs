@@ -52,8 +52,8 @@ impl ZoneStore for Cuttable {
     fn geometry(&self) -> ZoneGeometry {
         self.inner.geometry()
     }
-    fn load_wp_entries(&self) -> StoreResult<Vec<u64>> {
-        self.inner.load_wp_entries()
+    fn load_wp_entries(&self, first: u32, out: &mut [u64]) -> StoreResult<()> {
+        self.inner.load_wp_entries(first, out)
     }
     fn store_wp_entries(&self, first: u32, entries: &[u64]) -> StoreResult<()> {
         self.dead(0)?;

@@ -10,6 +10,35 @@ use crate::zone::{count_by_cond, summarize_counts, ZoneCond, ZoneGeometry};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
+/// Largest zone count `info` counts conditions for.
+pub const INFO_COUNT_LIMIT: u32 = 1 << 24;
+
+/// Zones per condition, paging through the array (constant memory for any
+/// zone count); all zero when the array cannot be read.
+fn count_conditions(img: &crate::format::Qcow2, geo: &ZoneGeometry) -> [u64; 8] {
+    let page = crate::format::zoned::WP_PAGE;
+    let mut buf = vec![0u64; page.min(geo.nr_zones) as usize];
+    let mut counts = [0u64; 8];
+    let mut first = 0u32;
+    while first < geo.nr_zones {
+        let k = page.min(geo.nr_zones - first);
+        let chunk = &mut buf[..k as usize];
+        if img.read_wp_range(first, chunk).is_err() {
+            return [0; 8];
+        }
+        let c = count_by_cond(
+            (first..)
+                .zip(chunk.iter())
+                .map(|(i, &e)| cond_from_entry(geo, i, WpEntry(e))),
+        );
+        for (a, b) in counts.iter_mut().zip(c) {
+            *a += b;
+        }
+        first += k;
+    }
+    counts
+}
+
 /// Condition of a zone as reopen derives it from its entry (power cycle).
 pub fn cond_from_entry(geo: &ZoneGeometry, i: u32, e: WpEntry) -> ZoneCond {
     let start = geo.zone_start(i);
@@ -325,15 +354,14 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
     let mut zoned_human = String::new();
     if let Some(z) = img.zoned() {
         let geo = z.geometry;
-        let entries = img.read_wp_entries().unwrap_or_default();
-        let counts = count_by_cond(
-            entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| cond_from_entry(&geo, i as u32, *e)),
-        );
+        // Counting pages through the whole array: only for a usable array of
+        // at most INFO_COUNT_LIMIT zones (128 MiB read, a fraction of a
+        // second). Otherwise info reads none of it and says so.
+        let counts = (z.problem.is_none() && geo.nr_zones <= INFO_COUNT_LIMIT)
+            .then(|| count_conditions(&img, &geo));
         let mut by = Map::new();
         for (k, c) in ZoneCond::ALL.iter().enumerate() {
+            let Some(counts) = &counts else { break };
             by.insert(
                 c.name().to_ascii_lowercase().replace('_', "-"),
                 json!(counts[k]),
@@ -350,7 +378,9 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         zm.insert("max-append-bytes".into(), json!(geo.max_append_bytes));
         zm.insert("metadata-offset".into(), json!(z.ext.zonedmeta_offset));
         zm.insert("metadata-size".into(), json!(z.ext.zonedmeta_size));
-        zm.insert("zones-by-condition".into(), Value::Object(by));
+        if counts.is_some() {
+            zm.insert("zones-by-condition".into(), Value::Object(by));
+        }
         if let Some(p) = &z.problem {
             zm.insert("problem".into(), json!(p));
         }
@@ -401,7 +431,13 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
         ));
         zoned_human.push_str(&format!(
             "    zones by condition: {}\n",
-            summarize_counts(&counts)
+            match &counts {
+                Some(c) => summarize_counts(c),
+                None if z.problem.is_some() => "not counted (the array is unusable)".into(),
+                None => format!(
+                    "not counted (more than {INFO_COUNT_LIMIT} zones; see 'zcow-img zone report')"
+                ),
+            }
         ));
         if let Some(p) = &z.problem {
             zoned_human.push_str(&format!("    problem: {p}\n"));

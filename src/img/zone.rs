@@ -2,6 +2,7 @@
 //! write-pointer array (the view after a power cycle).
 
 use super::info::cond_from_entry;
+use crate::format::wp::WpEntry;
 use crate::format::{BackingPolicy, FormatError, OpenOptions, Qcow2};
 use crate::qjson::to_qemu_json;
 use crate::zone::{
@@ -49,7 +50,6 @@ pub fn report(
     count: Option<u32>,
 ) -> crate::format::Result<(ZoneGeometry, Vec<ZoneDescriptor>)> {
     let (img, g) = open(path, true)?;
-    let entries = img.read_wp_entries()?;
     let first = g.zone_index(offset).ok_or(FormatError::OutOfRange {
         offset,
         len: 0,
@@ -59,9 +59,12 @@ pub fn report(
         Some(n) => (first as u64 + n as u64).min(g.nr_zones as u64) as u32,
         None => g.nr_zones,
     };
+    // Only the entries reported are read.
+    let mut raw = vec![0u64; (last - first) as usize];
+    img.read_wp_range(first, &mut raw)?;
     let v = (first..last)
         .map(|i| {
-            let e = entries[i as usize];
+            let e = WpEntry(raw[(i - first) as usize]);
             let cond = cond_from_entry(&g, i, e);
             ZoneDescriptor {
                 index: i,
@@ -189,14 +192,14 @@ pub fn set_cond(path: &Path, index: u32, cond: FaultCond) -> crate::format::Resu
             g.nr_zones
         )));
     }
-    let mut entries = img.read_wp_entries()?;
-    let e = entries[index as usize];
+    let mut one = [0u64];
+    img.read_wp_range(index, &mut one)?;
+    let e = WpEntry(one[0]);
     let new = match cond {
         FaultCond::ReadOnly => e.with_faults(true, false),
         FaultCond::Offline => e.with_faults(false, true),
         FaultCond::Clear => e.with_faults(false, false),
     };
-    entries[index as usize] = new;
     img.write_wp_entries(index, &[new])?;
     img.sync_file()?;
     Ok(cond_from_entry(&g, index, new))

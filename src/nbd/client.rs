@@ -199,9 +199,19 @@ struct Acc {
     append: Option<u64>,
 }
 
+/// Most extents one request may accumulate over all its chunks (16 bytes
+/// each: 16 MiB); a server sending more is broken or hostile.
+const MAX_EXTENTS_PER_REQUEST: usize = 1 << 20;
+
+/// Most reply chunks one request may receive (a 32 MiB read in 512-byte
+/// data chunks is 65,536); past that the server is not making progress.
+const MAX_CHUNKS_PER_REQUEST: u32 = 1 << 20;
+
 struct Slot {
     offset: u64,
     is_read: bool,
+    /// Chunks received so far.
+    chunks: u32,
     acc: Acc,
     tx: mpsc::SyncSender<std::result::Result<Acc, String>>,
 }
@@ -473,6 +483,7 @@ impl NbdClient {
                 Slot {
                     offset,
                     is_read,
+                    chunks: 0,
                     acc: Acc {
                         data,
                         ..Acc::default()
@@ -743,6 +754,12 @@ fn read_one_reply(inner: &Inner, r: &mut dyn Read) -> Result<()> {
 }
 
 fn read_chunk(slot: &mut Slot, typ: u16, len: u64, r: &mut dyn Read) -> Result<()> {
+    slot.chunks += 1;
+    if slot.chunks > MAX_CHUNKS_PER_REQUEST {
+        return Err(NbdError::Protocol(format!(
+            "server sent more than {MAX_CHUNKS_PER_REQUEST} reply chunks for one request"
+        )));
+    }
     if typ == REPLY_TYPE_OFFSET_DATA {
         if !slot.is_read || len < 8 {
             return Err(NbdError::Protocol("unexpected data chunk".into()));
@@ -783,6 +800,7 @@ fn read_chunk(slot: &mut Slot, typ: u16, len: u64, r: &mut dyn Read) -> Result<(
         REPLY_TYPE_BLOCK_STATUS => {
             let id = c.u32().ok_or_else(bad)?;
             let mut v = Vec::new();
+            extent_budget(slot, c.remaining() / 8)?;
             while c.remaining() >= 8 {
                 let l = c.u32().ok_or_else(bad)? as u64;
                 let s = c.u32().ok_or_else(bad)? as u64;
@@ -793,7 +811,12 @@ fn read_chunk(slot: &mut Slot, typ: u16, len: u64, r: &mut dyn Read) -> Result<(
         REPLY_TYPE_BLOCK_STATUS_EXT => {
             let id = c.u32().ok_or_else(bad)?;
             let n = c.u32().ok_or_else(bad)?;
-            let mut v = Vec::new();
+            // The count is the peer's word: never more than the body holds.
+            if n as usize > c.remaining() / 16 {
+                return Err(bad());
+            }
+            extent_budget(slot, n as usize)?;
+            let mut v = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let l = c.u64().ok_or_else(bad)?;
                 let s = c.u64().ok_or_else(bad)?;
@@ -823,6 +846,17 @@ fn read_chunk(slot: &mut Slot, typ: u16, len: u64, r: &mut dyn Read) -> Result<(
                 "unknown reply chunk type {t:#x}"
             )))
         }
+    }
+    Ok(())
+}
+
+/// Account `n` more extents to the request; error past the limit.
+fn extent_budget(slot: &Slot, n: usize) -> Result<()> {
+    let have: usize = slot.acc.extents.iter().map(|c| c.1.len()).sum();
+    if have.saturating_add(n) > MAX_EXTENTS_PER_REQUEST {
+        return Err(NbdError::Protocol(format!(
+            "server sent more than {MAX_EXTENTS_PER_REQUEST} block status extents for one request"
+        )));
     }
     Ok(())
 }
@@ -860,9 +894,6 @@ impl NbdDevice {
             dev.client.info.zoned,
             dev.client.context_id(CTX_X_ZONED_STATE),
         ) {
-            if z.zone_size == 0 || z.nr_zones == 0 {
-                return Err(NbdError::Protocol("zoned info with zero zones".into()));
-            }
             let mut g = ZoneGeometry {
                 device_size: dev.client.info.size,
                 zone_size: z.zone_size,
@@ -873,6 +904,10 @@ impl NbdDevice {
                 max_active_zones: z.max_active_zones,
                 max_append_bytes: z.max_append,
             };
+            // The peer's geometry is checked before any arithmetic uses it.
+            g.validate().map_err(|e| {
+                NbdError::Protocol(format!("server sent an invalid zone geometry: {e}"))
+            })?;
             // Conventional zones come first: find how many by bisection.
             let (mut lo, mut hi) = (0u32, z.nr_zones);
             while lo < hi {
@@ -970,6 +1005,9 @@ impl BlockDevice for NbdDevice {
                 if total >= len {
                     break;
                 }
+                if l == 0 {
+                    continue;
+                }
                 let l = l.min(len - total);
                 total += l;
                 out.push(Extent {
@@ -978,6 +1016,12 @@ impl BlockDevice for NbdDevice {
                     zero: s & STATE_ZERO as u64 != 0,
                 });
             }
+        }
+        if out.is_empty() {
+            // Callers step by the extents: none of any length is no progress.
+            return Err(DeviceError::Connection(format!(
+                "server returned no block status for {len:#x} bytes at {offset:#x}"
+            )));
         }
         Ok(out)
     }
@@ -1009,7 +1053,16 @@ impl BlockDevice for NbdDevice {
         };
         let mut zones: Vec<ZoneDescriptor> = Vec::new();
         let mut pos = g.zone_start(first);
+        // Each reply must move on; a server trickling bytes gets a bounded
+        // number of requests (a zone may take two extents: data and hole).
+        let mut rounds_left = 2 * u64::from(last - first) + 16;
         while pos < end {
+            if rounds_left == 0 {
+                return Err(DeviceError::Connection(format!(
+                    "server made too little progress reporting zones {first}..{last} (stuck at {pos:#x})"
+                )));
+            }
+            rounds_left -= 1;
             let r = self
                 .client
                 .block_status(pos, end - pos, false)
@@ -1043,7 +1096,7 @@ impl BlockDevice for NbdDevice {
                             cond,
                         });
                     }
-                    let seg_end = (pos + l).min(start + g.zone_len(i));
+                    let seg_end = pos.saturating_add(l).min(g.zone_end(i));
                     if s as u32 & ZSTATE_WRITTEN != 0 {
                         if let Some(z) = zones.last_mut() {
                             z.wp = z.wp.max(seg_end);

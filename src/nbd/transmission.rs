@@ -338,6 +338,10 @@ impl Conn<'_> {
                 if req.typ == CMD_READ && req.length <= MAX_PAYLOAD as u64 {
                     cost = req.length;
                 }
+                if req.typ == CMD_BLOCK_STATUS {
+                    // The reply's worst case: every context's extents in full.
+                    cost = (self.sess.contexts.len() * MAX_EXTENTS * 16) as u64;
+                }
                 self.budget.acquire(cost);
             }
             let mut ticket = None;
