@@ -788,6 +788,13 @@ fn check_entries(
             }
         }
         if let Some(new) = repaired {
+            if new.wp() != e.wp() {
+                cx.wp_changes.push(super::WpChange {
+                    zone: iu,
+                    old: e.wp(),
+                    new: new.wp(),
+                });
+            }
             if let Err(e) = rd.set(&mut cx.img, iu, new) {
                 failed = Some(e);
                 break;
@@ -804,7 +811,11 @@ fn check_entries(
     {
         res.check_errors += 1;
     }
-    // Stale data at or past a sequential zone's write pointer.
+    // Stale data at or past a sequential zone's write pointer. Crash
+    // safety: every L2 entry is cleared and synced before any refcount
+    // drops, so a crash in between leaves leaks, never a cluster that is
+    // still mapped but free.
+    let mut cleared = Vec::new();
     for s in &w.stale {
         let host_cluster = s.host / cs;
         let table_cluster = s.entry_at / cs;
@@ -822,16 +833,38 @@ fn check_entries(
             s.guest,
             s.wp
         );
-        let done = can && {
-            let zero = vec![0u8; cx.img.header.l2_entry_size() as usize];
-            cx.img.write(s.entry_at, &zero).is_ok() && free_range(cx, s.host, cs).is_ok()
-        };
-        if done {
+        let zero = vec![0u8; cx.img.header.l2_entry_size() as usize];
+        if can && cx.img.write(s.entry_at, &zero).is_ok() {
+            cleared.push(s);
+        } else {
+            res.leaks += 1;
+            o.sum.stale += 1;
+        }
+    }
+    if cleared.is_empty() {
+        return;
+    }
+    if cx.img.sync().is_err() {
+        // The references may not be gone: dropping refcounts now could
+        // free clusters still mapped after a crash.
+        res.check_errors += 1;
+        return;
+    }
+    for s in cleared {
+        cx.lost.push(super::Lost {
+            guest: s.guest,
+            len: cs,
+            why: format!("stale data of zone {} past its write pointer", s.zone),
+        });
+        if free_range(cx, s.host, cs).is_ok() {
             res.leaks_fixed += 1;
             o.sum.fixed += 1;
         } else {
             res.leaks += 1;
             o.sum.stale += 1;
         }
+    }
+    if cx.img.sync().is_err() {
+        res.check_errors += 1;
     }
 }
