@@ -610,5 +610,12 @@ pub fn run_check(
         }
         Err(e) => return Ok(e.report(err, &name)?),
     };
+    if rep.repaired && (rep.counts.corruptions_fixed != 0 || rep.counts.leaks_fixed != 0) {
+        let mut lines = Vec::new();
+        report::write_losses(&mut lines, &rep, false)?;
+        for l in String::from_utf8_lossy(&lines).lines() {
+            writeln!(err, "zcow: {l}")?;
+        }
+    }
     Ok(report::finish(&rep, &name, opts.output, quiet, out, err)?)
 }
