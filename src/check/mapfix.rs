@@ -80,7 +80,34 @@ pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
         // What the walk found through the dropped entries was garbage:
         // walk again before trusting its aliasing findings.
         return Ok(1);
-    } else if !l1_writable(cx, w, l1_off, cx.img.l1.len()) {
+    }
+    // A table cut off by the end of the file (a truncated image): the
+    // missing entries read as zeroes, and the table is made whole with
+    // zeroes so that it is counted and kept.
+    let n = cx.img.l1.len().min(needed);
+    let file_len = cx.img.file_len();
+    let l1_end = l1_off + n as u64 * 8;
+    if n > 0 && l1_off & (cs - 1) == 0 && l1_end > file_len {
+        let from = l1_off.max(file_len);
+        let first = (from - l1_off).div_ceil(8);
+        let _ = writeln!(
+            cx.err,
+            "Repairing L1 table: entries {first}..{n} lie past the end of the file; written as zeroes"
+        );
+        cx.img.write(from, &vec![0u8; (l1_end - from) as usize])?;
+        cx.img.sync()?;
+        let (g0, g1) = (first * span, size.min(n as u64 * span));
+        if g1 > g0 {
+            cx.lost.push(Lost {
+                guest: g0,
+                len: g1 - g0,
+                why: "its L1 table entries lie past the end of the file (the image was cut short)"
+                    .into(),
+            });
+        }
+        return Ok(1);
+    }
+    if !l1_writable(cx, w, l1_off, cx.img.l1.len()) {
         return Ok(0);
     }
     for i in 0..cx.img.l1.len().min(needed) {
