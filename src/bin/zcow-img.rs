@@ -125,6 +125,9 @@ enum Cmd {
         /// repair can be undone with --undo.
         #[arg(long, value_name = "FILE", conflicts_with = "undo")]
         backup: Option<PathBuf>,
+        /// Replace an existing backup FILE (refused otherwise).
+        #[arg(long, requires = "backup")]
+        force: bool,
         /// Undo an earlier repair from its backup FILE.
         #[arg(long, value_name = "FILE")]
         undo: Option<PathBuf>,
@@ -483,6 +486,7 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Repair {
             dry_run,
             backup,
+            force,
             undo,
             output,
             file,
@@ -502,6 +506,7 @@ fn run(cli: Cli) -> Result<u8> {
             let opts = RepairOptions {
                 dry_run,
                 backup,
+                force,
                 output: output_arg("repair", &output)?,
             };
             let code = zcow::check::run_repair(&file, &opts, &mut stdout, &mut stderr)?;

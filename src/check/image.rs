@@ -96,9 +96,11 @@ impl CheckImage {
         }
         let cs =
             Header::peek_cluster_size(&first).map_err(|e| OpenError::Refused(e.to_string()))?;
-        let mut c0 = vec![0u8; cs.min(len) as usize];
+        // Zero-filled past EOF, as QEMU's reads of a short file are: an
+        // image cut inside cluster 0 still opens (and checks as QEMU's).
+        let mut c0 = vec![0u8; cs as usize];
         store
-            .read_at(0, &mut c0)
+            .read_at_zero_fill(0, &mut c0)
             .map_err(|e| OpenError::Refused(e.to_string()))?;
         let (raw_nb, raw_off) = if c0.len() >= 72 {
             (be32(&c0[60..64]), be64(&c0[64..72]))

@@ -13,6 +13,7 @@ mod compare;
 pub mod errno;
 mod image;
 mod imrt;
+mod mapfix;
 mod rebuild;
 pub mod repair;
 pub mod report;
@@ -162,6 +163,36 @@ pub struct CheckReport {
     pub zoned: Option<zoned::ZonedSummary>,
     /// Error that ended the check early (errno), if any.
     pub failed: Option<Errno>,
+    /// Guest ranges whose data the repair dropped.
+    pub lost: Vec<Lost>,
+    /// Zones whose write pointer the repair moved.
+    pub wp_changes: Vec<WpChange>,
+    /// Whether the check ran with a repair mode and wrote nothing (or
+    /// wrote something): used to say "Nothing lost".
+    pub repaired: bool,
+}
+
+/// A guest byte range whose data a repair dropped (it now reads as zeroes,
+/// or as the backing file) or could not keep as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// First guest byte.
+    pub guest: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Why the data could not be kept.
+    pub why: String,
+}
+
+/// A zone whose write pointer a repair moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WpChange {
+    /// Zone index.
+    pub zone: u32,
+    /// Write pointer before the repair (guest byte offset).
+    pub old: u64,
+    /// Write pointer after the repair.
+    pub new: u64,
 }
 
 /// Working context of a check pass.
@@ -172,6 +203,10 @@ pub(crate) struct Ctx<'a> {
     pub snaps: snapshots::Snaps,
     pub zones: Option<zoned::ZoneMap>,
     pub bar: Option<indicatif::ProgressBar>,
+    /// Guest ranges the repair dropped (accumulated over both passes).
+    pub lost: Vec<Lost>,
+    /// Write pointers the repair moved.
+    pub wp_changes: Vec<WpChange>,
 }
 
 impl Ctx<'_> {
@@ -208,6 +243,44 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
     let mut w =
         walk::Walk::new(cx.img.order, cs, nb, track).inspect_err(|_| res.check_errors += 1)?;
     walk::calculate_refcounts(cx, res, fix, &mut rebuild, &mut w)?;
+    let mut rounds = 0;
+    while fix.errors && rounds < 3 {
+        rounds += 1;
+        let (_applied, refused) =
+            mapfix::apply_prealloc(cx, &w).inspect_err(|_| res.check_errors += 1)?;
+        res.corruptions_fixed -= refused;
+        res.corruptions += refused;
+        let n = if res.corruptions > 0 || w.any_distrust().is_some() {
+            mapfix::fix_mappings(cx, &w).inspect_err(|_| res.check_errors += 1)?
+        } else {
+            0
+        };
+        if n == 0 {
+            break;
+        }
+        // Walk again over the repaired mapping, quietly: what is left was
+        // reported by the first walk.
+        let fixed = res.corruptions_fixed + n;
+        let total = res.total_clusters;
+        *res = Counts {
+            total_clusters: total,
+            ..Counts::default()
+        };
+        rebuild = false;
+        let nb = cx.img.file_len().div_ceil(cs);
+        w = walk::Walk::new(cx.img.order, cs, nb, track).inspect_err(|_| res.check_errors += 1)?;
+        w.no_prealloc_fix = true;
+        let sink: &mut dyn Write = Box::leak(Box::new(std::io::sink()));
+        let err = std::mem::replace(&mut cx.err, sink);
+        let r = walk::calculate_refcounts(cx, res, fix, &mut rebuild, &mut w);
+        cx.err = err;
+        r?;
+        res.corruptions_fixed += fixed;
+    }
+    // References a repair removed are durable before any refcount drops.
+    if fix.any() {
+        cx.img.sync().inspect_err(|_| res.check_errors += 1)?;
+    }
     let pre = res.clone();
     let (mut highest, mut same) =
         compare::compare_refcounts(cx, res, Fix::default(), &mut rebuild, &w);
@@ -221,7 +294,7 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
                 )
             })
             .or_else(|| {
-                w.any_distrust().map(|why| {
+                w.rebuild_distrust().map(|why| {
                     format!("{why}; a rebuild would make the corruption look consistent")
                 })
             })
@@ -287,6 +360,10 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
             (highest, same) = compare::compare_refcounts(cx, res, fix, &mut rebuild, &w);
         }
     }
+    // COPIED is set only once the refcount it claims (1) is durable.
+    if fix.any() {
+        cx.img.sync().inspect_err(|_| res.check_errors += 1)?;
+    }
     compare::check_oflag_copied(cx, res, fix, &w, same)?;
     res.image_end_offset = (highest + 1) * cs;
     Ok(w)
@@ -330,9 +407,17 @@ fn check_pass(cx: &mut Ctx, fix: Fix) -> (Counts, Option<zoned::ZonedSummary>, R
         let inc = cx.img.header.incompatible_features;
         if cx.img.header.version >= 3 && inc & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT) != 0 {
             let n = inc & !(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
+            // The repairs above are durable before the header says the
+            // image is consistent.
             if let Err(e) = cx
                 .img
-                .write_header_field(crate::format::header::field::INCOMPAT, &n.to_be_bytes())
+                .sync()
+                .and_then(|_| {
+                    cx.img.write_header_field(
+                        crate::format::header::field::INCOMPAT,
+                        &n.to_be_bytes(),
+                    )
+                })
                 .and_then(|_| cx.img.sync())
             {
                 return (result, zsum, Err(e));
@@ -386,6 +471,8 @@ pub fn check_store(
         snaps: Default::default(),
         zones: None,
         bar,
+        lost: Vec::new(),
+        wp_changes: Vec::new(),
     };
     // A read-write open clears unknown autoclear bits, as QEMU's does.
     if fix.any() && cx.img.header.version >= 3 {
@@ -396,6 +483,7 @@ pub fn check_store(
             if cx
                 .img
                 .write_header_field(crate::format::header::field::AUTOCLEAR, &n.to_be_bytes())
+                .and_then(|_| cx.img.sync())
                 .is_ok()
             {
                 cx.img.header.autoclear_features = n;
@@ -403,8 +491,9 @@ pub fn check_store(
         }
     }
     let (c1, z1, r1) = check_pass(&mut cx, fix);
-    let _ = cx.img.sync();
-    if let Err(e) = r1 {
+    let synced = cx.img.sync();
+    let repaired = fix.any();
+    if let Err(e) = r1.and(synced) {
         if let Some(b) = &cx.bar {
             b.finish_and_clear();
         }
@@ -412,24 +501,30 @@ pub fn check_store(
             counts: Counts::default(),
             zoned: z1,
             failed: Some(e),
+            lost: std::mem::take(&mut cx.lost),
+            wp_changes: std::mem::take(&mut cx.wp_changes),
+            repaired,
         });
     }
     let mut report = CheckReport {
         counts: c1.clone(),
         zoned: z1,
         failed: None,
+        lost: Vec::new(),
+        wp_changes: Vec::new(),
+        repaired,
     };
     if c1.corruptions_fixed != 0 || c1.leaks_fixed != 0 {
         on_preamble(&c1);
         let (mut c2, z2, r2) = check_pass(&mut cx, Fix::default());
         c2.leaks_fixed = c1.leaks_fixed;
         c2.corruptions_fixed = c1.corruptions_fixed;
-        report = CheckReport {
-            counts: c2,
-            zoned: z2,
-            failed: r2.err(),
-        };
+        report.counts = c2;
+        report.zoned = z2;
+        report.failed = r2.err();
     }
+    report.lost = std::mem::take(&mut cx.lost);
+    report.wp_changes = std::mem::take(&mut cx.wp_changes);
     if let Some(b) = &cx.bar {
         b.finish_and_clear();
     }
@@ -519,5 +614,12 @@ pub fn run_check(
         }
         Err(e) => return Ok(e.report(err, &name)?),
     };
+    if rep.repaired && (rep.counts.corruptions_fixed != 0 || rep.counts.leaks_fixed != 0) {
+        let mut lines = Vec::new();
+        report::write_losses(&mut lines, &rep, false)?;
+        for l in String::from_utf8_lossy(&lines).lines() {
+            writeln!(err, "zcow: {l}")?;
+        }
+    }
     Ok(report::finish(&rep, &name, opts.output, quiet, out, err)?)
 }

@@ -5,10 +5,13 @@
 //! original bytes of each cluster before its first write (and, in a dry run,
 //! keeps the writes in memory instead of the file).
 //!
-//! Backup file format (all integers big-endian):
-//! `"ZCOWBAK1"`, u64 original file length, u64 cluster size, u64 record
-//! count, then per record: u64 offset, u64 length, `length` original bytes.
-//! [`undo_repair`] writes the records back and restores the file length.
+//! Backup file format (all integers big-endian): `"ZCOWBAK2"`, u64 flags
+//! (1: the repair finished), u64 original file length, u64 file length
+//! after the repair, u64 cluster size, u64 record count, then per record:
+//! u64 offset, u64 length, u32 CRC-32 of the original bytes, u32 CRC-32 of
+//! the bytes after the repair, `length` original bytes; last a u32 CRC-32
+//! of everything before it. [`undo_repair`] verifies all of it, writes the
+//! records back and restores the file length.
 
 use super::report;
 use super::{check_store, CheckOpenError, OutputFormat, RepairMode};
@@ -28,9 +31,11 @@ pub struct RepairOptions {
     pub backup: Option<PathBuf>,
     /// `--output`.
     pub output: OutputFormat,
+    /// Replace an existing backup file (refused otherwise).
+    pub force: bool,
 }
 
-const MAGIC: &[u8; 8] = b"ZCOWBAK1";
+const MAGIC: &[u8; 8] = b"ZCOWBAK2";
 /// Journal granularity when the cluster size is unknown.
 const DEFAULT_CHUNK: u64 = 4096;
 
@@ -216,59 +221,283 @@ impl JState {
     }
 }
 
-fn write_backup(
-    path: &Path,
+/// One saved chunk of a backup.
+struct Record {
+    off: u64,
+    crc_orig: u32,
+    /// Checksum of the chunk after the repair (0 in an incomplete backup).
+    crc_after: u32,
+    data: Vec<u8>,
+}
+
+/// A parsed backup file.
+struct Backup {
+    /// The repair finished and `after_len` / `crc_after` are known.
+    complete: bool,
     orig_len: u64,
-    chunk: u64,
-    recs: &[(u64, Vec<u8>)],
-) -> anyhow::Result<()> {
-    let mut f = std::fs::File::create(path)
-        .with_context(|| format!("cannot create backup file '{}'", path.display()))?;
-    let mut b = Vec::new();
-    b.extend_from_slice(MAGIC);
-    b.extend_from_slice(&orig_len.to_be_bytes());
-    b.extend_from_slice(&chunk.to_be_bytes());
-    b.extend_from_slice(&(recs.len() as u64).to_be_bytes());
-    for (o, d) in recs {
-        b.extend_from_slice(&o.to_be_bytes());
-        b.extend_from_slice(&(d.len() as u64).to_be_bytes());
-        b.extend_from_slice(d);
+    after_len: u64,
+    records: Vec<Record>,
+}
+
+fn crc(b: &[u8]) -> u32 {
+    crc32fast::hash(b)
+}
+
+/// Encode a backup (see the module docs for the layout).
+fn encode_backup(b: &Backup, chunk: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(MAGIC);
+    v.extend_from_slice(&u64::from(b.complete).to_be_bytes());
+    v.extend_from_slice(&b.orig_len.to_be_bytes());
+    v.extend_from_slice(&b.after_len.to_be_bytes());
+    v.extend_from_slice(&chunk.to_be_bytes());
+    v.extend_from_slice(&(b.records.len() as u64).to_be_bytes());
+    for r in &b.records {
+        v.extend_from_slice(&r.off.to_be_bytes());
+        v.extend_from_slice(&(r.data.len() as u64).to_be_bytes());
+        v.extend_from_slice(&r.crc_orig.to_be_bytes());
+        v.extend_from_slice(&r.crc_after.to_be_bytes());
+        v.extend_from_slice(&r.data);
     }
-    f.write_all(&b)?;
-    f.sync_all()?;
+    let sum = crc(&v);
+    v.extend_from_slice(&sum.to_be_bytes());
+    v
+}
+
+/// Parse and verify a backup file's bytes.
+fn decode_backup(b: &[u8]) -> anyhow::Result<Backup> {
+    if b.get(..8) == Some(&b"ZCOWBAK1"[..]) {
+        bail!("backup has no checksum (written by an older zcow); refusing to restore from it");
+    }
+    if b.get(..8) != Some(&MAGIC[..]) {
+        bail!("not a zcow repair backup (bad magic)");
+    }
+    if b.len() < 8 + 5 * 8 + 4 {
+        bail!("backup is truncated ({} bytes)", b.len());
+    }
+    let (body, tail) = b.split_at(b.len() - 4);
+    let want = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let got = crc(body);
+    if want != got {
+        bail!("backup is damaged: checksum 0x{got:08x}, recorded 0x{want:08x}");
+    }
+    let u64_at = |o: usize| -> anyhow::Result<u64> {
+        let s = body
+            .get(o..o + 8)
+            .with_context(|| format!("backup is truncated at byte {o}"))?;
+        Ok(u64::from_be_bytes(s.try_into()?))
+    };
+    let u32_at = |o: usize| -> anyhow::Result<u32> {
+        let s = body
+            .get(o..o + 4)
+            .with_context(|| format!("backup is truncated at byte {o}"))?;
+        Ok(u32::from_be_bytes(s.try_into()?))
+    };
+    let complete = u64_at(8)? == 1;
+    let orig_len = u64_at(16)?;
+    let after_len = u64_at(24)?;
+    let n = u64_at(40)?;
+    let mut pos = 48usize;
+    let mut records = Vec::new();
+    for i in 0..n {
+        let off = u64_at(pos)?;
+        let len = u64_at(pos + 8)?;
+        let crc_orig = u32_at(pos + 16)?;
+        let crc_after = u32_at(pos + 20)?;
+        pos += 24;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| pos.checked_add(l))
+            .filter(|&e| e <= body.len())
+            .with_context(|| format!("backup record {i} runs past the end of the file"))?;
+        let data = body[pos..end].to_vec();
+        if crc(&data) != crc_orig {
+            bail!("backup record {i} (offset 0x{off:x}) is damaged");
+        }
+        if off.checked_add(len).is_none_or(|e| e > orig_len) {
+            bail!("backup record {i} (offset 0x{off:x}) lies outside the original image");
+        }
+        records.push(Record {
+            off,
+            crc_orig,
+            crc_after,
+            data,
+        });
+        pos = end;
+    }
+    if pos != body.len() {
+        bail!("backup has {} unexpected trailing bytes", body.len() - pos);
+    }
+    Ok(Backup {
+        complete,
+        orig_len,
+        after_len,
+        records,
+    })
+}
+
+/// Write a backup atomically: a temporary file beside it, synced, renamed
+/// over the target, and the directory synced. `fresh`: the target must not
+/// exist (checked again here, not only up front).
+fn write_backup(path: &Path, b: &Backup, chunk: u64, fresh: bool) -> anyhow::Result<()> {
+    if fresh && path.exists() {
+        bail!(
+            "backup file '{}' already exists (use --force to replace it)",
+            path.display()
+        );
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".zcow-tmp");
+    let tmp = PathBuf::from(tmp);
+    let bytes = encode_backup(b, chunk);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create backup file '{}'", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("cannot write backup file '{}'", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot create backup file '{}'", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
-/// Undo a repair from its backup file: restore every saved chunk and the
-/// original file length.
+fn read_range(st: &dyn Storage, off: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+    let mut b = vec![0u8; len];
+    st.read_at_zero_fill(off, &mut b)?;
+    Ok(b)
+}
+
+/// Undo a repair from its backup file. The backup's checksums are verified
+/// first, and (for a finished repair) that the image is still as the repair
+/// left it; only then are the saved chunks and the original length
+/// restored, and read back to verify. A damaged or mismatched backup is
+/// refused and the image is not touched.
 pub fn undo_repair(image: &Path, backup: &Path) -> anyhow::Result<()> {
-    let b = std::fs::read(backup)
+    let raw = std::fs::read(backup)
         .with_context(|| format!("cannot read backup file '{}'", backup.display()))?;
-    let rd = |o: usize| -> anyhow::Result<u64> {
-        let s = b.get(o..o + 8).context("backup file is truncated")?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_be_bytes(a))
-    };
-    if b.get(..8) != Some(&MAGIC[..]) {
-        bail!("'{}' is not a zcow repair backup", backup.display());
-    }
-    let orig_len = rd(8)?;
-    let n = rd(24)?;
+    let b = decode_backup(&raw)
+        .with_context(|| format!("refusing backup file '{}'", backup.display()))?;
     let st = FileStorage::open(image, false)
         .with_context(|| format!("Could not open '{}'", image.display()))?;
-    let mut pos = 32usize;
-    for _ in 0..n {
-        let off = rd(pos)?;
-        let len = rd(pos + 8)? as usize;
-        pos += 16;
-        let data = b.get(pos..pos + len).context("backup file is truncated")?;
-        st.write_at(off, data)?;
-        pos += len;
+    if b.complete {
+        let len = st.len()?;
+        if len != b.after_len {
+            bail!(
+                "'{}' is {len} bytes but the repair recorded in '{}' left it at {} bytes: it changed since, or the backup belongs to another image; nothing restored",
+                image.display(),
+                backup.display(),
+                b.after_len
+            );
+        }
+        for r in &b.records {
+            let now = read_range(&st, r.off, r.data.len())?;
+            if crc(&now) != r.crc_after {
+                bail!(
+                    "'{}' at offset 0x{:x} does not hold what the repair recorded in '{}' wrote: it changed since, or the backup belongs to another image; nothing restored",
+                    image.display(),
+                    r.off,
+                    backup.display()
+                );
+            }
+        }
     }
-    st.set_len(orig_len)?;
+    for r in &b.records {
+        st.write_at(r.off, &r.data)?;
+    }
+    st.set_len(b.orig_len)?;
     st.sync()?;
+    if st.len()? != b.orig_len {
+        bail!("restore verification failed: the image length is not back to {}", b.orig_len);
+    }
+    for r in &b.records {
+        if crc(&read_range(&st, r.off, r.data.len())?) != r.crc_orig {
+            bail!(
+                "restore verification failed at offset 0x{:x}: the image does not read back as saved",
+                r.off
+            );
+        }
+    }
     Ok(())
+}
+
+/// The backup of what `journal` saved; with `after`, the image's current
+/// contents give the after-repair checksums.
+fn backup_of(journal: &JournalStorage, after: Option<&dyn Storage>) -> anyhow::Result<Backup> {
+    let (orig_len, recs) = journal.originals();
+    let mut records = Vec::with_capacity(recs.len());
+    for (off, data) in recs {
+        let crc_after = match after {
+            Some(st) => crc(&read_range(st, off, data.len())?),
+            None => 0,
+        };
+        records.push(Record {
+            off,
+            crc_orig: crc(&data),
+            crc_after,
+            data,
+        });
+    }
+    let after_len = match after {
+        Some(st) => st.len()?,
+        None => 0,
+    };
+    Ok(Backup {
+        complete: after.is_some(),
+        orig_len,
+        after_len,
+        records,
+    })
+}
+
+/// Rewrites item lines of a dry run: "Repairing …" becomes
+/// "Would repair …" (nothing is repaired).
+struct WouldWriter<'a> {
+    inner: &'a mut dyn Write,
+    line: Vec<u8>,
+}
+
+impl WouldWriter<'_> {
+    fn emit(&mut self) -> std::io::Result<()> {
+        let l = std::mem::take(&mut self.line);
+        match l.strip_prefix(b"Repairing ") {
+            Some(rest) => {
+                self.inner.write_all(b"Would repair ")?;
+                self.inner.write_all(rest)
+            }
+            None => self.inner.write_all(&l),
+        }
+    }
+}
+
+impl Write for WouldWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &c in buf {
+            self.line.push(c);
+            if c == b'\n' {
+                self.emit()?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.line.is_empty() {
+            self.emit()?;
+        }
+        self.inner.flush()
+    }
 }
 
 /// `zcow-img repair`. Returns the exit code (as `check`: 0 clean afterwards,
@@ -280,6 +509,14 @@ pub fn run_repair(
     err: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let name = path.display().to_string();
+    if let (Some(bk), false, false) = (&opts.backup, opts.dry_run, opts.force) {
+        if bk.exists() {
+            bail!(
+                "backup file '{}' already exists (use --force to replace it); nothing was changed",
+                bk.display()
+            );
+        }
+    }
     let base = match FileStorage::open(path, opts.dry_run) {
         Ok(s) => Arc::new(s) as Arc<dyn Storage>,
         Err(e) => return Ok(CheckOpenError::unopenable(&name, &e).report(err, &name)?),
@@ -300,30 +537,40 @@ pub fn run_repair(
             &mut sink,
             |_| {},
         );
-        let (orig_len, recs) = probe.originals();
-        write_backup(bk, orig_len, chunk, &recs)?;
+        write_backup(bk, &backup_of(&probe, None)?, chunk, !opts.force)?;
     }
-    let journal = Arc::new(JournalStorage::new(base, opts.dry_run, chunk)?);
+    let journal = Arc::new(JournalStorage::new(base.clone(), opts.dry_run, chunk)?);
     let mut pre = Vec::new();
     let human = opts.output == OutputFormat::Human;
-    let r = check_store(journal.clone(), Some(RepairMode::All), false, err, |c| {
+    let dry = opts.dry_run;
+    let mut would = WouldWriter {
+        inner: err,
+        line: Vec::new(),
+    };
+    let item_err: &mut dyn Write = if dry { &mut would } else { would.inner };
+    let r = check_store(journal.clone(), Some(RepairMode::All), false, item_err, |c| {
         if human {
-            report::write_preamble(&mut pre, c);
+            if dry {
+                report::write_dry_preamble(&mut pre, c);
+            } else {
+                report::write_preamble(&mut pre, c);
+            }
         }
     });
+    let _ = item_err.flush();
+    let err = would.inner;
     let rep = match r {
         Ok(r) => r,
         Err(e) => return Ok(e.report(err, &name)?),
     };
     if let (Some(bk), false) = (&opts.backup, opts.dry_run) {
-        // Keep the backup complete even if the repair touched more than the
-        // dry run predicted.
-        let (orig_len, recs) = journal.originals();
-        write_backup(bk, orig_len, chunk, &recs)?;
+        // Complete the backup (the real repair may have touched more than
+        // the dry run predicted) and record what the repair left, so that
+        // --undo can tell the image has not changed since.
+        write_backup(bk, &backup_of(&journal, Some(&*base))?, chunk, false)?;
     }
+    let written = journal.written();
     if human {
-        out.write_all(&pre)?;
-        let written = journal.written();
         if written.is_empty() {
             writeln!(out, "Nothing to repair.")?;
         } else {
@@ -335,16 +582,13 @@ pub fn run_repair(
             writeln!(
                 out,
                 "{} {} metadata cluster(s) at: {}{}",
-                if opts.dry_run {
-                    "Dry run: would rewrite"
-                } else {
-                    "Rewrote"
-                },
+                if dry { "Dry run: would rewrite" } else { "Rewrote" },
                 written.len(),
                 list.join(" "),
                 if written.len() > 32 { " ..." } else { "" }
             )?;
-            if opts.dry_run {
+            report::write_losses(out, &rep, dry)?;
+            if dry {
                 writeln!(out, "Dry run: nothing was written to '{name}'.")?;
             } else if let Some(bk) = &opts.backup {
                 writeln!(
@@ -354,6 +598,27 @@ pub fn run_repair(
                 )?;
             }
         }
+        out.write_all(&pre)?;
+    }
+    if !human {
+        let mut rep_json = report::image_check_json(&rep, &name);
+        if let report::JVal::Obj(k) = &mut rep_json {
+            k.retain(|(n, _)| n != "zcow-lost" && n != "zcow-wp-changes");
+            k.push(("lost".into(), report::lost_json(&rep)));
+            k.push(("wp-changes".into(), report::wp_json(&rep)));
+            k.push(("nothing-lost".into(), report::JVal::Bool(rep.lost.is_empty())));
+            k.push(("dry-run".into(), report::JVal::Bool(dry)));
+            k.push((
+                "rewritten-clusters".into(),
+                report::JVal::Int(written.len() as i64),
+            ));
+        }
+        if rep.failed.is_none() {
+            let mut s = String::new();
+            report::to_json(&rep_json, 0, &mut s);
+            writeln!(out, "{s}")?;
+        }
+        return Ok(report::finish(&rep, &name, opts.output, true, out, err)?);
     }
     Ok(report::finish(&rep, &name, opts.output, false, out, err)?)
 }

@@ -26,6 +26,8 @@ pub enum JVal {
     Bool(bool),
     /// Object with keys in schema (insertion) order; printed in QDict order.
     Obj(Vec<(String, JVal)>),
+    /// List.
+    List(Vec<JVal>),
 }
 
 /// Order keys like a QDict: ascending hash bucket (mod 512); within a bucket
@@ -66,6 +68,21 @@ pub fn to_json(v: &JVal, indent: usize, out: &mut String) {
         JVal::Int(i) => out.push_str(&i.to_string()),
         JVal::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         JVal::Str(s) => out.push_str(&esc(s)),
+        JVal::List(items) if items.is_empty() => out.push_str("[]"),
+        JVal::List(items) => {
+            out.push('[');
+            for (n, v) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                out.push('\n');
+                out.push_str(&" ".repeat(4 * (indent + 1)));
+                to_json(v, indent + 1, out);
+            }
+            out.push('\n');
+            out.push_str(&" ".repeat(4 * indent));
+            out.push(']');
+        }
         JVal::Obj(keys) => {
             out.push('{');
             let ordered = qdict_order(keys);
@@ -111,7 +128,89 @@ pub fn image_check_json(rep: &CheckReport, filename: &str) -> JVal {
     if let Some(z) = &rep.zoned {
         k.push(("zoned".into(), z.to_json()));
     }
+    // zcow's own keys appear only when a repair dropped data or moved a
+    // write pointer, so other runs stay identical to qemu-img's.
+    if !rep.lost.is_empty() {
+        k.push(("zcow-lost".into(), lost_json(rep)));
+    }
+    if !rep.wp_changes.is_empty() {
+        k.push(("zcow-wp-changes".into(), wp_json(rep)));
+    }
     JVal::Obj(k)
+}
+
+/// The guest ranges a repair dropped, as a JSON list.
+pub fn lost_json(rep: &CheckReport) -> JVal {
+    JVal::List(
+        rep.lost
+            .iter()
+            .map(|l| {
+                JVal::Obj(vec![
+                    ("offset".into(), JVal::Int(l.guest as i64)),
+                    ("length".into(), JVal::Int(l.len as i64)),
+                    ("reason".into(), JVal::Str(l.why.clone())),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// The write pointers a repair moved, as a JSON list.
+pub fn wp_json(rep: &CheckReport) -> JVal {
+    JVal::List(
+        rep.wp_changes
+            .iter()
+            .map(|c| {
+                JVal::Obj(vec![
+                    ("zone".into(), JVal::Int(c.zone as i64)),
+                    ("old".into(), JVal::Int(c.old as i64)),
+                    ("new".into(), JVal::Int(c.new as i64)),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// The repair's account of what changed for the guest: every dropped
+/// range, every moved write pointer, or "Nothing lost". `prefix` starts
+/// each line (`zcow: ` on check's stderr; nothing on repair's stdout).
+pub fn write_losses(out: &mut dyn Write, rep: &CheckReport, would: bool) -> io::Result<()> {
+    let prefix = if would { "Dry run: " } else { "" };
+    let (lose, moved, nothing) = if would {
+        ("would lose", "would move", "Nothing would be lost.")
+    } else {
+        ("Lost", "moved", "Nothing lost.")
+    };
+    for l in &rep.lost {
+        writeln!(
+            out,
+            "{prefix}{lose} guest bytes 0x{:x}-0x{:x}: {}",
+            l.guest,
+            l.guest + l.len - 1,
+            l.why
+        )?;
+    }
+    for c in &rep.wp_changes {
+        writeln!(
+            out,
+            "{prefix}Zone {} write pointer {moved} 0x{:x} -> 0x{:x}",
+            c.zone, c.old, c.new
+        )?;
+    }
+    if rep.lost.is_empty() {
+        writeln!(out, "{prefix}{nothing}")?;
+    }
+    Ok(())
+}
+
+/// The dry run's preamble: what would be repaired (nothing was, and no
+/// fixed image is double-checked).
+pub fn write_dry_preamble(out: &mut dyn Write, c: &Counts) {
+    let _ = write!(
+        out,
+        "Dry run: the following inconsistencies were found and would be repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDry run: a check after the repair would report:\n",
+        c.leaks_fixed, c.corruptions_fixed
+    );
 }
 
 /// The repair preamble printed before the second pass.

@@ -23,6 +23,9 @@ pub(crate) enum Class {
     L2,
     /// Guest data (shared between snapshots and compressed clusters).
     Data,
+    /// The refcount table and refcount blocks: metadata that a rebuild
+    /// replaces, so its aliasing does not forbid a rebuild.
+    Refcount,
 }
 
 /// A data cluster of a sequential zone found at or past its write pointer.
@@ -43,6 +46,7 @@ pub(crate) struct Walk {
     /// Clusters reached through a corrupt entry: repair does not trust them.
     pub taint: HashMap<u64, String>,
     single: BitSet,
+    refc: BitSet,
     l2: BitSet,
     data: BitSet,
     /// Structures the walk could not follow: their clusters may be counted
@@ -57,6 +61,12 @@ pub(crate) struct Walk {
     pub zones: Option<super::zoned::ZoneScan>,
     /// Why references currently being counted are suspect.
     taint_mode: Option<String>,
+    /// Deferred rewrites of unaligned preallocated-zero L2 entries:
+    /// (entry offset, new bytes, L2 table offset).
+    pub prealloc: Vec<(u64, Vec<u8>, u64)>,
+    /// Report unaligned preallocated entries instead of repairing them (a
+    /// walk after repairs: what is left was refused).
+    pub no_prealloc_fix: bool,
     /// Whether to record which kind of structure uses each cluster (for
     /// aliasing decisions). Only repairs and zoned checks need it; a plain
     /// check skips the bitsets' memory and time.
@@ -69,6 +79,7 @@ impl Walk {
             imrt: Imrt::new(order, cs, n)?,
             taint: HashMap::new(),
             single: BitSet::default(),
+            refc: BitSet::default(),
             l2: BitSet::default(),
             data: BitSet::default(),
             incomplete: Vec::new(),
@@ -76,16 +87,25 @@ impl Walk {
             stale_unlisted: 0,
             zones: None,
             taint_mode: None,
+            prealloc: Vec::new(),
+            no_prealloc_fix: false,
             track_classes,
         })
     }
 
     /// Why repair must not trust cluster `i`'s computed count, if it must not.
     pub fn distrust(&self, i: u64) -> Option<String> {
+        self.distrust_with(i, true)
+    }
+
+    /// [`Walk::distrust`], optionally leaving out the refcount structure
+    /// (which a rebuild replaces).
+    fn distrust_with(&self, i: u64, refcount: bool) -> Option<String> {
         if let Some(t) = self.taint.get(&i) {
             return Some(t.clone());
         }
-        let (s, l, d) = (self.single.get(i), self.l2.get(i), self.data.get(i));
+        let r = refcount && self.refc.get(i);
+        let (s, l, d) = (self.single.get(i) || r, self.l2.get(i), self.data.get(i));
         let kinds = s as u8 + l as u8 + d as u8;
         if kinds > 1 || (s && self.imrt.get(i) > 1) {
             let users: Vec<&str> = [(s, "metadata"), (l, "an L2 table"), (d, "guest data")]
@@ -103,6 +123,53 @@ impl Walk {
             });
         }
         None
+    }
+
+    /// Why a rebuild of the refcount structure must not trust the walk:
+    /// a tainted cluster, or aliasing among structures the rebuild keeps.
+    pub fn rebuild_distrust(&self) -> Option<String> {
+        if let Some((k, v)) = self.taint.iter().min_by_key(|(k, _)| **k) {
+            return Some(format!("cluster {k}: {v}"));
+        }
+        (0..self.imrt.n).find_map(|i| {
+            let s = self.single.get(i);
+            let rc = self.refc.get(i);
+            let kinds = s as u8 + self.l2.get(i) as u8 + self.data.get(i) as u8;
+            // Only the refcount structure's own count may be off: the
+            // structures the rebuild keeps must each own their clusters.
+            if kinds > 1 || (s && !rc && self.imrt.get(i) > 1) {
+                self.distrust_with(i, false)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Whether L2 table cluster `i` can be written: one reference, as an
+    /// L2 table only, reached through trusted entries.
+    pub fn l2_writable(&self, i: u64) -> bool {
+        !self.taint.contains_key(&i)
+            && !self.single.get(i)
+            && !self.refc.get(i)
+            && !self.data.get(i)
+            && self.imrt.get(i) == 1
+    }
+
+    /// Whether the active L1 table's cluster `i` can be written: it is
+    /// not shared with other metadata (guest data aliasing it is moved
+    /// away by the mapping repair instead).
+    pub fn table_writable(&self, i: u64) -> bool {
+        if self.taint.contains_key(&i) || self.l2.get(i) || self.refc.get(i) {
+            return false;
+        }
+        let data = self.data.get(i) as u64;
+        self.imrt.get(i) <= 1 + data
+    }
+
+    /// Whether cluster `i` holds guest data and is also used as metadata
+    /// or as an L2 table (the data owner is the one that can move).
+    pub fn aliased_data(&self, i: u64) -> bool {
+        self.data.get(i) && (self.single.get(i) || self.l2.get(i))
     }
 
     /// Whether any cluster is aliased or tainted.
@@ -173,6 +240,7 @@ fn inc_refcounts_slow(
         if w.track_classes {
             match class {
                 Class::Single => w.single.set(k),
+                Class::Refcount => w.refc.set(k),
                 Class::L2 => w.l2.set(k),
                 Class::Data => w.data.set(k),
             }
@@ -430,12 +498,13 @@ fn check_l2(
                         entry & ZERO == 0
                     };
                     if !contains_data {
+                        let fixing = fix.errors && !w.no_prealloc_fix;
                         let _ = writeln!(
                             cx.err,
                             "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
-                            if fix.errors { "Repairing" } else { "ERROR" }
+                            if fixing { "Repairing" } else { "ERROR" }
                         );
-                        if fix.errors {
+                        if fixing {
                             // A preallocated zero cluster: the guest reads
                             // zeros either way, so a plain zero entry loses
                             // nothing.
@@ -445,22 +514,14 @@ fn check_l2(
                             if ext {
                                 bytes.extend_from_slice(&bitmap.to_be_bytes());
                             }
-                            match cx.img.write(pos, &bytes) {
-                                Ok(()) => {
-                                    table[at..at + 8].copy_from_slice(&new.to_be_bytes());
-                                    res.corruptions -= 1;
-                                    res.corruptions_fixed += 1;
-                                    continue;
-                                }
-                                Err(e) => {
-                                    let _ = writeln!(
-                                        cx.err,
-                                        "ERROR: Failed to overwrite L2 table entry: {}",
-                                        super::errno::strerror(e)
-                                    );
-                                    res.check_errors += 1;
-                                }
-                            }
+                            // Written after the walk, once it is known
+                            // that the table is not garbage reached
+                            // through a corrupt structure.
+                            w.prealloc.push((pos, bytes, l2_off));
+                            table[at..at + 8].copy_from_slice(&new.to_be_bytes());
+                            res.corruptions -= 1;
+                            res.corruptions_fixed += 1;
+                            continue;
                         }
                     } else {
                         let _ = writeln!(
@@ -590,7 +651,7 @@ pub(crate) fn calculate_refcounts(
 
     let rto = cx.img.reftable_offset;
     let rts = cx.img.reftable.len() as u64 * 8;
-    inc_refcounts(cx, res, w, rto, rts, Class::Single)?;
+    inc_refcounts(cx, res, w, rto, rts, Class::Refcount)?;
 
     if let Some((off, len)) = cx.img.header.crypto() {
         if len != 0 {
@@ -654,7 +715,7 @@ fn check_refblocks(
             continue;
         }
         if off != 0 {
-            inc_refcounts(cx, res, w, off, cs, Class::Single)?;
+            inc_refcounts(cx, res, w, off, cs, Class::Refcount)?;
             let r = w.imrt.get(cluster);
             if r != 1 {
                 let _ = writeln!(cx.err, "ERROR refcount block {i} refcount={r}");

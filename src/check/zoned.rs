@@ -805,6 +805,13 @@ fn check_entries(
             }
         }
         if let Some(new) = repaired {
+            if new.wp() != e.wp() {
+                cx.wp_changes.push(super::WpChange {
+                    zone: iu,
+                    old: e.wp(),
+                    new: new.wp(),
+                });
+            }
             if let Err(e) = rd.set(&mut cx.img, iu, new) {
                 failed = Some(e);
                 break;
@@ -847,8 +854,22 @@ fn check_entries(
             w.stale_unlisted
         );
     }
-    // Stale data at or past a sequential zone's write pointer.
+    // Stale data at or past a sequential zone's write pointer. Crash
+    // safety: every L2 entry is cleared and synced before any refcount
+    // drops, so a crash in between leaves leaks, never a cluster that is
+    // still mapped but free.
+    let mut cleared = Vec::new();
+    let mut buf = vec![0u8; cs as usize];
     for s in &w.stale {
+        // A cluster past the wp that reads as zeroes holds nothing the
+        // guest wrote: preallocation (preallocation=metadata maps every
+        // cluster up front), not stale data.
+        if s.host % cs == 0
+            && cx.img.read(s.host, &mut buf).is_ok()
+            && buf.iter().all(|&b| b == 0)
+        {
+            continue;
+        }
         let host_cluster = s.host / cs;
         let table_cluster = s.entry_at / cs;
         let can = fix.leaks
@@ -865,16 +886,38 @@ fn check_entries(
             s.guest,
             s.wp
         );
-        let done = can && {
-            let zero = vec![0u8; cx.img.header.l2_entry_size() as usize];
-            cx.img.write(s.entry_at, &zero).is_ok() && free_range(cx, s.host, cs).is_ok()
-        };
-        if done {
+        let zero = vec![0u8; cx.img.header.l2_entry_size() as usize];
+        if can && cx.img.write(s.entry_at, &zero).is_ok() {
+            cleared.push(s);
+        } else {
+            res.leaks += 1;
+            o.sum.stale += 1;
+        }
+    }
+    if cleared.is_empty() {
+        return;
+    }
+    if cx.img.sync().is_err() {
+        // The references may not be gone: dropping refcounts now could
+        // free clusters still mapped after a crash.
+        res.check_errors += 1;
+        return;
+    }
+    for s in cleared {
+        cx.lost.push(super::Lost {
+            guest: s.guest,
+            len: cs,
+            why: format!("stale data of zone {} past its write pointer", s.zone),
+        });
+        if free_range(cx, s.host, cs).is_ok() {
             res.leaks_fixed += 1;
             o.sum.fixed += 1;
         } else {
             res.leaks += 1;
             o.sum.stale += 1;
         }
+    }
+    if cx.img.sync().is_err() {
+        res.check_errors += 1;
     }
 }

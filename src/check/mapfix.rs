@@ -1,0 +1,295 @@
+//! Repairs of the active mapping (`-r all`): the least destructive fix of
+//! each L1/L2 entry the walk could not trust, so that the image can end
+//! consistent.
+//!
+//! * reserved bits set in an entry whose offset is valid: cleared;
+//! * an L1 entry whose L2 table cannot be located (unaligned, past EOF), an
+//!   L2 entry whose data cannot be located (unaligned, past EOF): the
+//!   mapping is dropped, so the guest range reads as zeroes (or as the
+//!   backing file), and the range is reported as lost;
+//! * a data cluster that is also metadata (aliasing): the guest's view is
+//!   copied to a new cluster at the end of the file and the entry points
+//!   there, so each owner keeps what it holds (never a raised refcount).
+//!
+//! Crash safety: entries are single 8-byte (or 16-byte) writes; a copy is
+//! written and synced, its refcount set and synced, and only then is the
+//! entry pointed at it. No refcount is lowered here: clusters a dropped
+//! entry used become leaks for the later, synced, leak repair.
+
+use super::errno::Errno;
+use super::walk::Walk;
+use super::{Ctx, Lost};
+use crate::format::l2::{decode_l2, ClusterType, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO};
+
+/// Write the unaligned preallocated-zero entries the walk found, where the
+/// table can be trusted. Returns (written, refused).
+pub(crate) fn apply_prealloc(cx: &mut Ctx, w: &Walk) -> Result<(i64, i64), Errno> {
+    let (mut done, mut refused) = (0, 0);
+    for (pos, bytes, l2) in &w.prealloc {
+        let c = l2 >> cx.img.cb;
+        if l2 & (cx.img.cs - 1) == 0 && w.l2_writable(c) {
+            cx.img.write(*pos, bytes)?;
+            done += 1;
+        } else {
+            let _ = writeln!(
+                cx.err,
+                "zcow: Not rewriting the L2 entry at 0x{pos:x}: its table (0x{l2:x}) is not a trusted L2 table"
+            );
+            refused += 1;
+        }
+    }
+    if done > 0 {
+        cx.img.sync()?;
+    }
+    Ok((done, refused))
+}
+
+/// Apply the mapping repairs; returns how many entries were repaired.
+pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
+    let cs = cx.img.cs;
+    let cb = cx.img.cb;
+    let ext = cx.img.extended();
+    let es = if ext { 16u64 } else { 8 };
+    let data_file = cx.img.has_data_file();
+    let size = cx.img.header.size;
+    let l2_entries = cs / es;
+    let span = l2_entries * cs;
+    let v3 = cx.img.header.version >= 3;
+    let mut fixed = 0i64;
+    let l1_off = cx.img.header.l1_table_offset;
+    // Entries past the virtual disk map nothing a guest can read.
+    let needed = size.div_ceil(span) as usize;
+    if cx.img.l1.len() > needed && !l1_writable(cx, w, l1_off, cx.img.l1.len()) {
+        if !l1_writable(cx, w, l1_off, needed) {
+            return Ok(0);
+        }
+        // The declared table runs into other structures or past the end of
+        // the file: keep the entries the disk needs.
+        let _ = writeln!(
+            cx.err,
+            "Repairing L1 table size: {} entries overlap other structures or run past the end of the file; the {needed} entries the virtual disk needs are kept",
+            cx.img.l1.len()
+        );
+        cx.img.write_header_field(
+            crate::format::header::field::L1_SIZE,
+            &(needed as u32).to_be_bytes(),
+        )?;
+        cx.img.sync()?;
+        cx.img.header.l1_size = needed as u32;
+        cx.img.l1.truncate(needed);
+        // What the walk found through the dropped entries was garbage:
+        // walk again before trusting its aliasing findings.
+        return Ok(1);
+    }
+    // A table cut off by the end of the file (a truncated image): the
+    // missing entries read as zeroes, and the table is made whole with
+    // zeroes so that it is counted and kept.
+    let n = cx.img.l1.len().min(needed);
+    let file_len = cx.img.file_len();
+    let l1_end = l1_off + n as u64 * 8;
+    if n > 0 && l1_off & (cs - 1) == 0 && l1_end > file_len {
+        let from = l1_off.max(file_len);
+        let first = (from - l1_off).div_ceil(8);
+        let _ = writeln!(
+            cx.err,
+            "Repairing L1 table: entries {first}..{n} lie past the end of the file; written as zeroes"
+        );
+        cx.img.write(from, &vec![0u8; (l1_end - from) as usize])?;
+        cx.img.sync()?;
+        let (g0, g1) = (first * span, size.min(n as u64 * span));
+        if g1 > g0 {
+            cx.lost.push(Lost {
+                guest: g0,
+                len: g1 - g0,
+                why: "its L1 table entries lie past the end of the file (the image was cut short)"
+                    .into(),
+            });
+        }
+        return Ok(1);
+    }
+    if !l1_writable(cx, w, l1_off, cx.img.l1.len()) {
+        return Ok(0);
+    }
+    for i in 0..cx.img.l1.len().min(needed) {
+        let e = cx.img.l1[i];
+        if e == 0 {
+            continue;
+        }
+        let guest = i as u64 * span;
+        let glen = size.saturating_sub(guest).min(span);
+        let file_len = cx.img.file_len();
+        let l2 = e & OFFSET_MASK;
+        let unaligned = l2 & (cs - 1) != 0;
+        if unaligned || l2 >= file_len {
+            let why = format!(
+                "L1 entry {i} points at {} L2 table (0x{l2:x})",
+                if unaligned { "an unaligned" } else { "a missing" }
+            );
+            set_l1(cx, l1_off, i, 0)?;
+            lose(cx, guest, glen, why, true);
+            fixed += 1;
+            continue;
+        }
+        if e & L1_RESERVED != 0 {
+            let ne = e & !L1_RESERVED;
+            let _ = writeln!(
+                cx.err,
+                "Repairing L1 entry {i}: reserved bits cleared ({e:x} -> {ne:x})"
+            );
+            set_l1(cx, l1_off, i, ne)?;
+            fixed += 1;
+        }
+        // A table that is itself aliased or shared is left alone: a change
+        // would reach the other owner too.
+        if w.distrust(l2 >> cb).is_some() || w.imrt.get(l2 >> cb) > 1 {
+            continue;
+        }
+        let mut table = vec![0u8; cs as usize];
+        cx.img.read(l2, &mut table)?;
+        for j in 0..l2_entries {
+            let at = (j * es) as usize;
+            let le = be64(&table[at..]);
+            let bitmap = if ext { be64(&table[at + 8..]) } else { 0 };
+            let ty = decode_l2(le, cb, ext, data_file);
+            let g = guest + j * cs;
+            if g >= size {
+                break;
+            }
+            let pos = l2 + at as u64;
+            let data = le & OFFSET_MASK;
+            let has_data = matches!(ty, ClusterType::Normal(_));
+            let new: Option<(u64, u64)> = match ty {
+                ClusterType::Normal(_) | ClusterType::ZeroAlloc(_) if !data_file => {
+                    let file_len = cx.img.file_len();
+                    if data & (cs - 1) != 0 || data >= file_len {
+                        if !has_data && data & (cs - 1) != 0 {
+                            // The walk rewrites these itself.
+                            None
+                        } else {
+                            let what = if data & (cs - 1) != 0 {
+                                format!("data offset 0x{data:x} is not cluster aligned")
+                            } else {
+                                format!("data offset 0x{data:x} is past the end of the file")
+                            };
+                            let repl = if has_data {
+                                (0, 0)
+                            } else if ext {
+                                (0, 0xffff_ffff_0000_0000)
+                            } else if v3 {
+                                (ZERO, 0)
+                            } else {
+                                (0, 0)
+                            };
+                            let _ = writeln!(
+                                cx.err,
+                                "Repairing L2 entry at 0x{pos:x}: {what}; mapping dropped"
+                            );
+                            if has_data {
+                                lose(cx, g, cs.min(size - g), format!("its L2 entry's {what}"), false);
+                            }
+                            Some(repl)
+                        }
+                    } else if le & L2_RESERVED != 0 {
+                        let ne = le & !L2_RESERVED;
+                        let _ = writeln!(
+                            cx.err,
+                            "Repairing L2 entry at 0x{pos:x}: reserved bits cleared ({le:x} -> {ne:x})"
+                        );
+                        Some((ne, bitmap))
+                    } else if has_data && w.aliased_data(data >> cb) {
+                        let copy = copy_cluster(cx, data)?;
+                        let ne = copy | COPIED;
+                        let _ = writeln!(
+                            cx.err,
+                            "Repairing L2 entry at 0x{pos:x}: cluster {} is also metadata; the guest's view of it was copied to cluster {}",
+                            data >> cb,
+                            copy >> cb
+                        );
+                        lose(
+                            cx,
+                            g,
+                            cs.min(size - g),
+                            format!(
+                                "its L2 entry pointed at metadata (cluster {}); it keeps those bytes, its own data could not be located",
+                                data >> cb
+                            ),
+                            false,
+                        );
+                        Some((ne, bitmap))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            if let Some((ne, nb)) = new {
+                let mut bytes = ne.to_be_bytes().to_vec();
+                if ext {
+                    bytes.extend_from_slice(&nb.to_be_bytes());
+                }
+                cx.img.write(pos, &bytes)?;
+                table[at..at + bytes.len()].copy_from_slice(&bytes);
+                fixed += 1;
+            }
+        }
+    }
+    if fixed > 0 {
+        cx.img.sync()?;
+    }
+    Ok(fixed)
+}
+
+/// Whether the first `n` entries of the active L1 table lie in the file,
+/// in clusters no other metadata uses.
+fn l1_writable(cx: &Ctx, w: &Walk, l1_off: u64, n: usize) -> bool {
+    let cs = cx.img.cs;
+    let end = l1_off + n as u64 * 8;
+    if l1_off & (cs - 1) != 0 || end > cx.img.file_len() {
+        return n == 0;
+    }
+    (l1_off / cs..end.div_ceil(cs)).all(|c| w.table_writable(c))
+}
+
+fn set_l1(cx: &mut Ctx, l1_off: u64, i: usize, v: u64) -> Result<(), Errno> {
+    cx.img.write(l1_off + i as u64 * 8, &v.to_be_bytes())?;
+    cx.img.l1[i] = v;
+    Ok(())
+}
+
+fn lose(cx: &mut Ctx, guest: u64, len: u64, why: String, print: bool) {
+    if len == 0 {
+        return;
+    }
+    if print {
+        let _ = writeln!(
+            cx.err,
+            "Repairing {why}: mapping dropped, guest bytes 0x{guest:x}-0x{:x} now read as zeroes (or the backing file)",
+            guest + len - 1
+        );
+    }
+    cx.lost.push(Lost { guest, len, why });
+}
+
+/// Copy cluster `src` to a new cluster at the end of the file, durable and
+/// refcounted (when a refblock covers it; otherwise the rebuild that
+/// follows counts it) before anything points at it.
+fn copy_cluster(cx: &mut Ctx, src: u64) -> Result<u64, Errno> {
+    let cs = cx.img.cs;
+    let mut buf = vec![0u8; cs as usize];
+    cx.img.read(src, &mut buf)?;
+    let dst = cx.img.file_len().div_ceil(cs) * cs;
+    cx.img.write(dst, &buf)?;
+    cx.img.sync()?;
+    let k = dst >> cx.img.cb;
+    if cx.img.has_refblock(k, &mut *cx.err) {
+        cx.img.set_refcount(k, 1, &mut *cx.err)?;
+        cx.img.sync()?;
+    }
+    Ok(dst)
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}

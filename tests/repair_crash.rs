@@ -1,0 +1,394 @@
+//! Crash simulation of check's repairs: `check -r leaks`, `check -r all` and
+//! `repair` run over the fault storage on the corruption corpus and on
+//! zoned images with stale clusters; power is lost at every storage write
+//! and every crash state built from the unsynced writes is checked. In every
+//! state the image is no worse than before the repair began: check finds no
+//! more corruptions than before, and every guest cluster the repair does
+//! not report as lost reads as it did before. A repair run again on the
+//! crash state ends where the uninterrupted repair ended.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::sync::Arc;
+use zcow::check::repair::JournalStorage;
+use zcow::check::{check_store, CheckReport, RepairMode};
+use zcow::format::create::{create, CreateOptions};
+use zcow::format::wp::WpEntry;
+use zcow::format::zoned::ZonedCreateOptions;
+use zcow::format::{OpenOptions, Qcow2};
+use zcow::storage::{FaultConfig, FaultStorage, FileStorage, MemStorage, Storage};
+
+const MIB: u64 = 1 << 20;
+
+/// How a repair is run.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    Leaks,
+    All,
+    /// `zcow-img repair`: `-r all` through the journaling store.
+    Repair,
+}
+
+fn check(store: Arc<dyn Storage>, mode: Option<RepairMode>) -> Option<CheckReport> {
+    check_store(store, mode, false, &mut std::io::sink(), |_| {}).ok()
+}
+
+fn repair(st: Arc<FaultStorage>, run: Run, cs: u64) -> Option<CheckReport> {
+    match run {
+        Run::Leaks => check(st, Some(RepairMode::Leaks)),
+        Run::All => check(st, Some(RepairMode::All)),
+        Run::Repair => {
+            let j = JournalStorage::new(st, false, cs).ok()?;
+            check(Arc::new(j), Some(RepairMode::All))
+        }
+    }
+}
+
+fn be64(b: &[u8], off: u64) -> u64 {
+    let mut a = [0u8; 8];
+    let o = off as usize;
+    if o + 8 <= b.len() {
+        a.copy_from_slice(&b[o..o + 8]);
+    }
+    u64::from_be_bytes(a)
+}
+
+/// What the guest reads, one CRC-32 per cluster, found by following the
+/// raw L1/L2 entries (an image in any state can be read this way).
+/// `u32::MAX`-tagged values mark clusters whose mapping cannot be followed.
+fn guest_view(img: &[u8]) -> Vec<u64> {
+    let cb = u32::from_be_bytes(img[20..24].try_into().unwrap());
+    let cs = 1u64 << cb;
+    let size = be64(img, 24);
+    let l1_off = be64(img, 40);
+    let l1_size = u32::from_be_bytes(img[36..40].try_into().unwrap()) as u64;
+    let per_l2 = cs / 8;
+    let mask = 0x00ff_ffff_ffff_fe00u64;
+    let zero = crc32fast::hash(&vec![0u8; cs as usize]) as u64;
+    let len = img.len() as u64;
+    (0..size.div_ceil(cs))
+        .map(|g| {
+            let i = g / per_l2;
+            if i >= l1_size {
+                return zero;
+            }
+            let l2 = be64(img, l1_off + i * 8) & mask;
+            if l2 == 0 {
+                return zero;
+            }
+            if l2 % cs != 0 || l2 >= len {
+                return 1 << 40;
+            }
+            let e = be64(img, l2 + (g % per_l2) * 8);
+            if e & (1 << 62) != 0 {
+                return 2 << 40; // compressed: not in these images
+            }
+            let off = e & mask;
+            if e & 1 != 0 || off == 0 {
+                return zero;
+            }
+            let mut b = vec![0u8; cs as usize];
+            let end = (off + cs).min(len);
+            if off < len {
+                b[..(end - off) as usize].copy_from_slice(&img[off as usize..end as usize]);
+            }
+            crc32fast::hash(&b) as u64
+        })
+        .collect()
+}
+
+fn lost_clusters(rep: &CheckReport, cs: u64, n: usize) -> Vec<bool> {
+    let mut v = vec![false; n];
+    for l in &rep.lost {
+        for g in l.guest / cs..(l.guest + l.len).div_ceil(cs) {
+            if let Some(x) = v.get_mut(g as usize) {
+                *x = true;
+            }
+        }
+    }
+    v
+}
+
+/// Every power-loss state of one repair of `img`; returns the state count.
+fn crash_repair(name: &str, img: &[u8], run: Run) -> usize {
+    let cs = 1u64 << u32::from_be_bytes(img[20..24].try_into().unwrap());
+    let before = check(Arc::new(MemStorage::from_bytes(img.to_vec())), None)
+        .unwrap_or_else(|| panic!("{name}: the corrupt image cannot be checked"));
+    let view = guest_view(img);
+    // The uninterrupted repair: what it reports lost, where it ends.
+    let full = Arc::new(FaultStorage::new(img.to_vec(), FaultConfig::default()));
+    let done = repair(full.clone(), run, cs).unwrap_or_else(|| panic!("{name} {run:?}: repair failed"));
+    let writes = full.write_count();
+    let lost = lost_clusters(&done, cs, view.len());
+    let end = check(Arc::new(MemStorage::from_bytes(full.current())), None).unwrap();
+    assert!(
+        end.counts.corruptions <= before.counts.corruptions,
+        "{name} {run:?}: the repair left more corruptions ({:?}) than it found ({:?})",
+        end.counts,
+        before.counts
+    );
+    let mut states = 0;
+    for cut in 0..writes {
+        let st = Arc::new(FaultStorage::new(
+            img.to_vec(),
+            FaultConfig {
+                power_loss_at_write: Some(cut),
+                ..Default::default()
+            },
+        ));
+        let _ = repair(st.clone(), run, cs);
+        let n = st.pending_writes();
+        for (k, (keep, torn)) in variants(n).into_iter().enumerate() {
+            let bytes = st.crash_state(&keep, torn);
+            states += 1;
+            let what = format!("{name} {run:?}: power lost at write {cut}, state {keep:?} torn {torn:?}");
+            let after = check(Arc::new(MemStorage::from_bytes(bytes.clone())), None)
+                .unwrap_or_else(|| panic!("{what}: the image can no longer be checked"));
+            assert!(
+                after.failed.is_none() || before.failed.is_some(),
+                "{what}: check fails: {:?}",
+                after.failed
+            );
+            assert!(
+                after.counts.corruptions <= before.counts.corruptions,
+                "{what}: {} corruptions, {} before the repair",
+                after.counts.corruptions,
+                before.counts.corruptions
+            );
+            let v = guest_view(&bytes);
+            for (g, (a, b)) in v.iter().zip(&view).enumerate() {
+                assert!(
+                    lost[g] || a == b,
+                    "{what}: guest cluster {g} changed and is not reported lost"
+                );
+            }
+            // Running the repair again finishes the job.
+            if k % 5 == 0 {
+                let again = Arc::new(FaultStorage::new(bytes, FaultConfig::default()));
+                let _ = repair(again.clone(), run, cs);
+                let fin = check(Arc::new(MemStorage::from_bytes(again.current())), None).unwrap();
+                assert!(
+                    fin.counts.corruptions <= end.counts.corruptions,
+                    "{what}: a second repair ends with {:?}, the uninterrupted one with {:?}",
+                    fin.counts,
+                    end.counts
+                );
+            }
+        }
+    }
+    states
+}
+
+/// The shared crash variants, plus every subset of the unsynced writes
+/// (up to 8 of them) and each write torn after its first sector.
+fn variants(n: usize) -> Vec<CrashVariant> {
+    let mut v = crash_variants(n);
+    if n <= 8 {
+        for m in 1..(1usize << n) - 1 {
+            v.push(((0..n).filter(|i| m & (1 << i) != 0).collect(), None));
+        }
+    }
+    for t in 0..n.min(16) {
+        v.push(((0..=t).collect(), Some((t, 1))));
+    }
+    v
+}
+
+/// Where the base image keeps its structures.
+struct Layout {
+    cs: u64,
+    reftable: u64,
+    refblock: u64,
+    l1: u64,
+    l2: u64,
+    /// Host offset of guest cluster 1's data.
+    data1: u64,
+}
+
+impl Layout {
+    fn of(img: &[u8]) -> Self {
+        let mask = 0x00ff_ffff_ffff_fe00u64;
+        let cs = 1u64 << u32::from_be_bytes(img[20..24].try_into().unwrap());
+        let reftable = be64(img, 48);
+        let l1 = be64(img, 40);
+        let l2 = be64(img, l1) & mask;
+        Layout {
+            cs,
+            reftable,
+            refblock: be64(img, reftable) & mask,
+            l1,
+            l2,
+            data1: be64(img, l2 + 8) & mask,
+        }
+    }
+
+    /// Offset of the 16-bit refcount of the cluster at host offset `h`.
+    fn rc(&self, h: u64) -> u64 {
+        self.refblock + 2 * (h / self.cs)
+    }
+}
+
+type Patch = (&'static str, fn(&mut Vec<u8>, &Layout));
+
+fn put(b: &mut Vec<u8>, off: u64, v: &[u8]) {
+    let end = off as usize + v.len();
+    if b.len() < end {
+        b.resize(end, 0);
+    }
+    b[off as usize..end].copy_from_slice(v);
+}
+
+fn put64(b: &mut Vec<u8>, off: u64, v: u64) {
+    put(b, off, &v.to_be_bytes());
+}
+
+const C: u64 = 1 << 63;
+
+/// Single corruptions of a qemu-img image (the reference corpus, with
+/// offsets taken from the image so any cluster size works).
+fn corpus() -> Vec<Patch> {
+    vec![
+        ("01-data-refcount-2", |b, l| put(b, l.rc(l.data1), &[0, 2])),
+        ("03-data-refcount-0", |b, l| put(b, l.rc(l.data1), &[0, 0])),
+        ("04-refblock-zeroed", |b, l| {
+            put(b, l.refblock, &vec![0u8; l.cs as usize])
+        }),
+        ("06-reftable-unaligned", |b, l| {
+            put64(b, l.reftable, l.refblock + 0x200)
+        }),
+        ("11-l2-beyond-eof", |b, l| put64(b, l.l2 + 16, C | 0x100_0000)),
+        ("12-l2-unaligned-data", |b, l| {
+            put64(b, l.l2 + 8, C | (l.data1 + 0x200))
+        }),
+        ("13-l2-unaligned-zero-alloc", |b, l| {
+            put64(b, l.l2 + 8, C | (l.data1 + 0x200) | 1)
+        }),
+        ("14-l2-reserved", |b, l| {
+            put64(b, l.l2 + 8, C | 1 << 56 | l.data1)
+        }),
+        ("15-l1-reserved", |b, l| put64(b, l.l1, C | l.l2 | 1)),
+        ("16-l1-unaligned", |b, l| put64(b, l.l1, C | (l.l2 + 0x200))),
+        ("17-l1-beyond-eof", |b, l| put64(b, l.l1, C | 0x100_0000)),
+        ("18-l2-copied-cleared", |b, l| put64(b, l.l2, be64(b, l.l2) & !C)),
+        ("19-l1-copied-cleared", |b, l| put64(b, l.l1, l.l2)),
+        ("20-l2-to-refblock", |b, l| put64(b, l.l2 + 16, C | l.refblock)),
+        ("21-l2-to-l1", |b, l| put64(b, l.l2 + 16, C | l.l1)),
+        ("22b-dirty-leak", |b, l| {
+            put(b, 79, &[1]);
+            put(b, l.rc(l.data1), &[0, 2]);
+        }),
+    ]
+}
+
+#[test]
+fn repair_survives_power_loss_on_the_corruption_corpus() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let mut total = 0;
+    for cluster_size in ["65536", "4096"] {
+        let d = tmp();
+        let p = d.path().join("t.qcow2");
+        let o = format!("cluster_size={cluster_size}");
+        ok("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &o, s(&p), "64M"]);
+        ok(
+            "qemu-io",
+            &["-c", "write -P 0xaa 0 128k", "-c", "write -P 0xbb 1M 64k", s(&p)],
+        );
+        let base = std::fs::read(&p).unwrap();
+        let layout = Layout::of(&base);
+        for (name, patch) in corpus() {
+            let mut img = base.clone();
+            patch(&mut img, &layout);
+            for run in [Run::Leaks, Run::All, Run::Repair] {
+                total += crash_repair(&format!("{name} ({cluster_size})"), &img, run);
+            }
+        }
+    }
+    eprintln!("repair_crash: corpus: {total} power-loss states checked");
+    println!("repair_crash: corpus: {total} power-loss states checked");
+    assert!(total > 1000, "only {total} states");
+}
+
+/// 64 MiB, 4 zones of 16 MiB (zone 0 conventional), 64 KiB clusters; zone 1
+/// holds 192 KiB below its wp, then `stale` writes past it.
+fn zoned_stale(dir: &Path, stale: &[(u64, u64)], wp_past: bool) -> Vec<u8> {
+    let zone = 16 * MIB;
+    let p = dir.join("z.qcow2");
+    let st = FileStorage::create(&p).unwrap();
+    create(
+        &st,
+        &CreateOptions {
+            size: 64 * MIB,
+            zoned: Some(ZonedCreateOptions {
+                zone_size: Some(zone),
+                conventional_zones: Some(1),
+                max_open_zones: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(st);
+    let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
+    img.write(0, &vec![0x11; 65536]).unwrap();
+    img.write(zone, &vec![0x22; 3 * 65536]).unwrap();
+    img.write_wp_entries(1, &[WpEntry::new(zone + 3 * 65536, false)])
+        .unwrap();
+    for &(off, len) in stale {
+        img.write(off, &vec![0x33; len as usize]).unwrap();
+    }
+    if wp_past {
+        img.write_wp_entries(2, &[WpEntry::new(2 * zone + MIB, false)])
+            .unwrap();
+    }
+    img.flush().unwrap();
+    img.sync_file().unwrap();
+    drop(img);
+    std::fs::read(&p).unwrap()
+}
+
+#[test]
+fn repair_survives_power_loss_on_zoned_stale_clusters() {
+    let zone = 16 * MIB;
+    let d = tmp();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "zoned-stale-1",
+            zoned_stale(d.path(), &[(zone + MIB, 65536)], false),
+        ),
+        (
+            "zoned-stale-many",
+            zoned_stale(
+                d.path(),
+                &[(zone + MIB, 3 * 65536), (zone + 4 * MIB, 65536), (3 * zone, 65536)],
+                false,
+            ),
+        ),
+        (
+            "zoned-stale-24",
+            zoned_stale(
+                d.path(),
+                &(0..24)
+                    .map(|i| (zone * (1 + i % 3) + 4 * MIB + (i / 3) * 131072, 65536))
+                    .collect::<Vec<_>>(),
+                false,
+            ),
+        ),
+        (
+            "zoned-stale-and-wp-past-data",
+            zoned_stale(d.path(), &[(zone + 2 * MIB, 2 * 65536)], true),
+        ),
+    ];
+    let mut total = 0;
+    for (name, img) in &cases {
+        for run in [Run::Leaks, Run::All, Run::Repair] {
+            total += crash_repair(name, img, run);
+        }
+    }
+    eprintln!("repair_crash: zoned: {total} power-loss states checked");
+    println!("repair_crash: zoned: {total} power-loss states checked");
+    assert!(total > 200, "only {total} states");
+}
