@@ -964,6 +964,8 @@ fn finish_least_recent_active_after_reopen_sees_closed_zones() {
     e.zone_op(ZoneOp::Reset, 3).unwrap();
     assert_eq!(e.finish_least_recent_active().unwrap(), Some(4));
     assert_eq!(e.finish_least_recent_active().unwrap(), None);
+}
+
 #[test]
 fn conventional_zone_capacity_is_its_length_and_all_of_it_is_writable() {
     // Zone 0 is conventional; the sequential capacity (48 KiB) does not

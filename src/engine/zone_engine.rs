@@ -453,7 +453,7 @@ impl Engine {
             if self.entry(i).offline() {
                 // Data, not known zero: reads there fail, and a status
                 // query (a client mapping the zones) must not.
-                push(seg_end - pos, false);
+                push(&mut out, seg_end - pos, false);
                 pos = seg_end;
                 continue;
             }

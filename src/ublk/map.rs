@@ -176,6 +176,8 @@ pub fn errno(e: &DeviceError) -> i32 {
         DeviceError::Zone(z) => z.kind.linux_errno(),
         DeviceError::Unsupported(_) | DeviceError::FastZeroUnsupported => libc::EOPNOTSUPP,
         DeviceError::ReadOnly => libc::EROFS,
+        // Refused by policy (a guessed raw image's block 0): permission.
+        DeviceError::Denied(_) => libc::EPERM,
         DeviceError::OutOfRange { .. } | DeviceError::Invalid(_) => libc::EINVAL,
         DeviceError::Format(f) => match f.errno() {
             libc::ENOSPC => libc::ENOSPC,
