@@ -6,7 +6,9 @@
 //! server started with `&` is waited for until it listens. A block that
 //! cannot run here (a kernel module, root-only system changes, the whole CI)
 //! is marked by the line `<!-- docs-check: skip REASON -->` right before
-//! its fence; every other block must exit 0.
+//! its fence; what a block takes for granted (an input file, a running
+//! server) is supplied by `<!-- docs-check: before: CMD; CMD -->` there.
+//! Every other block must exit 0.
 
 mod common;
 use common::*;
@@ -41,10 +43,18 @@ fn blocks(file: &Path) -> Vec<Block> {
                 let lang = l.trim_start().trim_start_matches('`').trim();
                 let keep = (lang == "sh" || lang == "bash")
                     && !prev.trim_start().starts_with("<!-- docs-check: skip");
+                // `<!-- docs-check: before: CMDS -->` fills in what the
+                // example takes for granted (an input file, a server).
+                let before = prev
+                    .trim()
+                    .strip_prefix("<!-- docs-check: before:")
+                    .and_then(|r| r.strip_suffix("-->"))
+                    .map(|r| r.trim().replace("; ", "\n") + "\n")
+                    .unwrap_or_default();
                 let b = Block {
                     file: file.to_path_buf(),
                     line: i + 1,
-                    text: String::new(),
+                    text: before,
                 };
                 open = Some((keep, b));
             }

@@ -99,18 +99,27 @@ mod tests {
     #[test]
     fn burst_then_drops_counted() {
         let r = RateLog::default();
+        let t = std::time::Instant::now();
         let admitted = (0..1000).filter(|_| r.admit().is_some()).count();
-        // The burst plus whatever refilled while the loop ran (well under
-        // a second).
-        assert!(
-            (BURST as usize..BURST as usize + 5).contains(&admitted),
-            "{admitted}"
-        );
+        // The burst plus whatever refilled while the loop ran (on a loaded
+        // machine the loop may take a while: bound by the elapsed time).
+        let refill =
+            |t: std::time::Instant| (t.elapsed().as_secs_f64() * PER_SECOND as f64) as usize + 1;
+        assert!(admitted >= BURST as usize, "{admitted}");
+        assert!(admitted <= BURST as usize + refill(t), "{admitted}");
         std::thread::sleep(std::time::Duration::from_millis(
             1000 / PER_SECOND as u64 + 20,
         ));
-        let d = r.admit().expect("refilled");
-        assert!(d >= 990, "{d}");
-        assert_eq!(r.admit(), None, "one token refilled, one used");
+        // The next line out reports every one held back since the last
+        // line that went out: all of them when nothing refilled mid-loop.
+        let d = r.admit().expect("refilled") as usize;
+        if admitted == BURST as usize {
+            assert_eq!(d, 1000 - admitted);
+        } else {
+            assert!(d > 0 && d <= 1000 - admitted, "{d}");
+        }
+        // Then only what refilled meanwhile goes out, each reporting no drops.
+        let more = (0..100).filter(|_| r.admit().is_some()).count();
+        assert!(more < refill(t), "{more}");
     }
 }
