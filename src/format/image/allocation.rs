@@ -17,13 +17,9 @@ impl Qcow2 {
             ));
         }
         // Refcounts that call a metadata cluster free are lying.
-        self.guard_as(
-            m,
-            None,
-            c << self.p.cluster_bits,
-            self.p.cs,
-            "a newly allocated cluster",
-        )?;
+        self.guard_as(m, None, c << self.p.cluster_bits, self.p.cs, || {
+            "a newly allocated cluster".into()
+        })?;
         self.set_refcount(m, c, 1)?;
         m.alloc_end = m.alloc_end.max(c + 1);
         m.free_hint = c + 1;
@@ -59,7 +55,7 @@ impl Qcow2 {
                 // A reference into metadata (a lying L2 entry) must not
                 // free, punch or later reuse that metadata.
                 let step = self
-                    .guard_as(m, None, c * cs, cs, "freeing a data cluster")
+                    .guard_as(m, None, c * cs, cs, || "freeing a data cluster".into())
                     .and_then(|()| self.refcount(m, c));
                 let step = step.and_then(|rc| {
                     if rc > 0 {

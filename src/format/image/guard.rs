@@ -20,20 +20,21 @@ impl Qcow2 {
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        let what = match target {
+        self.guard_as(m, target, offset, len, || match target {
             Some(k) => k.to_string(),
             None => "guest data".into(),
-        };
-        self.guard_as(m, target, offset, len, &what)
+        })
     }
 
+    /// [`Qcow2::guard`] naming the write with `what` (built only when the
+    /// write is refused: this runs on every write).
     pub(super) fn guard_as(
         &self,
         m: &mut Meta,
         target: Option<Kind>,
         offset: u64,
         len: u64,
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> Result<()> {
         if m.corrupt {
             return Err(FormatError::Corrupt(
@@ -46,7 +47,8 @@ impl Qcow2 {
             Some(hit) => Err(self.mark_corrupt(
                 m,
                 format!(
-                    "Preventing invalid write on metadata ({what} at offset {offset:#x}, {len} bytes, overlaps with {hit})"
+                    "Preventing invalid write on metadata ({} at offset {offset:#x}, {len} bytes, overlaps with {hit})",
+                    what()
                 ),
             )),
         }

@@ -241,10 +241,10 @@ impl Qcow2 {
             (Vec::new(), 0)
         };
         let zoned = Self::load_zoned(store.as_ref(), &header, file_len, &snapshots)?;
-        // Overlapping metadata is refused before anything else about the
-        // zoned metadata: it is the more basic lie.
-        // An array whose size disagrees with its zone count is reported by
-        // the extension's validation instead (its extent means nothing).
+        // Overlapping metadata is refused before any other problem of the
+        // zoned metadata: it is the more basic lie. An array whose size
+        // disagrees with its zone count is left to the extension's
+        // validation (its extent means nothing).
         let wp_array = header
             .zoned()
             .filter(|z| z.zonedmeta_size == 8 * z.nr_zones as u64);

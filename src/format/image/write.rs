@@ -110,13 +110,9 @@ impl Qcow2 {
                 _ => false,
             };
             if let (true, ClusterType::Normal(h)) = (owned, ct) {
-                self.guard_as(
-                    m,
-                    None,
-                    h.0,
-                    cs,
-                    &format!("guest data of L2 entry {idx} of the table at {l2}"),
-                )?;
+                self.guard_as(m, None, h.0, cs, || {
+                    format!("guest data of L2 entry {idx} of the table at {l2}")
+                })?;
                 let new_entry = (w0 & COPIED == 0).then_some(h.0 | COPIED);
                 steps.push(Step {
                     gc,
