@@ -26,33 +26,23 @@ pub fn generate_if_asked(cmd: impl FnOnce() -> clap::Command) -> bool {
     let mut cmd = cmd();
     let name = cmd.get_name().to_string();
     let mut out = Vec::new();
-    let res = match kind.as_str() {
-        "bash" => Ok(clap_complete::generate(
-            Shell::Bash,
-            &mut cmd,
-            &name,
-            &mut out,
-        )),
-        "zsh" => Ok(clap_complete::generate(
-            Shell::Zsh,
-            &mut cmd,
-            &name,
-            &mut out,
-        )),
-        "fish" => Ok(clap_complete::generate(
-            Shell::Fish,
-            &mut cmd,
-            &name,
-            &mut out,
-        )),
-        "man" => match dir {
-            Some(dir) => clap_mangen::generate_to(cmd, dir),
-            None => Err(std::io::Error::other("--generate man takes a directory")),
-        },
+    let shell = match kind.as_str() {
+        "bash" => Some(Shell::Bash),
+        "zsh" => Some(Shell::Zsh),
+        "fish" => Some(Shell::Fish),
+        "man" => None,
         _ => {
             eprintln!("{name}: --generate takes one of {}", KINDS.join(", "));
             std::process::exit(1);
         }
+    };
+    let res = match (shell, dir) {
+        (Some(shell), _) => {
+            clap_complete::generate(shell, &mut cmd, &name, &mut out);
+            Ok(())
+        }
+        (None, Some(dir)) => clap_mangen::generate_to(cmd, dir),
+        (None, None) => Err(std::io::Error::other("--generate man takes a directory")),
     };
     // A closed pipe or a full disk: say so and fail, never panic.
     if let Err(e) = res.and_then(|()| std::io::stdout().write_all(&out)) {

@@ -371,7 +371,11 @@ fn run(cli: Cli) -> Result<u8> {
                         allow_backing: false,
                     },
                 )
-                .map_err(|e| anyhow::anyhow!("Could not open '{name}': {e}"))?;
+                .map_err(|e| match e {
+                    // open_device already says "Could not open '…': why".
+                    zcow::device::DeviceError::Invalid(m) => anyhow::anyhow!(m),
+                    e => anyhow::anyhow!("Could not open '{name}': {e}"),
+                })?;
                 let map = img::zonemap::from_device(dev.as_ref(), &name)
                     .with_context(|| format!("zone map of '{name}'"))?;
                 let text = match output.as_str() {
