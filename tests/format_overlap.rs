@@ -111,6 +111,9 @@ struct Case {
     expect: Expect,
     /// Both regions, as the message names them.
     names: [&'static str; 2],
+    /// Guest offset of the first write (the second goes to a new cluster
+    /// of a sequential zone, 4 MiB).
+    write_at: u64,
 }
 
 fn wp_over(name: &'static str, pick: fn(&Layout) -> u64, other: &'static str) -> Case {
@@ -122,6 +125,7 @@ fn wp_over(name: &'static str, pick: fn(&Layout) -> u64, other: &'static str) ->
         image: b,
         expect: Expect::Open,
         names: ["write-pointer array", other],
+        write_at: 0,
     }
 }
 
@@ -136,6 +140,7 @@ fn l2_into(name: &'static str, zoned: bool, pick: fn(&Layout) -> u64, other: &'s
         image: b,
         expect: Expect::Write,
         names: ["guest data", other],
+        write_at: 0,
     }
 }
 
@@ -156,6 +161,7 @@ fn corpus() -> Vec<Case> {
         image: b,
         expect: Expect::Open,
         names: ["active L1 table", "refcount table"],
+        write_at: 0,
     });
     v.push(l2_into(
         "L2 entry into the reftable",
@@ -175,6 +181,18 @@ fn corpus() -> Vec<Case> {
         |l| l.wp,
         "write-pointer array",
     ));
+    // Refcounts that lie: the L1 table's cluster is counted free, so the
+    // allocator would hand it out for new data.
+    let mut b = base(false);
+    let l = layout(&b);
+    b[(l.refblock + 2 * (l.l1 / CS)) as usize..][..2].fill(0);
+    v.push(Case {
+        name: "refcount of the L1 table says free",
+        image: b,
+        expect: Expect::Write,
+        names: ["newly allocated cluster", "active L1 table"],
+        write_at: 4 << 20,
+    });
     if let Some(c) = snapshot_over_l1() {
         v.push(c);
     }
@@ -207,6 +225,7 @@ fn wp_over_valid_l1() -> Case {
         image: b,
         expect: Expect::Open,
         names: ["write-pointer array", "active L1 table"],
+        write_at: 0,
     }
 }
 
@@ -230,6 +249,7 @@ fn snapshot_over_l1() -> Option<Case> {
         image: b,
         expect: Expect::Open,
         names: ["snapshot table", "active L1 table"],
+        write_at: 0,
     })
 }
 
@@ -322,7 +342,10 @@ fn public_api_refuses_and_overwrites_nothing() {
             }
             (Err(e), Expect::Write) => panic!("{}: open refused: {e}", c.name),
             (Ok(img), Expect::Write) => {
-                let e = img.write(0, &[0xab; 4096]).unwrap_err().to_string();
+                let e = img
+                    .write(c.write_at, &[0xab; 4096])
+                    .unwrap_err()
+                    .to_string();
                 names_both(&c, &e);
                 assert!(e.contains("the image is marked corrupt"), "{}: {e}", c.name);
                 // Once marked, nothing else is written either.
@@ -352,11 +375,12 @@ fn zcow_io_write_and_flush_overwrite_nothing() {
     let d = tmp();
     for c in corpus() {
         let p = write_copy(&c, d.path(), "io");
+        let first = format!("write -P 0xab {} 4096", c.write_at);
         let o = run(
             s(&bin("zcow-io")),
             &[
                 "-c",
-                "write -P 0xab 0 4096",
+                &first,
                 "-c",
                 "write -P 0xab 4M 4096",
                 "-c",
@@ -404,6 +428,7 @@ fn zcow_nbd_overwrites_nothing() {
     let d = tmp();
     for c in corpus() {
         let p = write_copy(&c, d.path(), "nbd");
+        let first = format!("write -P 0xab {} 4096", c.write_at);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -440,7 +465,7 @@ fn zcow_nbd_overwrites_nothing() {
                         s(&bin("zcow-io")),
                         &[
                             "-c",
-                            "write -P 0xab 0 4096",
+                            &first,
                             "-c",
                             "write -P 0xab 4M 4096",
                             "-c",

@@ -1,0 +1,211 @@
+//! Guest writes: in place outside the metadata lock when every cluster
+//! is owned, otherwise allocate, write the data, then publish the mapping.
+
+use super::*;
+
+impl Qcow2 {
+    /// Write guest bytes.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut m = lock(&self.meta);
+        // Fast path: every cluster already allocated and owned: write in place
+        // outside the lock.
+        if let Some(runs) = self.inplace_runs(&mut m, offset, data.len() as u64)? {
+            for &(host, len) in &runs {
+                self.guard(&mut m, None, host, len)?;
+            }
+            let _io = UnlockedIo::start(&self.unlocked_io);
+            drop(m);
+            let mut at = 0usize;
+            for (host, len) in runs {
+                self.data.write_at(host, &data[at..at + len as usize])?;
+                at += len as usize;
+            }
+            return Ok(());
+        }
+        self.write_slow(&mut m, offset, data)
+    }
+
+    pub(super) fn inplace_runs(
+        &self,
+        m: &mut Meta,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<(u64, u64)>>> {
+        let cs = self.p.cs;
+        let cb = self.p.cluster_bits;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let gc = pos >> cb;
+            let in_off = pos & (cs - 1);
+            let n = (cs - in_off).min(end - pos);
+            let l1i = (gc / self.p.l2_entries) as usize;
+            if m.l1.get(l1i).is_none_or(|e| e & COPIED == 0) {
+                return Ok(None);
+            }
+            let l2 = self.l2_offset(m, gc)?;
+            let (w0, _) = self.l2_get(m, l2, gc % self.p.l2_entries)?;
+            match decode_l2(w0, cb, false, false) {
+                ClusterType::Normal(h) if w0 & COPIED != 0 && h.0 % cs == 0 => {
+                    let host = h.0 + in_off;
+                    match runs.last_mut() {
+                        Some((s, l)) if *s + *l == host => *l += n,
+                        _ => runs.push((host, n)),
+                    }
+                }
+                _ => return Ok(None),
+            }
+            pos += n;
+        }
+        Ok(Some(runs))
+    }
+
+    pub(super) fn write_slow(&self, m: &mut Meta, offset: u64, data: &[u8]) -> Result<()> {
+        let cs = self.p.cs;
+        let cb = self.p.cluster_bits;
+        struct Step {
+            gc: u64,
+            l2: HostOffset,
+            host: u64,
+            in_off: u64,
+            n: u64,
+            // Full-cluster buffer to write instead of the caller's slice.
+            buf: Option<Vec<u8>>,
+            new_entry: Option<u64>,
+            old: Option<ClusterType>,
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        let mut pos = offset;
+        let end = offset + data.len() as u64;
+        // Phase 1: decide where each cluster goes, allocating as needed.
+        while pos < end {
+            let gc = pos >> cb;
+            let in_off = pos & (cs - 1);
+            let n = (cs - in_off).min(end - pos);
+            let l2 = self.l2_for_write(m, gc)?;
+            let idx = gc % self.p.l2_entries;
+            let (w0, _) = self.l2_get(m, l2, idx)?;
+            if w0 & COMPRESSED == 0 && w0 & L2_RESERVED != 0 {
+                return Err(FormatError::Corrupt(format!(
+                    "L2 entry {idx} of the table at {l2} has reserved bits set ({w0:#x})"
+                )));
+            }
+            let ct = decode_l2(w0, cb, false, false);
+            let owned = match ct {
+                ClusterType::Normal(h) => {
+                    if h.0 % cs != 0 {
+                        return Err(FormatError::Corrupt(format!(
+                            "Cluster allocation offset {:#x} unaligned (L2 offset: {:#x}, L2 index: {:#x})",
+                            h.0, l2.0, idx
+                        )));
+                    }
+                    w0 & COPIED != 0 || self.refcount(m, h.0 >> cb)? == 1
+                }
+                _ => false,
+            };
+            if let (true, ClusterType::Normal(h)) = (owned, ct) {
+                self.guard_as(m, None, h.0, cs, || {
+                    format!("guest data of L2 entry {idx} of the table at {l2}")
+                })?;
+                let new_entry = (w0 & COPIED == 0).then_some(h.0 | COPIED);
+                steps.push(Step {
+                    gc,
+                    l2,
+                    host: h.0 + in_off,
+                    in_off,
+                    n,
+                    buf: None,
+                    new_entry,
+                    old: None,
+                });
+            } else {
+                let full = in_off == 0 && n == cs;
+                let c = self.alloc(m)?;
+                let host = c << cb;
+                let base_zero = match ct {
+                    ClusterType::ZeroPlain | ClusterType::ZeroAlloc(_) => true,
+                    ClusterType::Unallocated => self.backing.is_none(),
+                    _ => false,
+                };
+                let buf = if full || (base_zero && host >= m.file_len) {
+                    None
+                } else {
+                    let mut b = self.cluster_contents(m, gc, ct)?;
+                    let s = (pos - offset) as usize;
+                    b[in_off as usize..(in_off + n) as usize]
+                        .copy_from_slice(&data[s..s + n as usize]);
+                    Some(b)
+                };
+                let old = match ct {
+                    ClusterType::Normal(_)
+                    | ClusterType::ZeroAlloc(_)
+                    | ClusterType::Compressed { .. } => Some(ct),
+                    _ => None,
+                };
+                steps.push(Step {
+                    gc,
+                    l2,
+                    host: if buf.is_some() { host } else { host + in_off },
+                    in_off,
+                    n,
+                    buf,
+                    new_entry: Some(host | COPIED),
+                    old,
+                });
+            }
+            pos += n;
+        }
+        // Phase 2: write the data, coalescing contiguous pieces.
+        let mut run: Option<(u64, usize, usize)> = None; // (host, data start, len)
+        let mut data_pos = 0usize;
+        let flush_run = |run: &mut Option<(u64, usize, usize)>| -> Result<()> {
+            if let Some((h, s, l)) = run.take() {
+                self.data.write_at(h, &data[s..s + l])?;
+            }
+            Ok(())
+        };
+        let mut max_end = m.file_len;
+        for st in &steps {
+            match &st.buf {
+                Some(b) => {
+                    flush_run(&mut run)?;
+                    self.data.write_at(st.host, b)?;
+                    max_end = max_end.max(st.host + cs);
+                }
+                None => {
+                    let n = st.n as usize;
+                    match &mut run {
+                        Some((h, s, l)) if *h + *l as u64 == st.host && *s + *l == data_pos => {
+                            *l += n
+                        }
+                        _ => {
+                            flush_run(&mut run)?;
+                            run = Some((st.host, data_pos, n));
+                        }
+                    }
+                    max_end = max_end.max(st.host + st.n);
+                }
+            }
+            data_pos += st.n as usize;
+        }
+        flush_run(&mut run)?;
+        m.file_len = max_end;
+        // Phase 3: publish the mappings.
+        for st in steps {
+            let _ = st.in_off;
+            if let Some(e) = st.new_entry {
+                self.l2_set(m, st.l2, st.gc % self.p.l2_entries, e)?;
+            }
+            if let Some(old) = st.old {
+                self.queue_decrement(m, old);
+            }
+        }
+        Ok(())
+    }
+}
