@@ -769,3 +769,35 @@ fn check_quiet_matches_qemu_img() {
         (code, err.replace("qemu-img: ", "zcow-img: "))
     );
 }
+
+/// An image cut to 300 bytes: check reports it as qemu-img does (plain and
+/// JSON), and zcow's `-r all` ends consistent by `qemu-img check`, saying
+/// the whole disk was lost (its L1 table was cut off).
+#[test]
+fn check_image_cut_to_300_bytes() {
+    if !have_qemu() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    base(d.path());
+    let src = d.path().join("t.qcow2");
+    for mode in [Mode::Plain, Mode::PlainJson] {
+        let (qd, qp) = copy_to_scratch(&src);
+        set_len(&qp, 300);
+        let (zd, zp) = copy_to_scratch(&src);
+        set_len(&zp, 300);
+        let q = qemu_check(qd.path(), mode);
+        let (z, extra) = zcow_check(zd.path(), mode);
+        assert_eq!(q, z, "{mode:?} {extra:?}");
+        assert_eq!(z.code, 2);
+    }
+    let (zd, zp) = copy_to_scratch(&src);
+    set_len(&zp, 300);
+    let (z, extra) = zcow_check(zd.path(), Mode::All);
+    assert_eq!(z.code, 0, "{z:?}");
+    assert!(
+        extra.iter().any(|l| l.starts_with("zcow: Lost guest bytes 0x0-0x3ffffff:")),
+        "{extra:?}"
+    );
+    assert_eq!(qemu_check(zd.path(), Mode::Plain).code, 0);
+}
