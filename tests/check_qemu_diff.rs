@@ -309,7 +309,13 @@ fn assert_outcome(
         must(
             p.parent().unwrap(),
             "qemu-img",
-            &["convert", "-O", "raw", p.to_str().unwrap(), out.to_str().unwrap()],
+            &[
+                "convert",
+                "-O",
+                "raw",
+                p.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
         );
         std::fs::read(out).unwrap()
     };
@@ -382,7 +388,9 @@ fn run_cases(make_base: fn(&Path), cases: Vec<(&'static str, Setup)>) {
                         extra.join("\n")
                     );
                 }
-                if let Err(e) = assert_outcome(name, &src, &qp_before(&src, setup), zd.path(), mode, &extra) {
+                if let Err(e) =
+                    assert_outcome(name, &src, &qp_before(&src, setup), zd.path(), mode, &extra)
+                {
                     failures.push(format!("=== SAFER {name} {mode:?} ({why}): {e}"));
                 }
                 continue;
@@ -796,7 +804,9 @@ fn check_image_cut_to_300_bytes() {
     let (z, extra) = zcow_check(zd.path(), Mode::All);
     assert_eq!(z.code, 0, "{z:?}");
     assert!(
-        extra.iter().any(|l| l.starts_with("zcow: Lost guest bytes 0x0-0x3ffffff:")),
+        extra
+            .iter()
+            .any(|l| l.starts_with("zcow: Lost guest bytes 0x0-0x3ffffff:")),
         "{extra:?}"
     );
     assert_eq!(qemu_check(zd.path(), Mode::Plain).code, 0);

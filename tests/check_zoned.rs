@@ -380,7 +380,10 @@ fn check_zoned_array_aliasing_data() {
     let array_before = read(&p, arr, 32);
     let (c, _, err) = check(&p, Some(RepairMode::All), false);
     assert_eq!(c, 0, "{err}");
-    assert!(!err.contains("Repairing cluster 10 refcount=1 reference=2"), "{err}");
+    assert!(
+        !err.contains("Repairing cluster 10 refcount=1 reference=2"),
+        "{err}"
+    );
     assert!(
         err.contains(&format!(
             "cluster {} is also metadata; the guest's view of it was copied",
@@ -389,7 +392,9 @@ fn check_zoned_array_aliasing_data() {
         "{err}"
     );
     assert!(
-        err.contains("zcow: Lost guest bytes 0x2000000-0x200ffff: its L2 entry pointed at metadata"),
+        err.contains(
+            "zcow: Lost guest bytes 0x2000000-0x200ffff: its L2 entry pointed at metadata"
+        ),
         "{err}"
     );
     assert_eq!(read(&p, arr, 32), array_before, "the array is untouched");
@@ -655,12 +660,19 @@ fn check_zoned_preallocated_metadata_is_clean() {
     drop(st);
     let (c, out, err) = check(&p, None, false);
     assert_eq!((c, err.as_str()), (0, ""), "{out}");
-    assert!(out.starts_with("No errors were found on the image."), "{out}");
+    assert!(
+        out.starts_with("No errors were found on the image."),
+        "{out}"
+    );
     // -r leaks frees nothing.
     let before = std::fs::read(&p).unwrap();
     let (c, _, err) = check(&p, Some(RepairMode::Leaks), false);
     assert_eq!((c, err.as_str()), (0, ""));
-    assert_eq!(std::fs::read(&p).unwrap(), before, "-r leaks changed the image");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        before,
+        "-r leaks changed the image"
+    );
     // Data written past zone 1's wp (a crash before the wp update).
     let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
     img.write(ZONE + MIB, &vec![0x33; 65536]).unwrap();
@@ -669,7 +681,10 @@ fn check_zoned_preallocated_metadata_is_clean() {
     let (c, _, err) = check(&p, None, false);
     assert_eq!(c, 3, "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("Leaked zone cluster: zone 1 guest offset 0x1100000"), "{err}");
+    assert!(
+        err.starts_with("Leaked zone cluster: zone 1 guest offset 0x1100000"),
+        "{err}"
+    );
 }
 
 fn repair(p: &Path, opts: &RepairOptions) -> (anyhow::Result<i32>, String, String) {
@@ -703,7 +718,10 @@ fn repair_dry_run_says_would() {
     assert!(!all.contains("Double checking"), "{all}");
     assert!(!all.contains("Repairing"), "{all}");
     assert!(out.contains("would be repaired"), "{out}");
-    assert!(err.contains("Would repair zone 2: write pointer 0x2100000"), "{err}");
+    assert!(
+        err.contains("Would repair zone 2: write pointer 0x2100000"),
+        "{err}"
+    );
     assert!(
         out.contains("Dry run: Zone 2 write pointer would move 0x2100000 -> 0x2000000"),
         "{out}"

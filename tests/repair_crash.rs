@@ -118,7 +118,8 @@ fn crash_repair(name: &str, img: &[u8], run: Run) -> usize {
     let view = guest_view(img);
     // The uninterrupted repair: what it reports lost, where it ends.
     let full = Arc::new(FaultStorage::new(img.to_vec(), FaultConfig::default()));
-    let done = repair(full.clone(), run, cs).unwrap_or_else(|| panic!("{name} {run:?}: repair failed"));
+    let done =
+        repair(full.clone(), run, cs).unwrap_or_else(|| panic!("{name} {run:?}: repair failed"));
     let writes = full.write_count();
     let lost = lost_clusters(&done, cs, view.len());
     let end = check(Arc::new(MemStorage::from_bytes(full.current())), None).unwrap();
@@ -142,7 +143,8 @@ fn crash_repair(name: &str, img: &[u8], run: Run) -> usize {
         for (k, (keep, torn)) in variants(n).into_iter().enumerate() {
             let bytes = st.crash_state(&keep, torn);
             states += 1;
-            let what = format!("{name} {run:?}: power lost at write {cut}, state {keep:?} torn {torn:?}");
+            let what =
+                format!("{name} {run:?}: power lost at write {cut}, state {keep:?} torn {torn:?}");
             let after = check(Arc::new(MemStorage::from_bytes(bytes.clone())), None)
                 .unwrap_or_else(|| panic!("{what}: the image can no longer be checked"));
             assert!(
@@ -257,7 +259,9 @@ fn corpus() -> Vec<Patch> {
         ("06-reftable-unaligned", |b, l| {
             put64(b, l.reftable, l.refblock + 0x200)
         }),
-        ("11-l2-beyond-eof", |b, l| put64(b, l.l2 + 16, C | 0x100_0000)),
+        ("11-l2-beyond-eof", |b, l| {
+            put64(b, l.l2 + 16, C | 0x100_0000)
+        }),
         ("12-l2-unaligned-data", |b, l| {
             put64(b, l.l2 + 8, C | (l.data1 + 0x200))
         }),
@@ -270,9 +274,13 @@ fn corpus() -> Vec<Patch> {
         ("15-l1-reserved", |b, l| put64(b, l.l1, C | l.l2 | 1)),
         ("16-l1-unaligned", |b, l| put64(b, l.l1, C | (l.l2 + 0x200))),
         ("17-l1-beyond-eof", |b, l| put64(b, l.l1, C | 0x100_0000)),
-        ("18-l2-copied-cleared", |b, l| put64(b, l.l2, be64(b, l.l2) & !C)),
+        ("18-l2-copied-cleared", |b, l| {
+            put64(b, l.l2, be64(b, l.l2) & !C)
+        }),
         ("19-l1-copied-cleared", |b, l| put64(b, l.l1, l.l2)),
-        ("20-l2-to-refblock", |b, l| put64(b, l.l2 + 16, C | l.refblock)),
+        ("20-l2-to-refblock", |b, l| {
+            put64(b, l.l2 + 16, C | l.refblock)
+        }),
         ("21-l2-to-l1", |b, l| put64(b, l.l2 + 16, C | l.l1)),
         ("22b-dirty-leak", |b, l| {
             put(b, 79, &[1]);
@@ -291,10 +299,19 @@ fn repair_survives_power_loss_on_the_corruption_corpus() {
         let d = tmp();
         let p = d.path().join("t.qcow2");
         let o = format!("cluster_size={cluster_size}");
-        ok("qemu-img", &["create", "-q", "-f", "qcow2", "-o", &o, s(&p), "64M"]);
+        ok(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", &o, s(&p), "64M"],
+        );
         ok(
             "qemu-io",
-            &["-c", "write -P 0xaa 0 128k", "-c", "write -P 0xbb 1M 64k", s(&p)],
+            &[
+                "-c",
+                "write -P 0xaa 0 128k",
+                "-c",
+                "write -P 0xbb 1M 64k",
+                s(&p),
+            ],
         );
         let base = std::fs::read(&p).unwrap();
         let layout = Layout::of(&base);
@@ -363,7 +380,11 @@ fn repair_survives_power_loss_on_zoned_stale_clusters() {
             "zoned-stale-many",
             zoned_stale(
                 d.path(),
-                &[(zone + MIB, 3 * 65536), (zone + 4 * MIB, 65536), (3 * zone, 65536)],
+                &[
+                    (zone + MIB, 3 * 65536),
+                    (zone + 4 * MIB, 65536),
+                    (3 * zone, 65536),
+                ],
                 false,
             ),
         ),

@@ -19,7 +19,9 @@
 use super::errno::Errno;
 use super::walk::Walk;
 use super::{Ctx, Lost};
-use crate::format::l2::{decode_l2, ClusterType, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO};
+use crate::format::l2::{
+    decode_l2, ClusterType, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO,
+};
 
 /// Write the unaligned preallocated-zero entries the walk found, where the
 /// table can be trusted. Returns (written, refused).
@@ -126,7 +128,11 @@ pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
         if unaligned || l2 >= file_len {
             let why = format!(
                 "L1 entry {i} points at {} L2 table (0x{l2:x})",
-                if unaligned { "an unaligned" } else { "a missing" }
+                if unaligned {
+                    "an unaligned"
+                } else {
+                    "a missing"
+                }
             );
             set_l1(cx, l1_off, i, 0)?;
             lose(cx, guest, glen, why, true);
@@ -188,7 +194,13 @@ pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
                                 "Repairing L2 entry at 0x{pos:x}: {what}; mapping dropped"
                             );
                             if has_data {
-                                lose(cx, g, cs.min(size - g), format!("its L2 entry's {what}"), false);
+                                lose(
+                                    cx,
+                                    g,
+                                    cs.min(size - g),
+                                    format!("its L2 entry's {what}"),
+                                    false,
+                                );
                             }
                             Some(repl)
                         }

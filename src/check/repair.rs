@@ -419,7 +419,10 @@ pub fn undo_repair(image: &Path, backup: &Path) -> anyhow::Result<()> {
     st.set_len(b.orig_len)?;
     st.sync()?;
     if st.len()? != b.orig_len {
-        bail!("restore verification failed: the image length is not back to {}", b.orig_len);
+        bail!(
+            "restore verification failed: the image length is not back to {}",
+            b.orig_len
+        );
     }
     for r in &b.records {
         if crc(&read_range(&st, r.off, r.data.len())?) != r.crc_orig {
@@ -548,15 +551,21 @@ pub fn run_repair(
         line: Vec::new(),
     };
     let item_err: &mut dyn Write = if dry { &mut would } else { would.inner };
-    let r = check_store(journal.clone(), Some(RepairMode::All), false, item_err, |c| {
-        if human {
-            if dry {
-                report::write_dry_preamble(&mut pre, c);
-            } else {
-                report::write_preamble(&mut pre, c);
+    let r = check_store(
+        journal.clone(),
+        Some(RepairMode::All),
+        false,
+        item_err,
+        |c| {
+            if human {
+                if dry {
+                    report::write_dry_preamble(&mut pre, c);
+                } else {
+                    report::write_preamble(&mut pre, c);
+                }
             }
-        }
-    });
+        },
+    );
     let _ = item_err.flush();
     let err = would.inner;
     let rep = match r {
@@ -582,7 +591,11 @@ pub fn run_repair(
             writeln!(
                 out,
                 "{} {} metadata cluster(s) at: {}{}",
-                if dry { "Dry run: would rewrite" } else { "Rewrote" },
+                if dry {
+                    "Dry run: would rewrite"
+                } else {
+                    "Rewrote"
+                },
                 written.len(),
                 list.join(" "),
                 if written.len() > 32 { " ..." } else { "" }
@@ -606,7 +619,10 @@ pub fn run_repair(
             k.retain(|(n, _)| n != "zcow-lost" && n != "zcow-wp-changes");
             k.push(("lost".into(), report::lost_json(&rep)));
             k.push(("wp-changes".into(), report::wp_json(&rep)));
-            k.push(("nothing-lost".into(), report::JVal::Bool(rep.lost.is_empty())));
+            k.push((
+                "nothing-lost".into(),
+                report::JVal::Bool(rep.lost.is_empty()),
+            ));
             k.push(("dry-run".into(), report::JVal::Bool(dry)));
             k.push((
                 "rewritten-clusters".into(),

@@ -360,8 +360,10 @@ pub(crate) fn fix_l1_refs(cx: &mut Ctx) -> Result<i64, Errno> {
                     "Repairing {what}: its L1 table size {} is corrupt and the table cannot be located; the snapshot is dropped",
                     s.l1_size
                 );
-                cx.lost_snapshots
-                    .push(format!("{what}: its L1 table size {} is corrupt", s.l1_size));
+                cx.lost_snapshots.push(format!(
+                    "{what}: its L1 table size {} is corrupt",
+                    s.l1_size
+                ));
                 fixed += 1;
                 continue;
             }

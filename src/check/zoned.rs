@@ -821,9 +821,7 @@ fn check_entries(
         // A cluster past the wp that reads as zeroes holds nothing the
         // guest wrote: preallocation (preallocation=metadata maps every
         // cluster up front), not stale data.
-        if s.host % cs == 0
-            && cx.img.read(s.host, &mut buf).is_ok()
-            && buf.iter().all(|&b| b == 0)
+        if s.host % cs == 0 && cx.img.read(s.host, &mut buf).is_ok() && buf.iter().all(|&b| b == 0)
         {
             continue;
         }
