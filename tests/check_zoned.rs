@@ -798,3 +798,27 @@ fn repair_backup_is_safe() {
     assert!(undo_repair(&p, &bk).is_err());
     assert_eq!(std::fs::read(&p).unwrap(), original);
 }
+
+/// A write-pointer array that is gone (its offset points past the end of
+/// the file) is rebuilt from the data each zone holds; no zone holding data
+/// is reset.
+#[test]
+fn check_zoned_missing_array_is_rebuilt_from_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    let data = guest(&p, ZONE, 3 * 65536);
+    patch(&p, ext_body(&p) + 48, &0x7fff_0000u64.to_be_bytes());
+    let (c, _, err) = check(&p, None, false);
+    assert_eq!(c, 2, "{err}");
+    let (c, _, err) = check(&p, Some(RepairMode::All), false);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        err.contains("Repairing zoned: write-pointer array rebuilt"),
+        "{err}"
+    );
+    let wps: Vec<u64> = wp_entries(&p).iter().map(|e| e.wp()).collect();
+    assert_eq!(wps, [0, ZONE + 3 * 65536, 2 * ZONE, 3 * ZONE]);
+    assert!(wp_entries(&p)[0].conventional());
+    assert_eq!(guest(&p, ZONE, 3 * 65536), data);
+    assert_eq!(check(&p, None, false).0, 0);
+}
