@@ -183,7 +183,8 @@ const EXPECT_CLEAN: &[&str] = &[
     "x-bit0-ignored",
 ];
 
-/// Cases where zcow deliberately differs from qemu-img, with the reason.
+/// Cases where zcow deliberately differs from qemu-img, with the reason; the
+/// test asserts zcow's outcome instead ([`assert_outcome`]).
 /// Key: (case, mode). Value: why.
 const SAFER: &[(&str, &[Mode], &str)] = &[
     ("06-reftable-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
@@ -192,33 +193,148 @@ const SAFER: &[(&str, &[Mode], &str)] = &[
      "qemu-img's rebuild trips its overlap check and marks the image corrupt; zcow's rebuild succeeds"),
     ("08-refblock-beyond-eof", &[Mode::All, Mode::AllJson],
      "qemu-img grows the file to wherever the garbage pointer says (16 MiB here); zcow rebuilds the refcount structure instead"),
+    ("11-l2-beyond-eof", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the entry pointing past the end of the file (not clean); zcow drops the mapping, reports the range lost and ends clean"),
     ("12-l2-unaligned-data", &[Mode::All, Mode::AllJson],
-     "qemu-img raises the refcount of a neighbouring cluster and clears COPIED on an innocent entry; zcow refuses both"),
+     "qemu-img raises the refcount of a neighbouring cluster and clears COPIED on an innocent entry; zcow drops the mapping, reports the range lost and ends clean"),
+    ("14-l2-reserved", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the reserved bit (not clean); zcow clears it and ends clean"),
+    ("15-l1-reserved", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the reserved bit (not clean); zcow clears it and ends clean"),
     ("16-l1-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img repairs on the basis of garbage parsed as an L2 table; zcow frees nothing while the walk is incomplete"),
+     "qemu-img repairs on the basis of garbage parsed as an L2 table; zcow -r leaks frees nothing while the walk is incomplete, -r all drops the L1 entry (range reported lost) and ends clean"),
     ("17-l1-beyond-eof", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img frees the lost L2 table and its data; zcow keeps them (the walk is incomplete)"),
+     "zcow -r leaks keeps the lost L2 table and its data (the walk is incomplete); -r all drops the L1 entry, reports the range lost and ends clean"),
     ("20-l2-to-refblock", &[Mode::All, Mode::AllJson],
-     "qemu-img rebuilds and leaves guest data aliasing the old refblock; zcow refuses the rebuild"),
+     "qemu-img rebuilds and leaves guest data aliasing the old refblock; zcow copies the cluster for the guest entry (range reported lost) and ends clean"),
     ("21-l2-to-l1", &[Mode::All, Mode::AllJson],
-     "qemu-img raises the refcount and reports clean while guest data aliases the active L1; zcow refuses"),
+     "qemu-img raises the refcount and reports clean while guest data aliases the active L1; zcow copies the cluster for the guest entry (range reported lost)"),
     ("23-corrupt", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "same result; listed because qemu-img may rewrite the whole header"),
     ("16b-l1-size-huge", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img repairs on the basis of data parsed as L1/L2 tables; zcow frees nothing while the walk is incomplete"),
+     "qemu-img repairs on the basis of data parsed as L1/L2 tables; zcow -r all sets l1_size to what the disk needs and ends clean"),
     ("33-reftable-offset-0", &[Mode::All, Mode::AllJson],
-     "qemu-img grows the file to 4 GiB for garbage refblock pointers read from the header; zcow refuses the aliased rebuild"),
+     "qemu-img grows the file to 4 GiB for garbage refblock pointers read from the header; zcow rebuilds the refcount structure elsewhere"),
     ("33-l1-offset-0", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "qemu-img frees the real L1, L2 and data clusters (all guest data lost); zcow keeps them"),
     ("44-overflow-1bit", &[Mode::All, Mode::AllJson],
-     "qemu-img sets COPIED on both entries sharing the overflowed cluster (a guest write then overwrites shared data in place); zcow refuses"),
+     "qemu-img sets COPIED on both entries sharing the overflowed cluster (a guest write then overwrites shared data in place); zcow gives the second entry a copy"),
     ("s-l1-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img frees every cluster only the broken snapshot uses (destroys its data); zcow keeps them"),
+     "qemu-img frees every cluster only the broken snapshot uses; zcow -r leaks keeps them, -r all drops the unlocatable snapshot (reported lost)"),
     ("s-l1-too-large", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img frees the snapshot's clusters then trips its overlap check (corrupt bit); zcow keeps them"),
+     "qemu-img frees the snapshot's clusters then trips its overlap check (corrupt bit); zcow -r all sets the snapshot's l1_size to what its disk needs, keeping it"),
     ("s-too-many", &[Mode::All, Mode::AllJson],
      "qemu-img tries to repair 65534 garbage entries and marks the image corrupt; zcow's result differs"),
 ];
+
+/// Cases zcow must refuse to repair: the image stays byte-identical.
+const REFUSED: &[&str] = &["33-l1-offset-0"];
+
+/// The corrupted image before any repair (a fresh copy of `src` with the
+/// case's patch).
+fn qp_before(src: &Path, setup: Setup) -> Vec<u8> {
+    let (d, p) = copy_to_scratch(src);
+    setup(d.path(), &p);
+    std::fs::read(&p).unwrap()
+}
+
+/// Guest ranges zcow reported lost (`zcow: Lost guest bytes A-B: why`).
+fn lost_ranges(extra: &[String]) -> Vec<(u64, u64)> {
+    extra
+        .iter()
+        .filter_map(|l| l.strip_prefix("zcow: Lost guest bytes "))
+        .filter_map(|l| {
+            let r = l.split(':').next()?;
+            let (a, b) = r.split_once('-')?;
+            let p = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
+            Some((p(a)?, p(b)? + 1))
+        })
+        .collect()
+}
+
+/// What a SAFER case must show after zcow's run in `mode` on `dir/t.qcow2`:
+/// with `-r all`, a consistent image by `qemu-img check` (or, for a case
+/// zcow refuses, the image byte-identical to before); with `-r leaks`, no
+/// more corruptions than before. Whenever the result is consistent, every
+/// guest byte outside the ranges zcow reported lost reads as in the
+/// uncorrupted image `src`.
+fn assert_outcome(
+    name: &str,
+    src: &Path,
+    before: &[u8],
+    dir: &Path,
+    mode: Mode,
+    extra: &[String],
+) -> Result<(), String> {
+    let img = dir.join("t.qcow2");
+    let now = std::fs::read(&img).unwrap();
+    let after = qemu_check(dir, Mode::Plain);
+    let refused = REFUSED.contains(&name);
+    match mode {
+        Mode::All | Mode::AllJson if after.code != 0 => {
+            if !(refused && now == before) {
+                return Err(format!(
+                    "qemu-img check after zcow's repair: exit {}\n{}{}",
+                    after.code, after.out, after.err
+                ));
+            }
+            return Ok(());
+        }
+        Mode::Leaks if after.code == 2 => {
+            let count = |s: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_suffix(" errors were found on the image."))
+                    .and_then(|n| n.trim().parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            let (d0, p0) = copy_to_scratch(&img);
+            std::fs::write(&p0, before).unwrap();
+            let first = qemu_check(d0.path(), Mode::Plain);
+            if count(&after.out) > count(&first.out) {
+                return Err(format!(
+                    "-r leaks left more corruptions: {} then {}",
+                    first.out, after.out
+                ));
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    if after.code != 0 && after.code != 3 {
+        return Ok(());
+    }
+    // Consistent: compare the guest view with the uncorrupted image.
+    let lost = lost_ranges(extra);
+    let raw = |p: &Path, out: &Path| {
+        must(
+            p.parent().unwrap(),
+            "qemu-img",
+            &[
+                "convert",
+                "-O",
+                "raw",
+                p.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+        );
+        std::fs::read(out).unwrap()
+    };
+    let want = raw(src, &dir.join("want.raw"));
+    let got = raw(&img, &dir.join("got.raw"));
+    if want.len() != got.len() {
+        return Err(format!("virtual size {} != {}", got.len(), want.len()));
+    }
+    const CS: usize = 512;
+    for (i, (a, b)) in got.chunks(CS).zip(want.chunks(CS)).enumerate() {
+        let off = (i * CS) as u64;
+        if a != b && !lost.iter().any(|&(s, e)| off >= s && off < e) {
+            return Err(format!(
+                "guest bytes at 0x{off:x} differ from the uncorrupted image and are not reported lost (lost: {lost:x?})"
+            ));
+        }
+    }
+    Ok(())
+}
 
 #[test]
 fn safer_list_names_each_case_once() {
@@ -259,9 +375,6 @@ fn run_cases(make_base: fn(&Path), cases: Vec<(&'static str, Setup)>) {
             }
             let (z, extra) = zcow_check(zd.path(), mode);
             if let Some(why) = safer(name, mode) {
-                // zcow must still finish, never mark the image corrupt, and
-                // a second plain check must not report more corruptions
-                // than qemu-img's first one did.
                 assert!(
                     !z.err.contains("Marking image as corrupt"),
                     "{name} {mode:?}: {why}"
@@ -275,8 +388,11 @@ fn run_cases(make_base: fn(&Path), cases: Vec<(&'static str, Setup)>) {
                         extra.join("\n")
                     );
                 }
-                let (after, _) = zcow_check(zd.path(), Mode::Plain);
-                assert!(after.code != 0 || z.code == 0, "{name} {mode:?}: {after:?}");
+                if let Err(e) =
+                    assert_outcome(name, &src, &qp_before(&src, setup), zd.path(), mode, &extra)
+                {
+                    failures.push(format!("=== SAFER {name} {mode:?} ({why}): {e}"));
+                }
                 continue;
             }
             if q != z {
@@ -660,4 +776,38 @@ fn check_quiet_matches_qemu_img() {
         (zc, String::from_utf8(ze).unwrap()),
         (code, err.replace("qemu-img: ", "zcow-img: "))
     );
+}
+
+/// An image cut to 300 bytes: check reports it as qemu-img does (plain and
+/// JSON), and zcow's `-r all` ends consistent by `qemu-img check`, saying
+/// the whole disk was lost (its L1 table was cut off).
+#[test]
+fn check_image_cut_to_300_bytes() {
+    if !have_qemu() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    base(d.path());
+    let src = d.path().join("t.qcow2");
+    for mode in [Mode::Plain, Mode::PlainJson] {
+        let (qd, qp) = copy_to_scratch(&src);
+        set_len(&qp, 300);
+        let (zd, zp) = copy_to_scratch(&src);
+        set_len(&zp, 300);
+        let q = qemu_check(qd.path(), mode);
+        let (z, extra) = zcow_check(zd.path(), mode);
+        assert_eq!(q, z, "{mode:?} {extra:?}");
+        assert_eq!(z.code, 2);
+    }
+    let (zd, zp) = copy_to_scratch(&src);
+    set_len(&zp, 300);
+    let (z, extra) = zcow_check(zd.path(), Mode::All);
+    assert_eq!(z.code, 0, "{z:?}");
+    assert!(
+        extra
+            .iter()
+            .any(|l| l.starts_with("zcow: Lost guest bytes 0x0-0x3ffffff:")),
+        "{extra:?}"
+    );
+    assert_eq!(qemu_check(zd.path(), Mode::Plain).code, 0);
 }

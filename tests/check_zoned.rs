@@ -374,10 +374,31 @@ fn check_zoned_array_aliasing_data() {
         )),
         "{err}"
     );
-    // Repair must not raise the refcount to make the alias look legal.
+    // Repair never raises the refcount to make the alias look legal: the
+    // guest entry gets a copy of the cluster, the array keeps its own, and
+    // the guest range is reported lost.
+    let array_before = read(&p, arr, 32);
     let (c, _, err) = check(&p, Some(RepairMode::All), false);
-    assert_eq!(c, 2, "{err}");
-    assert!(err.contains("zcow: Not raising the refcount"), "{err}");
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        !err.contains("Repairing cluster 10 refcount=1 reference=2"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "cluster {} is also metadata; the guest's view of it was copied",
+            arr / 65536
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "zcow: Lost guest bytes 0x2000000-0x200ffff: its L2 entry pointed at metadata"
+        ),
+        "{err}"
+    );
+    assert_eq!(read(&p, arr, 32), array_before, "the array is untouched");
+    assert_eq!(check(&p, None, false).0, 0);
 }
 
 #[test]
@@ -613,4 +634,191 @@ fn check_zoned_little_endian_array_spanning_chunks() {
     assert_eq!(wp_entries(&p), good);
     let (c, out, err) = check(&p, None, false);
     assert_eq!((c, err.as_str()), (0, ""), "{out}");
+}
+
+/// A fresh zoned image with preallocation=metadata maps every cluster up
+/// front: check finds it clean (no "Leaked zone cluster" for the zeroed
+/// preallocation), and data really written past a wp is still found.
+#[test]
+fn check_zoned_preallocated_metadata_is_clean() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("z.qcow2");
+    let st = FileStorage::create(&p).unwrap();
+    create(
+        &st,
+        &CreateOptions {
+            size: 64 * MIB,
+            preallocation: zcow::format::create::Preallocation::Metadata,
+            zoned: Some(ZonedCreateOptions {
+                zone_size: Some(ZONE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(st);
+    let (c, out, err) = check(&p, None, false);
+    assert_eq!((c, err.as_str()), (0, ""), "{out}");
+    assert!(
+        out.starts_with("No errors were found on the image."),
+        "{out}"
+    );
+    // -r leaks frees nothing.
+    let before = std::fs::read(&p).unwrap();
+    let (c, _, err) = check(&p, Some(RepairMode::Leaks), false);
+    assert_eq!((c, err.as_str()), (0, ""));
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        before,
+        "-r leaks changed the image"
+    );
+    // Data written past zone 1's wp (a crash before the wp update).
+    let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
+    img.write(ZONE + MIB, &vec![0x33; 65536]).unwrap();
+    img.flush().unwrap();
+    drop(img);
+    let (c, _, err) = check(&p, None, false);
+    assert_eq!(c, 3, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("Leaked zone cluster: zone 1 guest offset 0x1100000"),
+        "{err}"
+    );
+}
+
+fn repair(p: &Path, opts: &RepairOptions) -> (anyhow::Result<i32>, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let r = run_repair(p, opts, &mut out, &mut err);
+    (
+        r,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+/// The dry run says "would" everywhere and never claims a repair.
+#[test]
+fn repair_dry_run_says_would() {
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    patch(&p, wp_array(&p) + 16, &(2 * ZONE + MIB).to_be_bytes());
+    let before = std::fs::read(&p).unwrap();
+    let (r, out, err) = repair(
+        &p,
+        &RepairOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.unwrap(), 0);
+    let all = format!("{out}{err}");
+    assert!(!all.contains("found and repaired"), "{all}");
+    assert!(!all.contains("Double checking"), "{all}");
+    assert!(!all.contains("Repairing"), "{all}");
+    assert!(out.contains("would be repaired"), "{out}");
+    assert!(
+        err.contains("Would repair zone 2: write pointer 0x2100000"),
+        "{err}"
+    );
+    assert!(
+        out.contains("Dry run: Zone 2 write pointer would move 0x2100000 -> 0x2000000"),
+        "{out}"
+    );
+    assert!(out.contains("Dry run: Nothing would be lost."), "{out}");
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+    // The real repair reports the same, in the past tense, and in JSON.
+    let (r, out, _) = repair(
+        &p,
+        &RepairOptions {
+            output: OutputFormat::Json,
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.unwrap(), 0);
+    assert!(out.contains("\"nothing-lost\": true"), "{out}");
+    assert!(out.contains("\"old\": 34603008"), "{out}");
+    assert!(out.contains("\"new\": 33554432"), "{out}");
+}
+
+/// `--backup` refuses an existing file (unless forced), the backup is
+/// checksummed, and `--undo` refuses a damaged or mismatched backup
+/// without touching the image.
+#[test]
+fn repair_backup_is_safe() {
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    patch(&p, wp_array(&p) + 24, &((3 * ZONE) | 1 << 59).to_be_bytes());
+    let original = std::fs::read(&p).unwrap();
+    let bk = d.path().join("undo.bin");
+    std::fs::write(&bk, b"precious").unwrap();
+    let with = |force| RepairOptions {
+        backup: Some(bk.clone()),
+        force,
+        ..Default::default()
+    };
+    let (r, _, _) = repair(&p, &with(false));
+    let e = format!("{:#}", r.unwrap_err());
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(std::fs::read(&bk).unwrap(), b"precious");
+    assert_eq!(std::fs::read(&p).unwrap(), original, "image touched");
+    let (r, _, _) = repair(&p, &with(true));
+    assert_eq!(r.unwrap(), 0);
+    let repaired = std::fs::read(&p).unwrap();
+    assert_ne!(repaired, original);
+    let good = std::fs::read(&bk).unwrap();
+    // A second run must not replace the backup.
+    let (r, _, _) = repair(&p, &with(false));
+    assert!(r.is_err());
+    assert_eq!(std::fs::read(&bk).unwrap(), good);
+    // A damaged backup (one flipped byte anywhere, or cut short) is refused.
+    for at in [20, good.len() / 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&bk, &bad).unwrap();
+        let e = format!("{:#}", undo_repair(&p, &bk).unwrap_err());
+        assert!(e.contains("damaged") || e.contains("magic"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), repaired, "image touched");
+    }
+    std::fs::write(&bk, &good[..good.len() - 10]).unwrap();
+    assert!(undo_repair(&p, &bk).is_err());
+    assert_eq!(std::fs::read(&p).unwrap(), repaired, "image touched");
+    // An image changed since the repair does not match the backup.
+    std::fs::write(&bk, &good).unwrap();
+    patch(&p, wp_array(&p) + 8, &(ZONE + 65536).to_be_bytes());
+    let e = format!("{:#}", undo_repair(&p, &bk).unwrap_err());
+    assert!(e.contains("nothing restored"), "{e}");
+    patch(&p, wp_array(&p) + 8, &(ZONE + 3 * 65536).to_be_bytes());
+    assert_eq!(std::fs::read(&p).unwrap(), repaired);
+    // The intact backup restores the original, verified.
+    undo_repair(&p, &bk).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), original);
+    // Undoing twice is refused: the image no longer matches.
+    assert!(undo_repair(&p, &bk).is_err());
+    assert_eq!(std::fs::read(&p).unwrap(), original);
+}
+
+/// A write-pointer array that is gone (its offset points past the end of
+/// the file) is rebuilt from the data each zone holds; no zone holding data
+/// is reset.
+#[test]
+fn check_zoned_missing_array_is_rebuilt_from_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let p = zoned_image(d.path());
+    let data = guest(&p, ZONE, 3 * 65536);
+    patch(&p, ext_body(&p) + 48, &0x7fff_0000u64.to_be_bytes());
+    let (c, _, err) = check(&p, None, false);
+    assert_eq!(c, 2, "{err}");
+    let (c, _, err) = check(&p, Some(RepairMode::All), false);
+    assert_eq!(c, 0, "{err}");
+    assert!(
+        err.contains("Repairing zoned: write-pointer array rebuilt"),
+        "{err}"
+    );
+    let wps: Vec<u64> = wp_entries(&p).iter().map(|e| e.wp()).collect();
+    assert_eq!(wps, [0, ZONE + 3 * 65536, 2 * ZONE, 3 * ZONE]);
+    assert!(wp_entries(&p)[0].conventional());
+    assert_eq!(guest(&p, ZONE, 3 * 65536), data);
+    assert_eq!(check(&p, None, false).0, 0);
 }

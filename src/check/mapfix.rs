@@ -112,6 +112,9 @@ pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
     if !l1_writable(cx, w, l1_off, cx.img.l1.len()) {
         return Ok(0);
     }
+    // Data clusters with more owners than the refcount width can count:
+    // the first owner keeps the cluster, later ones get copies.
+    let mut owned = std::collections::HashSet::new();
     for i in 0..cx.img.l1.len().min(needed) {
         let e = cx.img.l1[i];
         if e == 0 {
@@ -208,6 +211,25 @@ pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
                             "Repairing L2 entry at 0x{pos:x}: reserved bits cleared ({le:x} -> {ne:x})"
                         );
                         Some((ne, bitmap))
+                    } else if has_data && w.overflowed(data >> cb) && !owned.insert(data) {
+                        let copy = copy_cluster(cx, data)?;
+                        let _ = writeln!(
+                            cx.err,
+                            "Repairing L2 entry at 0x{pos:x}: cluster {} has more owners than its refcount can count; this one now owns a copy at cluster {}",
+                            data >> cb,
+                            copy >> cb
+                        );
+                        lose(
+                            cx,
+                            g,
+                            cs.min(size - g),
+                            format!(
+                                "its L2 entry shared cluster {} with another (more owners than the refcount width allows); it keeps those bytes, its own data could not be located",
+                                data >> cb
+                            ),
+                            false,
+                        );
+                        Some((copy | COPIED, bitmap))
                     } else if has_data && w.aliased_data(data >> cb) {
                         let copy = copy_cluster(cx, data)?;
                         let ne = copy | COPIED;

@@ -167,6 +167,8 @@ pub struct CheckReport {
     pub lost: Vec<Lost>,
     /// Zones whose write pointer the repair moved.
     pub wp_changes: Vec<WpChange>,
+    /// Snapshots the repair dropped.
+    pub lost_snapshots: Vec<String>,
     /// Whether the check ran with a repair mode and wrote nothing (or
     /// wrote something): used to say "Nothing lost".
     pub repaired: bool,
@@ -207,6 +209,8 @@ pub(crate) struct Ctx<'a> {
     pub lost: Vec<Lost>,
     /// Write pointers the repair moved.
     pub wp_changes: Vec<WpChange>,
+    /// Snapshots the repair dropped (their tables could not be located).
+    pub lost_snapshots: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -250,11 +254,14 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
             mapfix::apply_prealloc(cx, &w).inspect_err(|_| res.check_errors += 1)?;
         res.corruptions_fixed -= refused;
         res.corruptions += refused;
-        let n = if res.corruptions > 0 || w.any_distrust().is_some() {
+        let mut n = if res.corruptions > 0 || w.any_distrust().is_some() {
             mapfix::fix_mappings(cx, &w).inspect_err(|_| res.check_errors += 1)?
         } else {
             0
         };
+        if !w.incomplete.is_empty() {
+            n += snapshots::fix_l1_refs(cx).inspect_err(|_| res.check_errors += 1)?;
+        }
         if n == 0 {
             break;
         }
@@ -473,6 +480,7 @@ pub fn check_store(
         bar,
         lost: Vec::new(),
         wp_changes: Vec::new(),
+        lost_snapshots: Vec::new(),
     };
     // A read-write open clears unknown autoclear bits, as QEMU's does.
     if fix.any() && cx.img.header.version >= 3 {
@@ -503,6 +511,7 @@ pub fn check_store(
             failed: Some(e),
             lost: std::mem::take(&mut cx.lost),
             wp_changes: std::mem::take(&mut cx.wp_changes),
+            lost_snapshots: std::mem::take(&mut cx.lost_snapshots),
             repaired,
         });
     }
@@ -512,6 +521,7 @@ pub fn check_store(
         failed: None,
         lost: Vec::new(),
         wp_changes: Vec::new(),
+        lost_snapshots: Vec::new(),
         repaired,
     };
     if c1.corruptions_fixed != 0 || c1.leaks_fixed != 0 {
@@ -525,6 +535,7 @@ pub fn check_store(
     }
     report.lost = std::mem::take(&mut cx.lost);
     report.wp_changes = std::mem::take(&mut cx.wp_changes);
+    report.lost_snapshots = std::mem::take(&mut cx.lost_snapshots);
     if let Some(b) = &cx.bar {
         b.finish_and_clear();
     }

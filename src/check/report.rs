@@ -136,6 +136,17 @@ pub fn image_check_json(rep: &CheckReport, filename: &str) -> JVal {
     if !rep.wp_changes.is_empty() {
         k.push(("zcow-wp-changes".into(), wp_json(rep)));
     }
+    if !rep.lost_snapshots.is_empty() {
+        k.push((
+            "zcow-lost-snapshots".into(),
+            JVal::List(
+                rep.lost_snapshots
+                    .iter()
+                    .map(|s| JVal::Str(s.clone()))
+                    .collect(),
+            ),
+        ));
+    }
     JVal::Obj(k)
 }
 
@@ -197,7 +208,10 @@ pub fn write_losses(out: &mut dyn Write, rep: &CheckReport, would: bool) -> io::
             c.zone, c.old, c.new
         )?;
     }
-    if rep.lost.is_empty() {
+    for l in &rep.lost_snapshots {
+        writeln!(out, "{prefix}{lose} {l}")?;
+    }
+    if rep.lost.is_empty() && rep.lost_snapshots.is_empty() {
         writeln!(out, "{prefix}{nothing}")?;
     }
     Ok(())

@@ -316,3 +316,99 @@ pub(crate) fn fix_table(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<(), 
     res.corruptions = 0;
     Ok(())
 }
+
+/// `-r all`: snapshots whose L1 table the walk could not follow. An
+/// oversized `l1_size` is set to what the snapshot's disk needs when the
+/// table is there; a snapshot whose table cannot be located (unaligned
+/// offset, or past the end of the file) is dropped and reported lost. The
+/// new table goes to the end of the file, durable and refcounted before the
+/// header (one 12-byte write) names it; the old table's clusters become
+/// leaks for the later, synced, leak repair. Returns the entries fixed.
+pub(crate) fn fix_l1_refs(cx: &mut Ctx) -> Result<i64, Errno> {
+    let cs = cx.img.cs;
+    let span = cs / cx.img.header.l2_entry_size() * cs;
+    let file_len = cx.img.file_len();
+    let mut fixed = 0;
+    let mut keep = Vec::with_capacity(cx.snaps.list.len());
+    for mut s in std::mem::take(&mut cx.snaps.list) {
+        let what = format!("snapshot {} ({})", s.id, s.name);
+        if s.l1_offset & (cs - 1) != 0 || s.l1_offset >= file_len {
+            let _ = writeln!(
+                cx.err,
+                "Repairing {what}: its L1 table offset 0x{:x} cannot be located; the snapshot is dropped",
+                s.l1_offset
+            );
+            cx.lost_snapshots.push(format!(
+                "{what}: its L1 table offset 0x{:x} is corrupt",
+                s.l1_offset
+            ));
+            fixed += 1;
+            continue;
+        }
+        if s.l1_size as u64 > crate::format::header::MAX_L1_BYTES / 8 {
+            let disk = if s.extra_data_size >= 16 && s.extra.len() >= 16 {
+                be64(&s.extra, 8)
+            } else {
+                cx.img.header.size
+            };
+            let needed = disk.div_ceil(span);
+            if needed > crate::format::header::MAX_L1_BYTES / 8
+                || s.l1_offset + needed * 8 > file_len
+            {
+                let _ = writeln!(
+                    cx.err,
+                    "Repairing {what}: its L1 table size {} is corrupt and the table cannot be located; the snapshot is dropped",
+                    s.l1_size
+                );
+                cx.lost_snapshots.push(format!(
+                    "{what}: its L1 table size {} is corrupt",
+                    s.l1_size
+                ));
+                fixed += 1;
+                continue;
+            }
+            let _ = writeln!(
+                cx.err,
+                "Repairing {what}: L1 table size {} set to the {needed} entries its {disk}-byte disk needs",
+                s.l1_size
+            );
+            s.l1_size = needed as u32;
+            s.hdr[8..12].copy_from_slice(&(needed as u32).to_be_bytes());
+            fixed += 1;
+        }
+        keep.push(s);
+    }
+    cx.snaps.list = keep;
+    if fixed == 0 {
+        return Ok(0);
+    }
+    let table = encode(cx);
+    let new_off = if table.is_empty() {
+        0
+    } else {
+        let off = cx.img.file_len().div_ceil(cs) * cs;
+        cx.img.write(off, &table)?;
+        cx.img.sync()?;
+        let mut c = off;
+        while c < off + table.len() as u64 {
+            let k = c >> cx.img.cb;
+            if cx.img.has_refblock(k, &mut *cx.err) {
+                cx.img.set_refcount(k, 1, &mut *cx.err)?;
+            }
+            c += cs;
+        }
+        off
+    };
+    cx.img.sync()?;
+    let mut hdr = (cx.snaps.list.len() as u32).to_be_bytes().to_vec();
+    hdr.extend_from_slice(&new_off.to_be_bytes());
+    cx.img.write(60, &hdr)?;
+    cx.img.sync()?;
+    cx.img.raw_nb_snapshots = cx.snaps.list.len() as u32;
+    cx.img.raw_snapshots_offset = new_off;
+    cx.img.header.nb_snapshots = cx.snaps.list.len() as u32;
+    cx.img.header.snapshots_offset = new_off;
+    cx.snaps.offset = new_off;
+    cx.snaps.size = table.len() as u64;
+    Ok(fixed)
+}

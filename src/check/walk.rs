@@ -169,7 +169,13 @@ impl Walk {
     /// Whether cluster `i` holds guest data and is also used as metadata
     /// or as an L2 table (the data owner is the one that can move).
     pub fn aliased_data(&self, i: u64) -> bool {
-        self.data.get(i) && (self.single.get(i) || self.l2.get(i))
+        self.data.get(i) && (self.single.get(i) || self.refc.get(i) || self.l2.get(i))
+    }
+
+    /// Whether cluster `i`'s count overflowed the refcount width (more
+    /// owners than the image can count).
+    pub fn overflowed(&self, i: u64) -> bool {
+        self.taint.get(&i).is_some_and(|t| t.contains("overflows"))
     }
 
     /// Whether any cluster is aliased or tainted.

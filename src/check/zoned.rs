@@ -657,11 +657,36 @@ pub(crate) fn check(
         );
     }
     let off_ok = z.zonedmeta_offset != 0 && z.zonedmeta_offset % cs == 0;
+    let in_file = z
+        .zonedmeta_offset
+        .checked_add(z.zonedmeta_size)
+        .is_some_and(|e| e <= file_len);
+    // A missing array (no valid offset, or past the end of the file) is
+    // rebuilt from the data the zones hold when the rest is sound.
+    let rebuilt = (!off_ok || !in_file)
+        && fix.errors
+        && newz == z
+        && geometry_ok(
+            &ZonedExt {
+                zonedmeta_offset: cs,
+                ..z.clone()
+            },
+            size,
+            cs,
+            u64::MAX,
+        )
+        && match rebuild_array(cx, &z) {
+            Ok(off) => {
+                newz.zonedmeta_offset = off;
+                true
+            }
+            Err(_) => false,
+        };
     if !off_ok {
         o.corrupt(
             cx,
             res,
-            false,
+            rebuilt,
             &format!(
                 "zonedmeta_offset 0x{:x} is not a non-zero multiple of the cluster size",
                 z.zonedmeta_offset
@@ -672,7 +697,7 @@ pub(crate) fn check(
         .checked_add(z.zonedmeta_size)
         .is_none_or(|e| e > file_len)
     {
-        o.corrupt(cx, res, false, &format!("write-pointer array at 0x{:x} ({} bytes) runs past the end of the file ({file_len} bytes)", z.zonedmeta_offset, z.zonedmeta_size));
+        o.corrupt(cx, res, rebuilt, &format!("write-pointer array at 0x{:x} ({} bytes) runs past the end of the file ({file_len} bytes)", z.zonedmeta_offset, z.zonedmeta_size));
     } else {
         // Placement: the array's clusters must belong to it alone.
         let first = z.zonedmeta_offset / cs;
@@ -693,7 +718,12 @@ pub(crate) fn check(
     if newz != z {
         if let Some(at) = ext_body_offset(cx) {
             let body = newz.encode();
-            if cx.img.write(at, &body[..56]).is_err() {
+            if cx
+                .img
+                .write(at, &body[..56])
+                .and_then(|_| cx.img.sync())
+                .is_err()
+            {
                 res.check_errors += 1;
             } else if let Some(h) = cx.img.header.zoned_mut() {
                 *h = newz.clone();
@@ -706,6 +736,74 @@ pub(crate) fn check(
         cx.zones = Some(map);
     }
     Some(sum)
+}
+
+/// Write a new write-pointer array at the end of the file from what the
+/// image holds: each sequential zone's wp is the end of its last mapped
+/// cluster (the zone's start when it holds nothing; FULL, at capacity, when
+/// written to capacity). No zone holding data is reset. The array is
+/// durable and refcounted before the caller's header write names it.
+/// Returns its offset.
+fn rebuild_array(cx: &mut Ctx, z: &ZonedExt) -> Result<u64, Errno> {
+    use crate::format::l2::{decode_l2, ClusterType, OFFSET_MASK};
+    let cs = cx.img.cs;
+    let cb = cx.img.cb;
+    let size = cx.img.header.size;
+    let geo = z.geometry(size);
+    let per_l2 = cs / 8;
+    let mut ends: Vec<u64> = (0..geo.nr_zones).map(|i| geo.zone_start(i)).collect();
+    let mut table = vec![0u8; cs as usize];
+    for i in 0..cx.img.l1.len() {
+        let l2 = cx.img.l1[i] & OFFSET_MASK;
+        if l2 == 0 || l2 % cs != 0 || l2 >= cx.img.file_len() {
+            continue;
+        }
+        cx.img.read(l2, &mut table)?;
+        for j in 0..per_l2 {
+            let e = u64::from_be_bytes(
+                table[(j * 8) as usize..(j * 8 + 8) as usize]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            );
+            if matches!(decode_l2(e, cb, false, false), ClusterType::Unallocated) {
+                continue;
+            }
+            let g = (i as u64 * per_l2 + j) * cs;
+            if let Some(k) = geo.zone_index(g) {
+                ends[k as usize] =
+                    ends[k as usize].max((g + cs).min(geo.zone_start(k) + geo.zone_len(k)));
+            }
+        }
+    }
+    let mut bytes = Vec::with_capacity(ends.len() * 8);
+    for (k, end) in ends.iter().enumerate() {
+        let k = k as u32;
+        let start = geo.zone_start(k);
+        let e = if geo.is_conventional(k) {
+            WpEntry::new(start, true)
+        } else {
+            WpEntry::new((*end).min(start + geo.zone_cap(k)), false)
+        };
+        bytes.extend_from_slice(&e.0.to_be_bytes());
+    }
+    let off = cx.img.file_len().div_ceil(cs) * cs;
+    let _ = writeln!(
+        cx.err,
+        "Repairing zoned: write-pointer array rebuilt at 0x{off:x} from the data each zone holds"
+    );
+    cx.img.write(off, &bytes)?;
+    cx.img.sync()?;
+    let mut c = off;
+    while c < off + bytes.len() as u64 {
+        let k = c >> cb;
+        if !cx.img.has_refblock(k, &mut *cx.err) {
+            return Err(super::errno::EIO);
+        }
+        cx.img.set_refcount(k, 1, &mut *cx.err)?;
+        c += cs;
+    }
+    cx.img.sync()?;
+    Ok(off)
 }
 
 fn clear_bit(cx: &mut Ctx) -> Result<(), super::errno::Errno> {
