@@ -281,6 +281,16 @@ fn hostile_server(
     size: u64,
     reply: impl Fn(u64, u64, u64) -> Vec<u8> + Send + 'static,
 ) -> (u16, std::thread::JoinHandle<()>) {
+    hostile_zoned_server(size, None, reply)
+}
+
+/// [`hostile_server`], optionally zoned: `zoned` is the 42-byte
+/// `NBD_INFO_X_ZONED` reply (with `x-zoned:state` as context 2).
+fn hostile_zoned_server(
+    size: u64,
+    zoned: Option<Vec<u8>>,
+    reply: impl Fn(u64, u64, u64) -> Vec<u8> + Send + 'static,
+) -> (u16, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = std::thread::spawn(move || {
@@ -303,10 +313,16 @@ fn hostile_server(
             }
             match opt {
                 OPT_EXTENDED_HEADERS => opt_reply(&mut s, opt, REP_ACK, &[]),
+                OPT_X_ZONED if zoned.is_some() => opt_reply(&mut s, opt, REP_ACK, &[]),
                 OPT_SET_META_CONTEXT => {
                     let mut d = u32b(1).to_vec();
                     d.extend_from_slice(CTX_BASE_ALLOCATION.as_bytes());
                     opt_reply(&mut s, opt, REP_META_CONTEXT, &d);
+                    if zoned.is_some() {
+                        let mut d = u32b(2).to_vec();
+                        d.extend_from_slice(CTX_X_ZONED_STATE.as_bytes());
+                        opt_reply(&mut s, opt, REP_META_CONTEXT, &d);
+                    }
                     opt_reply(&mut s, opt, REP_ACK, &[]);
                 }
                 OPT_GO => {
@@ -314,6 +330,9 @@ fn hostile_server(
                     d.extend_from_slice(&u64b(size));
                     d.extend_from_slice(&u16b(TF_HAS_FLAGS | TF_SEND_FLUSH));
                     opt_reply(&mut s, opt, REP_INFO, &d);
+                    if let Some(z) = &zoned {
+                        opt_reply(&mut s, opt, REP_INFO, z);
+                    }
                     opt_reply(&mut s, opt, REP_ACK, &[]);
                     break;
                 }
@@ -444,5 +463,32 @@ fn hostile_server_oversized_replies_are_refused() {
         "{e}"
     );
     drop(dev);
+    t.join().unwrap();
+}
+
+#[test]
+fn hostile_server_zone_geometry_is_validated_before_use() {
+    // The fuzz finding: zone size 2^63 overflowed ZoneGeometry::zone_start
+    // in the client's bisection for the conventional zone count.
+    let mut z = Vec::new();
+    z.extend_from_slice(&u16b(INFO_X_ZONED));
+    z.extend_from_slice(&[1, 0, 0, 0]);
+    z.extend_from_slice(&u64b(1 << 63));
+    z.extend_from_slice(&u64b(512));
+    z.extend_from_slice(&u32b(1 << 20));
+    z.extend_from_slice(&[0u8; 12]);
+    z.extend_from_slice(&u32b(512));
+    assert_eq!(z.len(), INFO_X_ZONED_LEN);
+    let (port, t) = hostile_zoned_server(EXPORT, Some(z), |cookie, _, _| {
+        chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)
+    });
+    let e = zcow::nbd::connect_uri(&format!("nbd://127.0.0.1:{port}")).unwrap_err();
+    assert_eq!(
+        e.to_string().contains(
+            "server sent an invalid zone geometry: nr_zones 1048576 does not match ceil(device size 0x40000000 / zone size 0x8000000000000000) = 1"
+        ),
+        true,
+        "{e}"
+    );
     t.join().unwrap();
 }
