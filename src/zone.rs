@@ -165,7 +165,9 @@ pub enum ZoneGeometryError {
     #[error("zone size {0:#x} is not a power of two of at least 512 bytes")]
     ZoneSize(u64),
     /// The capacity is 0, not a multiple of 512 or larger than the zone.
-    #[error("zone capacity {cap:#x} is not a non-zero multiple of 512 up to the zone size {size:#x}")]
+    #[error(
+        "zone capacity {cap:#x} is not a non-zero multiple of 512 up to the zone size {size:#x}"
+    )]
     Capacity {
         /// Zone capacity.
         cap: u64,
@@ -176,7 +178,9 @@ pub enum ZoneGeometryError {
     #[error("device size {0:#x} is not a non-zero multiple of 512 below 2^59")]
     DeviceSize(u64),
     /// The zone count does not match the device and zone sizes.
-    #[error("nr_zones {nr} does not match ceil(device size {size:#x} / zone size {zone:#x}) = {want}")]
+    #[error(
+        "nr_zones {nr} does not match ceil(device size {size:#x} / zone size {zone:#x}) = {want}"
+    )]
     ZoneCount {
         /// Declared zone count.
         nr: u32,
@@ -458,8 +462,11 @@ mod tests {
         assert!(g.validate().is_err());
         assert_eq!(g.zone_start(u32::MAX), u64::MAX);
         assert_eq!(g.zone_len(u32::MAX), 0);
-        let big = geo(u64::MAX & !511, 512, 512, u32::MAX, 0);
-        assert!(matches!(big.validate(), Err(ZoneGeometryError::DeviceSize(_))));
+        let big = geo(!511, 512, 512, u32::MAX, 0);
+        assert!(matches!(
+            big.validate(),
+            Err(ZoneGeometryError::DeviceSize(_))
+        ));
         let count = geo(1 << 20, 4096, 4096, 7, 0);
         assert_eq!(
             count.validate().unwrap_err().to_string(),

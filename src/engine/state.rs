@@ -90,7 +90,11 @@ impl State {
     /// State after a power cycle: `conds[i]` is zone `i`'s condition as
     /// derived from its entry in `entries`. CLOSED zones hold an active
     /// resource; nothing is open.
-    pub(crate) fn new(geo: ZoneGeometry, entries: Arc<Vec<AtomicU64>>, conds: Vec<ZoneCond>) -> Self {
+    pub(crate) fn new(
+        geo: ZoneGeometry,
+        entries: Arc<Vec<AtomicU64>>,
+        conds: Vec<ZoneCond>,
+    ) -> Self {
         let mut active = 0;
         let flags = conds
             .into_iter()
@@ -117,7 +121,10 @@ impl State {
         let wp = if self.geo.is_conventional(i) {
             self.geo.zone_start(i)
         } else if busy {
-            self.issued.get(&i).copied().unwrap_or_else(|| self.published_wp(i))
+            self.issued
+                .get(&i)
+                .copied()
+                .unwrap_or_else(|| self.published_wp(i))
         } else {
             self.published_wp(i)
         };
