@@ -516,3 +516,62 @@ fn hostile_server_zone_geometry_is_validated_before_use() {
     );
     t.join().unwrap();
 }
+
+#[test]
+fn check_keeps_a_bounded_number_of_zone_findings() {
+    // 1,100,000 zones of 1 KiB, every write-pointer entry invalid (all
+    // bits set): check lists 1,048,576 of them and counts the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("many.qcow2");
+    let nr: u64 = 1_100_000;
+    ok(Command::new(img_bin())
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=1024,zone.mode=host-managed,zone.size=1024",
+        ])
+        .arg(&p)
+        .arg((nr * 1024).to_string()));
+    let info = ok(Command::new(img_bin())
+        .args(["info", "--output", "json"])
+        .arg(&p));
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let at = v["format-specific"]["data"]["zoned"]["metadata-offset"]
+        .as_u64()
+        .or_else(|| v["zoned"]["metadata-offset"].as_u64())
+        .expect("metadata-offset in info");
+    {
+        use std::io::Seek;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.seek(std::io::SeekFrom::Start(at)).unwrap();
+        f.write_all(&vec![0xff; (8 * nr) as usize]).unwrap();
+    }
+    let err_path = dir.path().join("stderr");
+    let st = Command::new(img_bin())
+        .args(["check", "--output", "json"])
+        .arg(&p)
+        .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(2));
+    let out = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["zoned"]["corruptions"], 1_100_000, "{out}");
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    let listed = err
+        .lines()
+        .filter(|l| l.starts_with("ERROR zoned: zone "))
+        .count();
+    assert_eq!(listed, 1 << 20);
+    assert!(
+        err.contains(
+            "ERROR zoned: 51424 more zones with invalid write-pointer entries are not listed (at most 1048576 zone findings are kept); run check again after repair\n"
+        ),
+        "{}",
+        &err[err.len().saturating_sub(500)..]
+    );
+}
