@@ -102,6 +102,13 @@ fn header_unaligned_header_length_ext_shift() {
 fn image_read_check_mode_wp_array_unvalidated_size() {
     regression("image_read", "check-mode-wp-array-unvalidated-size");
 }
+/// A server's zone geometry was used unchecked: zone size 2^63 made
+/// `ZoneGeometry::zone_start` overflow in the client's bisection for the
+/// conventional zone count (found with overflow checks on, `run.sh -a`).
+#[test]
+fn nbd_client_peer_zone_size_overflows_zone_start() {
+    regression("nbd_client", "peer-zone-size-overflows-zone-start");
+}
 // REGRESSIONS-END
 
 /// Write the zcow-made seeds into `$ZCOW_SEED_DIR/{images,image_write,zoned_ext}`.

@@ -739,6 +739,8 @@ fn read_one_reply(inner: &Inner, r: &mut dyn Read) -> Result<()> {
             let res = read_chunk(&mut slot, typ, len, r);
             if flags & REPLY_FLAG_DONE != 0 {
                 if let Err(e) = res {
+                    // The caller learns why, not just that the link closed.
+                    let _ = slot.tx.send(Err(e.to_string()));
                     return Err(e);
                 }
                 let _ = slot.tx.send(Ok(slot.acc));
