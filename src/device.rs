@@ -27,6 +27,19 @@ pub struct ZeroFlags {
     pub fua: bool,
 }
 
+/// What qemu-io's `info` prints about an image's format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormatInfo {
+    /// Driver name (`qcow2`, `raw`).
+    pub name: String,
+    /// Cluster size in bytes (0 for raw).
+    pub cluster_size: u64,
+    /// Where QEMU would keep VM state (0 for raw).
+    pub vm_state_offset: u64,
+    /// Format-specific data, QAPI keys (as `qemu-img info` shows them).
+    pub specific: Option<serde_json::Value>,
+}
+
 /// Errors of the device interface, each with the errno it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -155,6 +168,10 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// `None` when nothing qualifies (or the device has no such policy).
     fn finish_least_recent_active(&self) -> DevResult<Option<u32>> {
         Ok(None)
+    }
+    /// The image format behind the device, for qemu-io's `info`.
+    fn format_info(&self) -> Option<FormatInfo> {
+        None
     }
     /// Human description of what is behind the device (for `info`).
     fn describe(&self) -> String {

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod cli_docs;
 pub mod device;
 pub mod engine;
 pub mod format;

@@ -1,6 +1,8 @@
 //! A non-zoned qcow2 image as a [`BlockDevice`].
 
+use crate::device::FormatInfo;
 use crate::device::{BlockDevice, DevResult, DeviceError, Extent, ZeroFlags};
+use crate::format::specific::{format_specific, vm_state_offset};
 use crate::format::Qcow2;
 
 impl BlockDevice for Qcow2 {
@@ -47,6 +49,14 @@ impl BlockDevice for Qcow2 {
                 zero,
             })
             .collect())
+    }
+    fn format_info(&self) -> Option<FormatInfo> {
+        Some(FormatInfo {
+            name: "qcow2".into(),
+            cluster_size: self.cluster_size(),
+            vm_state_offset: vm_state_offset(self),
+            specific: Some(serde_json::Value::Object(format_specific(self))),
+        })
     }
     fn describe(&self) -> String {
         "qcow2".into()

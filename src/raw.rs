@@ -90,6 +90,14 @@ impl BlockDevice for RawDevice {
             zero: false,
         }])
     }
+    fn format_info(&self) -> Option<crate::device::FormatInfo> {
+        Some(crate::device::FormatInfo {
+            name: "raw".into(),
+            cluster_size: 0,
+            vm_state_offset: 0,
+            specific: None,
+        })
+    }
     fn describe(&self) -> String {
         "raw".into()
     }

@@ -71,8 +71,9 @@ fn readme_example_and_zone_commands() {
         serde_json::from_slice(&zimg(&["zone", "report", "--output", "json", s(&p)]).stdout)
             .unwrap();
     assert_eq!(j["zones"].as_array().unwrap().len(), 64);
-    assert_eq!(j["summary"]["closed"], 1);
-    assert_eq!(j["zones"][2]["wp"], 0x8100000u64);
+    assert_eq!(j["zones-by-condition"]["closed"], 1);
+    assert_eq!(j["zones"][2]["write-pointer"], 0x8100000u64);
+    assert_eq!(j["zones"][2]["condition"], "closed");
 
     // Fault conditions are persistent and visible to zcow-io.
     let o = zimg(&["zone", "set-cond", s(&p), "5", "offline"]);

@@ -33,6 +33,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if zcow::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::SUCCESS;
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

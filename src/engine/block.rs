@@ -50,6 +50,9 @@ impl BlockDevice for Engine {
     fn finish_least_recent_active(&self) -> DevResult<Option<u32>> {
         Ok(Engine::finish_least_recent_active(self)?)
     }
+    fn format_info(&self) -> Option<crate::device::FormatInfo> {
+        self.store_format_info()
+    }
     fn describe(&self) -> String {
         let g = self.geometry();
         format!(

@@ -35,6 +35,9 @@ impl Qcow2ZoneStore {
 }
 
 impl ZoneStore for Qcow2ZoneStore {
+    fn format_info(&self) -> Option<crate::device::FormatInfo> {
+        crate::device::BlockDevice::format_info(self.image())
+    }
     fn geometry(&self) -> ZoneGeometry {
         self.geometry
     }

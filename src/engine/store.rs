@@ -20,6 +20,10 @@ pub type StoreResult<T> = std::result::Result<T, FormatError>;
 pub trait ZoneStore: Send + Sync + Debug {
     /// The static geometry.
     fn geometry(&self) -> ZoneGeometry;
+    /// The image format holding the zones, for qemu-io's `info`.
+    fn format_info(&self) -> Option<crate::device::FormatInfo> {
+        None
+    }
     /// Every zone's entry, as last written (at open: as on disk).
     fn load_wp_entries(&self) -> StoreResult<Vec<u64>>;
     /// Write the entries of zones `first..first+entries.len()` to the image.

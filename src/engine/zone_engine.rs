@@ -167,6 +167,11 @@ fn describe(verb: &str, offset: u64, len: u64) -> String {
 }
 
 impl Engine {
+    /// The image format holding the zones (for `info`).
+    pub fn store_format_info(&self) -> Option<crate::device::FormatInfo> {
+        self.store.format_info()
+    }
+
     /// Open the engine over `store`: read the geometry and the write-pointer
     /// entries and derive every zone's condition as a power cycle does (open
     /// zones come back CLOSED, or EMPTY if nothing was written; nothing is

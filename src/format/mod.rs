@@ -16,6 +16,7 @@ pub mod l2;
 pub mod luks;
 pub mod refcount;
 pub mod snapshot;
+pub mod specific;
 pub mod types;
 pub mod zoned;
 

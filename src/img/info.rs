@@ -233,59 +233,8 @@ pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<Imag
     let file_len = st.len()?;
     let rounded_len = file_len.div_ceil(512) * 512;
     let actual = st.allocated_bytes().unwrap_or(file_len);
-    let v3 = h.version >= 3;
-    let compat = if v3 { "1.1" } else { "0.10" };
-    let ctype = if h.compression_type == 1 {
-        "zstd"
-    } else {
-        "zlib"
-    };
-    let lazy = h.compatible_features & COMPAT_LAZY_REFCOUNTS != 0;
-    let corrupt = h.incompatible_features & INCOMPAT_CORRUPT != 0;
     let dirty = h.incompatible_features & INCOMPAT_DIRTY != 0;
-    let ext_l2 = h.extended_l2();
-
-    // format-specific data, inserted in QAPI order.
-    let mut data = Map::new();
-    data.insert("compat".into(), json!(compat));
-    if let Some(df) = h.data_file() {
-        data.insert("data-file".into(), json!(df));
-        data.insert(
-            "data-file-raw".into(),
-            json!(h.autoclear_features & AUTOCLEAR_DATA_FILE_RAW != 0),
-        );
-    }
-    data.insert("compression-type".into(), json!(ctype));
-    if v3 {
-        data.insert("lazy-refcounts".into(), json!(lazy));
-    }
-    let bitmaps = img.bitmaps().unwrap_or_default();
-    if !bitmaps.is_empty() {
-        let list: Vec<Value> = bitmaps
-            .iter()
-            .map(|b| {
-                let mut m = Map::new();
-                m.insert("flags".into(), json!(b.flag_names()));
-                m.insert("name".into(), json!(b.name));
-                m.insert("granularity".into(), json!(b.granularity()));
-                Value::Object(m)
-            })
-            .collect();
-        data.insert("bitmaps".into(), Value::Array(list));
-    }
-    data.insert("refcount-bits".into(), json!(h.refcount_bits()));
-    if let (2, Some((off, len))) = (h.crypt_method, h.crypto()) {
-        let mut buf = vec![0u8; crate::format::luks::HEADER_LEN];
-        if len as usize >= buf.len() && st.read_at(off, &mut buf).is_ok() {
-            if let Some(e) = crate::format::luks::info(&buf) {
-                data.insert("encrypt".into(), e);
-            }
-        }
-    }
-    if v3 {
-        data.insert("corrupt".into(), json!(corrupt));
-        data.insert("extended-l2".into(), json!(ext_l2));
-    }
+    let data = crate::format::specific::format_specific(&img);
 
     let mut top = Map::new();
     top.insert("filename".into(), json!(display_name));

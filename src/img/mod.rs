@@ -3,3 +3,4 @@
 pub mod create;
 pub mod info;
 pub mod zone;
+pub mod zonemap;

@@ -4,7 +4,9 @@
 use super::info::cond_from_entry;
 use crate::format::{BackingPolicy, FormatError, OpenOptions, Qcow2};
 use crate::qjson::to_qemu_json;
-use crate::zone::{count_by_cond, summarize_counts, ZoneCond, ZoneDescriptor, ZoneGeometry};
+use crate::zone::{
+    count_by_cond, summarize_counts, ZoneCond, ZoneDescriptor, ZoneGeometry, ZoneType,
+};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -106,26 +108,76 @@ pub fn render_human(zones: &[ZoneDescriptor]) -> String {
     s
 }
 
-/// Render a report as JSON.
+/// Render a report as JSON in the style of `info --output=json`: QEMU's
+/// key spelling (lower case, hyphens), key order and layout.
 pub fn render_json(zones: &[ZoneDescriptor]) -> String {
-    let mut counts = Map::new();
-    for c in ZoneCond::ALL {
-        let n = zones.iter().filter(|z| z.cond == c).count();
-        counts.insert(c.name().to_ascii_lowercase().replace('_', "-"), json!(n));
+    let counts = count_by_cond(zones.iter().map(|z| z.cond));
+    let mut by_cond = Map::new();
+    for (c, n) in ZoneCond::ALL.iter().zip(counts) {
+        by_cond.insert(qemu_name(c.name()), json!(n));
     }
     let list: Vec<Value> = zones
         .iter()
         .map(|z| {
             json!({
                 "index": z.index, "start": z.start, "length": z.len, "capacity": z.cap,
-                "wp": z.wp, "type": z.zone_type.name(), "condition": z.cond.name(),
+                "write-pointer": z.wp, "type": z.zone_type.name(),
+                "condition": qemu_name(z.cond.name()),
             })
         })
         .collect();
-    let v = json!({"zones": list, "summary": Value::Object(counts)});
-    // Plain serde order here: these objects are ours, not QEMU's.
-    let _ = to_qemu_json;
-    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    let v = json!({"zones": list, "zones-by-condition": Value::Object(by_cond)});
+    to_qemu_json(&v) + "\n"
+}
+
+/// `IMP_OPEN` → `imp-open`: QEMU's enum and key spelling.
+fn qemu_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Render a report exactly as util-linux `blkzone report` prints the same
+/// zones of a block device (512-byte sectors, write pointer relative to the
+/// zone start and 0 for conventional zones), so scripts written for real
+/// devices read images unchanged.
+pub fn render_blkzone(zones: &[ZoneDescriptor]) -> String {
+    let mut s = String::new();
+    for z in zones {
+        let conventional = z.zone_type == ZoneType::Conventional;
+        let wptr = if conventional {
+            0
+        } else {
+            z.wp.saturating_sub(z.start) >> 9
+        };
+        s.push_str(&format!(
+            "  start: 0x{:09x}, len 0x{:06x}, cap 0x{:06x}, wptr 0x{:06x} reset:0 non-seq:0, zcond:{:2}({}) [type: {}({})]\n",
+            z.start >> 9,
+            z.len >> 9,
+            z.cap >> 9,
+            wptr,
+            z.cond.value(),
+            blkzone_cond(z.cond),
+            z.zone_type.value(),
+            match z.zone_type {
+                ZoneType::Conventional => "CONVENTIONAL",
+                ZoneType::SeqWriteReq => "SEQ_WRITE_REQUIRED",
+            },
+        ));
+    }
+    s
+}
+
+/// blkzone's two-letter condition names.
+fn blkzone_cond(c: ZoneCond) -> &'static str {
+    match c {
+        ZoneCond::NotWp => "nw",
+        ZoneCond::Empty => "em",
+        ZoneCond::ImpOpen => "oi",
+        ZoneCond::ExpOpen => "oe",
+        ZoneCond::Closed => "cl",
+        ZoneCond::ReadOnly => "ro",
+        ZoneCond::Full => "fu",
+        ZoneCond::Offline => "of",
+    }
 }
 
 /// Set or clear a persistent fault condition of zone `index`, durably.

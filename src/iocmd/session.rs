@@ -873,14 +873,28 @@ impl Session {
     }
 
     fn info(&self, dev: &dyn BlockDevice, out: &mut dyn Write) -> io::Result<i32> {
-        let d = dev.describe();
-        if !d.is_empty() {
-            line(out, format!("format name: {d}"))?;
-        }
-        if d == "raw" {
-            // What qemu-io reports for raw images.
-            line(out, "cluster size: 0 bytes")?;
-            line(out, "vm state offset: 0 bytes")?;
+        if let Some(fi) = dev.format_info() {
+            // qemu-io's layout: driver, cluster size, VM state offset, then
+            // the format-specific data as qemu-img info prints it.
+            line(out, format!("format name: {}", fi.name))?;
+            line(
+                out,
+                format!("cluster size: {}", cvtstr(fi.cluster_size as f64)),
+            )?;
+            line(
+                out,
+                format!("vm state offset: {}", cvtstr(fi.vm_state_offset as f64)),
+            )?;
+            if let Some(spec) = &fi.specific {
+                let mut s = String::from("Format specific information:\n");
+                crate::qjson::dump_human(spec, 1, &mut s);
+                out.write_all(s.as_bytes())?;
+            }
+        } else {
+            let d = dev.describe();
+            if !d.is_empty() {
+                line(out, format!("format name: {d}"))?;
+            }
         }
         if let Some(g) = dev.zone_geometry() {
             line(out, "zone model: host-managed")?;

@@ -67,7 +67,7 @@ pub fn have(tool: &str) -> bool {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("required tool '{tool}' is missing (CI=true)");
         }
-        eprintln!("skipping: '{tool}' not installed");
+        eprintln!("SKIP: {tool} missing");
     }
     found
 }

@@ -1,0 +1,83 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_zcow_img_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_zcow_img_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_zcow_img_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_zcow_img_using_subcommand
+    set -l cmd (__fish_zcow_img_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -s V -l version -d 'Print version'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "create" -d 'Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "info" -d 'Show information about an image'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "check" -d 'Check an image for consistency (qemu-img check compatible), and optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "repair" -d 'Repair everything that can be derived (check -r all plus the zoned repairs), printing what changes'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "zone" -d 'Zone commands'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s f -d 'Image format (only qcow2)' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s o -d 'Options: cluster_size, compat, refcount_bits, lazy_refcounts, preallocation, compression_type, extended_l2, backing_file, backing_fmt, zone.mode, zone.size, zone.capacity, zone.conventional_zones, zone.max_open_zones, zone.max_active_zones, zone.max_append_bytes' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s b -d 'Backing file' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s F -d 'Backing file format' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s q -d 'Quiet: no Formatting line'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s f -d 'Image format (qcow2 or raw; probed when absent)' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l output -d 'Output format: human or json' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l backing-chain -d 'Show every image of the backing chain'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s f -d 'Image format (qcow2; raw images cannot be checked)' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s r -l repair -d 'Repair: leaks, or all' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -l output -d 'Output format: human or json' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s q -d 'Quiet: print nothing on stdout'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s p -d 'Show a progress bar (on a terminal only)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l backup -d 'Save every metadata cluster the repair rewrites to FILE, so the repair can be undone with --undo' -r -F
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l undo -d 'Undo an earlier repair from its backup FILE' -r -F
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l output -d 'Output format: human or json' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l dry-run -d 'Print what would change, change nothing'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and not __fish_seen_subcommand_from report map set-cond help" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and not __fish_seen_subcommand_from report map set-cond help" -f -a "report" -d 'Report zones (the persistent state, as after a power cycle)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and not __fish_seen_subcommand_from report map set-cond help" -f -a "map" -d 'Draw every zone, coloured by condition and filled to its write pointer: an SVG picture (default) or text for a terminal'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and not __fish_seen_subcommand_from report map set-cond help" -f -a "set-cond" -d 'Set or clear a persistent fault condition: readonly, offline, clear'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and not __fish_seen_subcommand_from report map set-cond help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l offset -d 'Start at the zone holding this byte offset' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l count -d 'At most this many zones' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l output -d 'Output format: human or json' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -l output -d 'svg or text' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -s o -d 'Write the map to FILE instead of standard output' -r -F
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -l width -d 'Cells per line of the text map' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -s f -d 'Image format (qcow2); probed when absent' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from set-cond" -s h -l help -d 'Print help'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "report" -d 'Report zones (the persistent state, as after a power cycle)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "map" -d 'Draw every zone, coloured by condition and filled to its write pointer: an SVG picture (default) or text for a terminal'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "set-cond" -d 'Set or clear a persistent fault condition: readonly, offline, clear'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair zone help" -f -a "create" -d 'Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair zone help" -f -a "info" -d 'Show information about an image'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair zone help" -f -a "check" -d 'Check an image for consistency (qemu-img check compatible), and optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair zone help" -f -a "repair" -d 'Repair everything that can be derived (check -r all plus the zoned repairs), printing what changes'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair zone help" -f -a "zone" -d 'Zone commands'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair zone help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and __fish_seen_subcommand_from zone" -f -a "report" -d 'Report zones (the persistent state, as after a power cycle)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and __fish_seen_subcommand_from zone" -f -a "map" -d 'Draw every zone, coloured by condition and filled to its write pointer: an SVG picture (default) or text for a terminal'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and __fish_seen_subcommand_from zone" -f -a "set-cond" -d 'Set or clear a persistent fault condition: readonly, offline, clear'
