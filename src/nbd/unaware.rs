@@ -27,14 +27,11 @@ use std::time::Duration;
 /// How long a write ahead of the write pointer waits for the gap to fill.
 pub(crate) const PARK_LIMIT: Duration = Duration::from_secs(5);
 
-/// Implicit finishes tried for one part before giving up with ENOSPC
-/// (another connection may take the freed resource first).
-const FINISH_TRIES: usize = 4;
-
-/// At the open limit with every open zone busy: retries, [`OPEN_RETRY`]
-/// apart, before giving up with ENOSPC (about one second in all).
-const OPEN_TRIES: usize = 100;
-const OPEN_RETRY: Duration = Duration::from_millis(10);
+/// At the open or active limit: attempts before giving up with ENOSPC.
+/// After the first, each either finishes a zone (active limit) or waits
+/// [`RESOURCE_RETRY`] for busy zones, so about one second at most.
+const RESOURCE_TRIES: usize = 100;
+const RESOURCE_RETRY: Duration = Duration::from_millis(10);
 
 /// The data of an unaware write request.
 #[derive(Debug, Clone, Copy)]
@@ -177,31 +174,31 @@ pub(crate) fn run(
             match r {
                 Ok(()) => break,
                 Err(DeviceError::Zone(ze))
-                    if ze.kind == ZoneErrorKind::OpenResource && tries < OPEN_TRIES =>
+                    if matches!(
+                        ze.kind,
+                        ZoneErrorKind::OpenResource | ZoneErrorKind::ActiveResource
+                    ) && tries < RESOURCE_TRIES =>
                 {
-                    // Every open zone has writes in flight, so none can be
-                    // closed implicitly; they finish soon (earlier requests
-                    // first, then any).
                     tries += 1;
                     if tries == 1 {
+                        // Earlier requests of the connection may still be
+                        // writing the zones that hold the resources (a zone
+                        // about to become FULL gives its resources back):
+                        // let them complete, then try again.
                         wait_earlier();
-                    } else {
-                        std::thread::sleep(OPEN_RETRY);
+                        continue;
                     }
-                }
-                Err(DeviceError::Zone(ze))
-                    if ze.kind == ZoneErrorKind::ActiveResource && tries < FINISH_TRIES =>
-                {
-                    tries += 1;
-                    // Requests before this one may still be writing the zone
-                    // that is about to be finished: let them complete first.
-                    wait_earlier();
-                    match dev.finish_least_recent_active().map_err(dev_err)? {
-                        Some(v) => note(format_args!(
-                            "active zone limit: implicitly finished zone {v} (least recently written) for the {verb} at {s:#x}"
-                        )),
-                        None => return Err(dev_err(DeviceError::Zone(ze))),
+                    if ze.kind == ZoneErrorKind::ActiveResource {
+                        if let Some(v) = dev.finish_least_recent_active().map_err(dev_err)? {
+                            note(format_args!(
+                                "active zone limit: implicitly finished zone {v} (least recently written) for the {verb} at {s:#x}"
+                            ));
+                            continue;
+                        }
                     }
+                    // Every zone holding a resource has writes in flight
+                    // (maybe from another connection): they end soon.
+                    std::thread::sleep(RESOURCE_RETRY);
                 }
                 Err(e) => return Err(dev_err(e)),
             }
