@@ -272,12 +272,15 @@ impl Copier<'_> {
     }
 }
 
+/// (offset, length, all zero) of a run of granules.
+type Run = (u64, u64, bool);
+
 /// A run of the source in order: known zeroes (`data` None), or the bytes
 /// read with their runs of zero and non-zero granules.
 struct Piece {
     pos: u64,
     len: u64,
-    data: Option<(Vec<u8>, Vec<(u64, u64, bool)>)>,
+    data: Option<(Vec<u8>, Vec<Run>)>,
 }
 
 /// Where the writer takes pieces from, in order, and gives their buffers
