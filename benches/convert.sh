@@ -20,33 +20,36 @@ for ((i = 0; i < size / 4; i++)); do
   fi
 done
 
-median() { # cmd... -> seconds (median of 3; the output file is removed before each run)
-  local ts=()
+median() { # cmd... -> "wall cpu" seconds (medians of 3; cpu = user + sys,
+  # which a loaded machine disturbs less than wall time). The output file is
+  # removed before each run.
+  local ws=() cs=() out
   for _ in 1 2 3; do
     rm -f "$dir/out"
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" >/dev/null
-    t1=$(date +%s.%N)
-    ts+=("$(echo "$t1 - $t0" | bc -l)")
+    /usr/bin/time -o "$dir/time" -f '%e %U %S' "$@" >/dev/null
+    out=$(tail -1 "$dir/time")
+    read -r w u sy <<<"$out"
+    ws+=("$w"); cs+=("$(echo "$u + $sy" | bc -l)")
   done
-  printf '%s\n' "${ts[@]}" | sort -g | sed -n 2p
+  echo "$(printf '%s\n' "${ws[@]}" | sort -g | sed -n 2p) $(printf '%s\n' "${cs[@]}" | sort -g | sed -n 2p)"
 }
 
 zoned_opts=zone.mode=host-managed,zone.size=64M
 "$Z/zcow-img" convert -O qcow2 -o "$zoned_opts" "$dir/src.raw" "$dir/zoned.qcow2"
 qemu-img convert -O qcow2 "$dir/src.raw" "$dir/plain.qcow2"
 
-q=$(median qemu-img convert -f raw -O qcow2 "$dir/src.raw" "$dir/out")
-zr=$(median "$Z/zcow-img" convert -f raw -O qcow2 -o "$zoned_opts" "$dir/src.raw" "$dir/out")
-zp=$(median "$Z/zcow-img" convert -f raw -O qcow2 "$dir/src.raw" "$dir/out")
-zo=$(median "$Z/zcow-img" convert -O raw "$dir/zoned.qcow2" "$dir/out")
-qo=$(median qemu-img convert -f qcow2 -O raw "$dir/plain.qcow2" "$dir/out")
+read -r q qc < <(median qemu-img convert -f raw -O qcow2 "$dir/src.raw" "$dir/out")
+read -r zr zrc < <(median "$Z/zcow-img" convert -f raw -O qcow2 -o "$zoned_opts" "$dir/src.raw" "$dir/out")
+read -r zp zpc < <(median "$Z/zcow-img" convert -f raw -O qcow2 "$dir/src.raw" "$dir/out")
+read -r zo zoc < <(median "$Z/zcow-img" convert -O raw "$dir/zoned.qcow2" "$dir/out")
+read -r qo qoc < <(median qemu-img convert -f qcow2 -O raw "$dir/plain.qcow2" "$dir/out")
 
-echo "| copy (${size} MiB, 3/4 data) | time | qemu-img convert raw -> plain qcow2 | speed vs qemu-img |"
-echo "|---|---|---|---|"
-row() { printf '| %s | %.3f s | %.3f s | %.2f× |\n' "$1" "$2" "$q" "$(echo "$q / $2" | bc -l)"; }
-row "zcow-img convert raw -> zoned qcow2 (64 MiB zones)" "$zr"
-row "zcow-img convert raw -> plain qcow2" "$zp"
-row "zcow-img convert zoned qcow2 -> raw" "$zo"
-row "qemu-img convert plain qcow2 -> raw (reference)" "$qo"
+echo "Baseline: qemu-img convert raw -> plain qcow2, ${q} s wall, ${qc} s CPU (${size} MiB, 3/4 data)"
+echo
+echo "| copy | wall | CPU (user+sys) | wall speed vs qemu-img | CPU vs qemu-img |"
+echo "|---|---|---|---|---|"
+row() { printf '| %s | %.3f s | %.3f s | %.2f× | %.2f× |\n' "$1" "$2" "$3" "$(echo "$q / $2" | bc -l)" "$(echo "$qc / $3" | bc -l)"; }
+row "zcow-img convert raw -> zoned qcow2 (64 MiB zones)" "$zr" "$zrc"
+row "zcow-img convert raw -> plain qcow2" "$zp" "$zpc"
+row "zcow-img convert zoned qcow2 -> raw" "$zo" "$zoc"
+row "qemu-img convert plain qcow2 -> raw (reference)" "$qo" "$qoc"

@@ -447,3 +447,94 @@ fn nbd_uris_for_info_zone_report_map_compare_convert() {
     same_as_qemu(&["map", "--output=json", &uri]);
     same_as_qemu(&["compare", s(&raw), &uri]);
 }
+
+#[test]
+fn convert_options_and_zone_capacity() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let d = tmp();
+    let raw = sample_raw(d.path());
+    let bytes = std::fs::read(&raw).unwrap();
+    // -W with 4 workers: same bytes.
+    let w = d.path().join("w.qcow2");
+    assert!(
+        zimg(&["convert", "-W", "-m", "4", "-O", "qcow2", s(&raw), s(&w)])
+            .status
+            .success()
+    );
+    assert_eq!(out(&run("qemu-img", &["compare", s(&raw), s(&w)])).1, 0);
+    // Two sources are concatenated.
+    let cat = d.path().join("cat.raw");
+    assert!(zimg(&["convert", s(&raw), s(&raw), s(&cat)])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::read(&cat).unwrap(),
+        [&bytes[..], &bytes[..]].concat()
+    );
+    // -n onto a target full of junk: the source's zero ranges are zeroed.
+    let junk = d.path().join("junk.raw");
+    std::fs::write(&junk, vec![0xeeu8; bytes.len()]).unwrap();
+    assert!(zimg(&["convert", "-n", s(&raw), s(&junk)]).status.success());
+    assert_eq!(std::fs::read(&junk).unwrap(), bytes);
+    // ... unless the caller says the target is zero already.
+    std::fs::write(&junk, vec![0xeeu8; bytes.len()]).unwrap();
+    assert!(
+        zimg(&["convert", "-n", "--target-is-zero", s(&raw), s(&junk)])
+            .status
+            .success()
+    );
+    assert_eq!(std::fs::read(&junk).unwrap()[0x10000], 0xee);
+    // A smaller target is refused, as by qemu-img.
+    let small = d.path().join("small.raw");
+    std::fs::write(&small, vec![0u8; 1 << 20]).unwrap();
+    same_as_qemu(&["convert", "-n", "-O", "raw", s(&raw), s(&small)]);
+    // Conventional zones take the data as it is; zone capacity 512 KiB:
+    // zone 3 (3M..4M is all data) cannot hold its second half.
+    let z = d.path().join("cap.qcow2");
+    let o = zimg(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "zone.mode=host-managed,zone.size=1M,zone.capacity=512k,zone.conventional_zones=2",
+        s(&raw),
+        s(&z),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("zone 3 (start 0x300000): data at byte 3670016 lies past the zone capacity"),
+        "{err}"
+    );
+    // Without the full zone it fits: conventional zones NOT_WP, the rest
+    // as the data implies.
+    let part = d.path().join("part.raw");
+    ok("qemu-img", &["create", "-q", "-f", "raw", s(&part), "4M"]);
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 4k",
+            "-c",
+            "write -P 2 3M 8k",
+            s(&part),
+        ],
+    );
+    let o = zimg(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "zone.mode=host-managed,zone.size=1M,zone.capacity=512k,zone.conventional_zones=2",
+        s(&part),
+        s(&z),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let conds: Vec<String> = zone_conds(s(&z)).into_iter().map(|z| z.1).collect();
+    assert_eq!(conds, ["NOT_WP", "NOT_WP", "EMPTY", "CLOSED"]);
+    assert_eq!(out(&zimg(&["compare", s(&part), s(&z)])).1, 0);
+}

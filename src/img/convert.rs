@@ -191,14 +191,10 @@ impl Copier<'_> {
     }
 
     /// Write pieces of a segment to a target that takes writes anywhere.
-    fn write_plain(
-        &self,
-        pieces: &mut dyn FnMut() -> ImgResult<Piece>,
-        seg: &Seg,
-    ) -> ImgResult<()> {
+    fn write_plain(&self, pieces: &mut dyn Feed, seg: &Seg) -> ImgResult<()> {
         let mut pos = seg.start;
         while pos < seg.end {
-            let p = pieces()?;
+            let p = pieces.next()?;
             match &p.data {
                 None => {
                     if self.sparse == 0 || !self.target_zero {
@@ -220,6 +216,7 @@ impl Copier<'_> {
             }
             self.tick(p.len);
             pos = p.pos + p.len;
+            pieces.recycle(p);
         }
         Ok(())
     }
@@ -230,7 +227,7 @@ impl Copier<'_> {
     /// stays unwritten.
     fn write_seq_zone(
         &self,
-        pieces: &mut dyn FnMut() -> ImgResult<Piece>,
+        pieces: &mut dyn Feed,
         seg: &Seg,
         g: &ZoneGeometry,
         i: u32,
@@ -242,7 +239,7 @@ impl Copier<'_> {
         let mut pending = zs;
         let mut pos = seg.start;
         while pos < seg.end {
-            let p = pieces()?;
+            let p = pieces.next()?;
             if let Some((buf, runs)) = &p.data {
                 for &(at, rl, z) in runs {
                     if z {
@@ -265,6 +262,7 @@ impl Copier<'_> {
             }
             self.tick(p.len);
             pos = p.pos + p.len;
+            pieces.recycle(p);
         }
         let keep = keep.min(cap_end);
         if keep > pending {
@@ -274,12 +272,52 @@ impl Copier<'_> {
     }
 }
 
+/// (offset, length, all zero) of a run of granules.
+type Run = (u64, u64, bool);
+
 /// A run of the source in order: known zeroes (`data` None), or the bytes
 /// read with their runs of zero and non-zero granules.
 struct Piece {
     pos: u64,
     len: u64,
-    data: Option<(Vec<u8>, Vec<(u64, u64, bool)>)>,
+    data: Option<(Vec<u8>, Vec<Run>)>,
+}
+
+/// Where the writer takes pieces from, in order, and gives their buffers
+/// back for reuse (fresh 2 MiB buffers cost page faults on every chunk).
+trait Feed {
+    fn next(&mut self) -> ImgResult<Piece>;
+    fn recycle(&mut self, _p: Piece) {}
+}
+
+/// Pieces already read (the -W workers).
+struct VecFeed(std::vec::IntoIter<Piece>);
+
+impl Feed for VecFeed {
+    fn next(&mut self) -> ImgResult<Piece> {
+        self.0
+            .next()
+            .ok_or_else(|| failed("short read of the source"))
+    }
+}
+
+/// Pieces from the reading thread; buffers go back to it.
+struct ChanFeed {
+    rx: std::sync::mpsc::Receiver<ImgResult<Piece>>,
+    free: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl Feed for ChanFeed {
+    fn next(&mut self) -> ImgResult<Piece> {
+        self.rx
+            .recv()
+            .unwrap_or_else(|_| Err(failed("the reading thread stopped early")))
+    }
+    fn recycle(&mut self, p: Piece) {
+        if let Some((buf, _)) = p.data {
+            let _ = self.free.send(buf);
+        }
+    }
 }
 
 /// A range of the target copied one way.
@@ -294,14 +332,21 @@ struct Seg {
 }
 
 /// The pieces of `[pos, pos+n)` (n ≤ CHUNK).
-fn read_pieces(src: &Sources, pos: u64, n: u64, gran: u64) -> ImgResult<Vec<Piece>> {
+fn read_pieces(
+    src: &Sources,
+    pos: u64,
+    n: u64,
+    gran: u64,
+    free: Option<&std::sync::mpsc::Receiver<Vec<u8>>>,
+) -> ImgResult<Vec<Piece>> {
     let mut out = Vec::new();
     let mut at = pos;
     for (l, zero) in src.status(pos, n) {
         let data = if zero {
             None
         } else {
-            let mut buf = vec![0u8; l as usize];
+            let mut buf = free.and_then(|f| f.try_recv().ok()).unwrap_or_default();
+            buf.resize(l as usize, 0);
             src.read(at, &mut buf)?;
             let runs = if gran == 0 {
                 vec![(at, l, false)]
@@ -324,6 +369,7 @@ fn read_pieces(src: &Sources, pos: u64, n: u64, gran: u64) -> ImgResult<Vec<Piec
 /// while this one writes, so reading and writing overlap.
 fn copy_segments(c: &Copier<'_>, segs: &[Seg], g: Option<&ZoneGeometry>) -> ImgResult<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<ImgResult<Piece>>(8);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let src = c.src;
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -331,7 +377,7 @@ fn copy_segments(c: &Copier<'_>, segs: &[Seg], g: Option<&ZoneGeometry>) -> ImgR
                 let mut pos = seg.start;
                 while pos < seg.end {
                     let n = (seg.end - pos).min(CHUNK);
-                    match read_pieces(src, pos, n, seg.gran) {
+                    match read_pieces(src, pos, n, seg.gran, Some(&free_rx)) {
                         Ok(ps) => {
                             for p in ps {
                                 if tx.send(Ok(p)).is_err() {
@@ -348,21 +394,18 @@ fn copy_segments(c: &Copier<'_>, segs: &[Seg], g: Option<&ZoneGeometry>) -> ImgR
                 }
             }
         });
-        let mut next = || {
-            rx.recv()
-                .unwrap_or_else(|_| Err(failed("the reading thread stopped early")))
-        };
+        let mut feed = ChanFeed { rx, free: free_tx };
         let r = (|| {
             for seg in segs {
                 match (seg.seq, g) {
-                    (Some((i, keep)), Some(g)) => c.write_seq_zone(&mut next, seg, g, i, keep)?,
-                    _ => c.write_plain(&mut next, seg)?,
+                    (Some((i, keep)), Some(g)) => c.write_seq_zone(&mut feed, seg, g, i, keep)?,
+                    _ => c.write_plain(&mut feed, seg)?,
                 }
             }
             Ok(())
         })();
         // Unblock the reader if writing stopped early.
-        drop(rx);
+        drop(feed);
         r
     })
 }
@@ -627,9 +670,8 @@ fn copy_unzoned(c: &Copier<'_>, size: u64, threads: usize) -> ImgResult<()> {
                     return;
                 }
                 let n = (size - off).min(CHUNK);
-                let r = read_pieces(c.src, off, n, gran).and_then(|ps| {
-                    let mut it = ps.into_iter();
-                    let mut pieces = || it.next().ok_or_else(|| failed("short read of the source"));
+                let r = read_pieces(c.src, off, n, gran, None).and_then(|ps| {
+                    let mut pieces = VecFeed(ps.into_iter());
                     let seg = Seg {
                         start: off,
                         end: off + n,
