@@ -25,6 +25,9 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_REPORT: u32 = 4096;
 /// Most control connections served at once.
 pub const MAX_CONNECTIONS: usize = 8;
+/// A control connection idle (or not reading its replies) this long is
+/// closed.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(300);
 
 /// One control request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +239,8 @@ impl ControlServer {
             std::fs::remove_file(path)?;
         }
         let listener = UnixListener::bind(path)?;
+        // Whoever can connect can take zones offline: owner only.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -245,6 +250,9 @@ impl ControlServer {
                 match listener.accept() {
                     Ok((mut s, _)) => {
                         let _ = s.set_nonblocking(false);
+                        // An idle or stuck peer gives its slot back.
+                        let _ = s.set_read_timeout(Some(IDLE_LIMIT));
+                        let _ = s.set_write_timeout(Some(IDLE_LIMIT));
                         if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
                             let v = json!({"ok": false, "error": "too many control connections"});
                             let _ = writeln!(s, "{v}");

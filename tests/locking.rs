@@ -236,6 +236,22 @@ fn qemu_nbd_serving_refuses_zcow() {
         let out = succeeded(zrun("zcow-img", &["check", "-U", &img]));
         assert!(out.contains("No errors were found on the image."), "{out}");
         succeeded(zrun("zcow-io", &["-r", "-U", "-c", "read 0 512", &img]));
+        // The interactive open command takes -U too, as qemu-io's.
+        let o = &format!("open -r -U {img}");
+        let out = succeeded(zrun("zcow-io", &["-c", o, "-c", "read 0 512"]));
+        assert!(out.starts_with("read 512/512 bytes at offset 0\n"), "{out}");
+        refused(
+            zrun("zcow-io", &["-c", &format!("open -U {img}")]),
+            &format!(
+                "zcow-io: can't open device {img}: force-share=on can only be used with read-only images\n"
+            ),
+        );
+        refused(
+            zrun("zcow-io", &["-c", &format!("open -r {img}")]),
+            &format!(
+                "zcow-io: can't open device {img}: Failed to get shared \"write\" lock\n{h}\n"
+            ),
+        );
         // QEMU's own rule for -U: read-only only.
         refused(
             zrun("zcow-io", &["-U", "-c", "read 0 512", &img]),

@@ -93,6 +93,9 @@ fn control_socket_sets_conditions_live_and_durably() {
     a.write(2 * MIB, &data, false).unwrap();
     b.write(3 * MIB, &data, false).unwrap();
 
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the control socket is owner-only");
     let mut c = Control::connect(&sock);
     let r = c.send(r#"{"op":"set-cond","zone":2,"cond":"offline"}"#);
     assert_eq!(r["ok"], json!(true), "{r}");

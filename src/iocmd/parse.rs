@@ -246,7 +246,7 @@ pub enum Command {
         /// `-p`: print the sector where the data landed.
         print_sector: bool,
     },
-    /// `open [-r] [-f fmt] path`.
+    /// `open [-rU] [-f fmt] path`.
     Open {
         /// Image path or URI.
         path: String,
@@ -254,6 +254,8 @@ pub enum Command {
         read_only: bool,
         /// `-f`.
         format: Option<String>,
+        /// `-U`: take no locks that exclude others (read-only only).
+        force_share: bool,
     },
     /// `close`.
     Close,
@@ -691,12 +693,14 @@ fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseEr
 
 fn parse_open(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
-    let s = scan(argv, "rf:");
+    let s = scan(argv, "rf:U");
     let mut read_only = false;
+    let mut force_share = false;
     let mut format = None;
     each_opt(&s, typed, spec, |c, arg| {
         match c {
             'r' => read_only = true,
+            'U' => force_share = true,
             _ => format = Some(arg.to_string()),
         }
         Ok(None)
@@ -708,6 +712,7 @@ fn parse_open(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
         path: path.clone(),
         read_only,
         format,
+        force_share,
     })
 }
 

@@ -246,7 +246,8 @@ impl Session {
                 path,
                 read_only,
                 format,
-            } => return self.open(&path, read_only, format, err),
+                force_share,
+            } => return self.open(&path, read_only, format, force_share, err),
             Command::Close => {
                 self.close_device(out, err)?;
                 return Ok(0);
@@ -823,8 +824,19 @@ impl Session {
         path: &str,
         read_only: bool,
         format: Option<String>,
+        force_share: bool,
         err: &mut dyn Write,
     ) -> io::Result<i32> {
+        if force_share && !read_only {
+            line(
+                err,
+                format!(
+                    "{}: can't open device {path}: force-share=on can only be used with read-only images",
+                    self.prog
+                ),
+            )?;
+            return Ok(-libc::EINVAL);
+        }
         if self.dev.is_some() {
             line(
                 err,
@@ -837,6 +849,7 @@ impl Session {
             read_only,
             allow_backing: true,
         };
+        crate::storage::lock::set_force_share(force_share);
         match (self.opener)(path, &opts) {
             Ok(d) => {
                 self.dev = Some(d);

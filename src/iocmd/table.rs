@@ -159,6 +159,7 @@ const OPEN_HELP: &str = "
 
  -r, -- open file read-only
  -f, -- image format (qcow2 or raw; probed when absent)
+ -U, -- force shared permissions (read-only only; the image may be in use)
 ";
 
 const ZONE_REPORT_HELP: &str = "
@@ -246,7 +247,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("o"),
         argmin: 1,
         argmax: -1,
-        args: Some("[-r] [-f format] [path]"),
+        args: Some("[-rU] [-f format] [path]"),
         help: Some(OPEN_HELP),
         nofile_ok: true,
         ..spec("open", "open the file specified by path")
