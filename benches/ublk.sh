@@ -49,9 +49,8 @@ W[zcow]=$(fio_bw "$d"); R[zcow]=$(fio_iops "$d")
 kill -TERM $zp; wait $zp
 # rublk (memory-backed zoned)
 if [ -x "$RUBLK" ]; then
-  out=$(g 60 "$RUBLK" add zoned --size $MIB --zone_size 16 2>&1)
-  id=$(echo "$out" | grep -o -m1 'dev id [0-9]*' | grep -o '[0-9]*$' || true)
-  [ -n "$id" ] || id=$(ls /dev/ublkb* | head -1 | grep -o '[0-9]*$')
+  id=7
+  g 60 "$RUBLK" add zoned -n $id --size ${MIB}MiB --zone-size 16MiB --conv-zones 0 >/dev/null 2>&1
   wait_dev /dev/ublkb$id
   W[rublk]=$(fio_bw /dev/ublkb$id); R[rublk]=$(fio_iops /dev/ublkb$id)
   g 60 "$RUBLK" del -n "$id" || true
