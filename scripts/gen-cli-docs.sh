@@ -3,7 +3,7 @@
 # the binaries' clap definitions. tests/cli_docs.rs fails when they are stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins --quiet
+cargo build --release --bins --features ublk --quiet
 mkdir -p completions man
 rm -f completions/* man/*.1
 for bin in $(sed -n 's/^name = "\(zcow-[a-z-]*\)"/\1/p' Cargo.toml); do

@@ -24,5 +24,6 @@ pub mod qjson;
 pub mod raw;
 pub mod size;
 pub mod storage;
+#[cfg(feature = "ublk")]
 pub mod ublk;
 pub mod zone;

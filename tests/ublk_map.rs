@@ -1,7 +1,8 @@
 //! The ublk request mapping (`zcow::ublk::map`) against real images: a zoned
 //! qcow2 image through the engine, a raw file. What the kernel would see:
 //! completion codes, bytes read back, append sectors, `struct blk_zone`
-//! records, and what survives a reopen.
+//! records, and what survives a reopen. Built with `--features ublk`.
+#![cfg(feature = "ublk")]
 
 mod common;
 use common::*;

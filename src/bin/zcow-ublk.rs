@@ -45,6 +45,9 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn main() {
+    if zcow::cli_docs::generate_if_asked(<Args as clap::CommandFactory>::command) {
+        return;
+    }
     if let Err(e) = run() {
         eprintln!("zcow-ublk: {e:#}");
         std::process::exit(1);

@@ -26,7 +26,7 @@ skip_or_fail() {
 
 tests/vm/setup.sh || skip_or_fail "tests/vm/setup.sh could not fetch the VM's kernel and tools"
 echo "vm-tests: setup took $(($(date +%s) - start)) s"
-cargo build --release --bins -q || skip_or_fail "cargo build --release --bins"
+cargo build --release --bins --features ublk -q || skip_or_fail "cargo build --release --bins"
 [ -x target/release/zcow-ublk ] || skip_or_fail "target/release/zcow-ublk missing"
 
 # The fio zbd suite takes ~9-15 minutes on its own under TCG; CI runs a
