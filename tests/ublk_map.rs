@@ -543,3 +543,63 @@ fn read_only_device() {
     assert!(dev.mgmt(Op::ZoneOpen, 2) < 0);
     assert_eq!(dev.read(2 * ZS, 4096), vec![0u8; 4096]);
 }
+
+#[test]
+fn layout_refuses_what_linux_cannot_show() {
+    // Zone size not a power of two: zcow's engine refuses such images, but
+    // another zoned BlockDevice (an NBD export) may have one.
+    let err = layout(&OddZones, IO).unwrap_err().to_string();
+    assert!(err.contains("not a power of two"), "{err}");
+    // Smaller than one zone.
+    let (_, e) = common::engine(geo(MIB / 2, MIB, MIB, 0, 0, 0, 4096));
+    let err = layout(&e, IO).unwrap_err().to_string();
+    assert!(err.contains("no whole zone"), "{err}");
+    // Limits above the zone count are clamped; append 0 still gives the
+    // kernel a limit (appends then fail with EOPNOTSUPP).
+    let (_, e) = common::engine(geo(4 * MIB, MIB, MIB, 0, 9, 9, 0));
+    let e: Arc<dyn BlockDevice> = Arc::new(e);
+    let mut dev = Dev::new(e);
+    let z = dev.lay.zoned.unwrap();
+    assert_eq!((z.max_open_zones, z.max_active_zones), (4, 4));
+    assert_eq!(z.max_append_sectors, IO / 512);
+    assert_eq!(dev.append(1, &pattern(1, 4096)).result, -libc::EOPNOTSUPP);
+}
+
+/// A zoned device with 3 MiB zones (only its geometry is used).
+#[derive(Debug)]
+struct OddZones;
+
+impl BlockDevice for OddZones {
+    fn size(&self) -> u64 {
+        12 * MIB
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read(&self, _: u64, _: &mut [u8]) -> zcow::device::DevResult<()> {
+        unreachable!()
+    }
+    fn write(&self, _: u64, _: &[u8], _: bool) -> zcow::device::DevResult<()> {
+        unreachable!()
+    }
+    fn write_zeroes(
+        &self,
+        _: u64,
+        _: u64,
+        _: zcow::device::ZeroFlags,
+    ) -> zcow::device::DevResult<()> {
+        unreachable!()
+    }
+    fn discard(&self, _: u64, _: u64) -> zcow::device::DevResult<()> {
+        unreachable!()
+    }
+    fn flush(&self) -> zcow::device::DevResult<()> {
+        unreachable!()
+    }
+    fn block_status(&self, _: u64, _: u64) -> zcow::device::DevResult<Vec<zcow::device::Extent>> {
+        unreachable!()
+    }
+    fn zone_geometry(&self) -> Option<zcow::zone::ZoneGeometry> {
+        Some(geo(12 * MIB, 3 * MIB, 3 * MIB, 0, 0, 0, 4096))
+    }
+}

@@ -178,7 +178,7 @@ fn remove_stale(id: i32) -> Result<(), ServeError> {
     }
     c.del_dev()
         .map_err(ublk_err("cannot remove the stale ublk device"))?;
-    eprintln!("zcow-ublk: removed stale ublk device {id} (its server, pid {pid}, is gone)");
+    eprintln!("zcow-ublk: removed stale ublk device {id} (its server is gone)");
     Ok(())
 }
 
