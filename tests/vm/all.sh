@@ -38,7 +38,7 @@ echo "==== summary"
 cat "$summary"
 [ -s "$out/fio-zbd.results" ] && {
   echo "fio zbd per test:"
-  column -c 100 "$out/fio-zbd.results" 2>/dev/null || cat "$out/fio-zbd.results"
+  cat "$out/fio-zbd.results"
 }
 echo "$pass passed, $failn failed${skip:+, $skip skipped}" | sed 's/, 0 skipped//'
 [ "$failn" = 0 ]

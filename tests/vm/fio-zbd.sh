@@ -47,8 +47,15 @@ for t in "${tests[@]}"; do
     echo "$out" | tail -n 20
     [ -r "$suite.log.$t" ] && tail -n 30 "$suite.log.$t"
     cp "$suite.log.$t" "${ZCOW_VM_OUT:-$SCRATCH}/fio-zbd.log.$n" 2>/dev/null
-    # A hung case leaves the device unusable: start from a fresh server.
+    # A hung case leaves the device unusable: show who waits on what, then
+    # start from a fresh server.
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+      ps -eo pid,stat,wchan:32,args | awk '$2 ~ /D/ || /fio|zcow-ublk/' | grep -v awk
+      for p in $(pgrep -x fio) ${SERVER:-}; do
+        echo "-- /proc/$p/stack"
+        cat "/proc/$p/stack" 2>/dev/null
+      done
+      dmesg | tail -n 20
       if [ "$BACKEND" = zcow ]; then dev_kill; else nullb_down; fi
       dev_up "$img"
     fi
