@@ -16,8 +16,17 @@ _zcow__img() {
             ",$1")
                 cmd="zcow__img"
                 ;;
+            zcow__img,amend)
+                cmd="zcow__img__subcmd__amend"
+                ;;
             zcow__img,check)
                 cmd="zcow__img__subcmd__check"
+                ;;
+            zcow__img,compare)
+                cmd="zcow__img__subcmd__compare"
+                ;;
+            zcow__img,convert)
+                cmd="zcow__img__subcmd__convert"
                 ;;
             zcow__img,create)
                 cmd="zcow__img__subcmd__create"
@@ -28,14 +37,29 @@ _zcow__img() {
             zcow__img,info)
                 cmd="zcow__img__subcmd__info"
                 ;;
+            zcow__img,map)
+                cmd="zcow__img__subcmd__map"
+                ;;
+            zcow__img,measure)
+                cmd="zcow__img__subcmd__measure"
+                ;;
             zcow__img,repair)
                 cmd="zcow__img__subcmd__repair"
                 ;;
             zcow__img,zone)
                 cmd="zcow__img__subcmd__zone"
                 ;;
+            zcow__img__subcmd__help,amend)
+                cmd="zcow__img__subcmd__help__subcmd__amend"
+                ;;
             zcow__img__subcmd__help,check)
                 cmd="zcow__img__subcmd__help__subcmd__check"
+                ;;
+            zcow__img__subcmd__help,compare)
+                cmd="zcow__img__subcmd__help__subcmd__compare"
+                ;;
+            zcow__img__subcmd__help,convert)
+                cmd="zcow__img__subcmd__help__subcmd__convert"
                 ;;
             zcow__img__subcmd__help,create)
                 cmd="zcow__img__subcmd__help__subcmd__create"
@@ -45,6 +69,12 @@ _zcow__img() {
                 ;;
             zcow__img__subcmd__help,info)
                 cmd="zcow__img__subcmd__help__subcmd__info"
+                ;;
+            zcow__img__subcmd__help,map)
+                cmd="zcow__img__subcmd__help__subcmd__map"
+                ;;
+            zcow__img__subcmd__help,measure)
+                cmd="zcow__img__subcmd__help__subcmd__measure"
                 ;;
             zcow__img__subcmd__help,repair)
                 cmd="zcow__img__subcmd__help__subcmd__repair"
@@ -92,7 +122,7 @@ _zcow__img() {
 
     case "${cmd}" in
         zcow__img)
-            opts="-h -V --help --version create info check repair zone help"
+            opts="-h -V --help --version create info check repair convert compare map measure amend zone help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,8 +135,30 @@ _zcow__img() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        zcow__subcmd__img__subcmd__amend)
+            opts="-f -o -q -p -h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         zcow__subcmd__img__subcmd__check)
-            opts="-f -r -q -p -h --repair --output --help"
+            opts="-f -r -q -p -U -h --repair --output --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -125,6 +177,62 @@ _zcow__img() {
                     return 0
                     ;;
                 --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__compare)
+            opts="-f -F -s -q -p -h --ignore-zones --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -F)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__convert)
+            opts="-f -O -o -n -S -W -m -c -p -q -h --target-is-zero --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -S)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -m)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -166,7 +274,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__help)
-            opts="create info check repair zone help"
+            opts="create info check repair convert compare map measure amend zone help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -179,7 +287,49 @@ _zcow__img() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        zcow__subcmd__img__subcmd__help__subcmd__amend)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         zcow__subcmd__img__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__help__subcmd__compare)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__help__subcmd__convert)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -222,6 +372,34 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__help__subcmd__info)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__help__subcmd__map)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__help__subcmd__measure)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -306,7 +484,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__info)
-            opts="-f -h --backing-chain --output --help"
+            opts="-f -U -h --backing-chain --output --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -327,8 +505,72 @@ _zcow__img() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        zcow__subcmd__img__subcmd__map)
+            opts="-f -h --output --start-offset --max-length --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --start-offset)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-length)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        zcow__subcmd__img__subcmd__measure)
+            opts="-O -o -f -h --output --size --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         zcow__subcmd__img__subcmd__repair)
-            opts="-h --dry-run --backup --undo --output --help"
+            opts="-h --dry-run --backup --force --undo --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -468,7 +710,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__zone__subcmd__report)
-            opts="-h --offset --count --output --help"
+            opts="-U -h --offset --count --output --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -494,12 +736,16 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__zone__subcmd__set__subcmd__cond)
-            opts="-h --help"
+            opts="-h --control --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -23,7 +23,7 @@ _zcow__io() {
 
     case "${cmd}" in
         zcow__io)
-            opts="-c -f -r -h -V --cmd --format --read-only --help --version"
+            opts="-c -f -r -U -h -V --cmd --format --read-only --force-share --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

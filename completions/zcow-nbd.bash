@@ -23,7 +23,7 @@ _zcow__nbd() {
 
     case "${cmd}" in
         zcow__nbd)
-            opts="-p -b -k -x -D -r -t -e -f -h -V --port --bind --socket --export-name --description --read-only --persistent --shared --format --pid-file --fork --cache --discard --handshake-limit --tls-creds --tls-require-client-cert --zoned-writes --workers --trace --help --version"
+            opts="-p -b -k -x -D -r -t -e -f -h -V --port --bind --socket --export-name --description --read-only --persistent --shared --format --pid-file --fork --cache --discard --handshake-limit --tls-creds --tls-require-client-cert --zoned-writes --workers --trace --control --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -110,6 +110,10 @@ _zcow__nbd() {
                     return 0
                     ;;
                 --workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --control)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -21,6 +21,7 @@ complete -c zcow-nbd -l tls-creds -d 'Directory with server-cert.pem, server-key
 complete -c zcow-nbd -l zoned-writes -d 'Write policy on zoned images for clients without the zoned extension' -r -f -a "strict\t'Sequential zones accept writes only at the write pointer'
 readonly\t'Clients without the zoned extension see a read-only export'"
 complete -c zcow-nbd -l workers -d 'Worker threads per connection' -r
+complete -c zcow-nbd -l control -d 'Serve zone control requests (JSON lines: set-cond, open, close, finish, reset, report; see docs/control.md) on this Unix socket' -r -F
 complete -c zcow-nbd -s r -l read-only -d 'Export read-only'
 complete -c zcow-nbd -s t -l persistent -d 'Keep serving after the last client disconnects'
 complete -c zcow-nbd -l fork -d 'Fork into the background once listening'
