@@ -64,8 +64,14 @@ fn zone_conds(file: &str) -> Vec<(u64, String)> {
         .iter()
         .map(|z| {
             (
-                z["wp"].as_u64().unwrap(),
-                z["condition"].as_str().unwrap().to_string(),
+                z["write-pointer"].as_u64().unwrap(),
+                // QEMU spelling in the JSON (`closed`); the tests name
+                // conditions as the human report does (`CLOSED`).
+                z["condition"]
+                    .as_str()
+                    .unwrap()
+                    .to_ascii_uppercase()
+                    .replace('-', "_"),
             )
         })
         .collect()
