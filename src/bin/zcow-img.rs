@@ -33,8 +33,10 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}\nTry 'zcow-img {} --help' for more info",
-            self.msg, self.cmd
+            "{}\nTry '{} {} --help' for more info",
+            self.msg,
+            zcow::personality::name(zcow::personality::Tool::Img),
+            self.cmd
         )
     }
 }
@@ -410,10 +412,20 @@ fn main() -> ExitCode {
     if zcow::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command) {
         return ExitCode::SUCCESS;
     }
-    match run(Cli::parse()) {
+    zcow::personality::init();
+    let prog = zcow::personality::name(zcow::personality::Tool::Img);
+    let matches = <Cli as clap::CommandFactory>::command()
+        .name(prog)
+        .bin_name(prog)
+        .get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("zcow-img: {e:#}");
+            eprintln!("{prog}: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -100,7 +100,7 @@ impl Session {
             opener: default_opener(),
             pending: Vec::new(),
             failed: false,
-            prog: "zcow-io".into(),
+            prog: crate::personality::name(crate::personality::Tool::Io).into(),
         }
     }
 
