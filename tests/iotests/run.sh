@@ -71,3 +71,85 @@ LIST
     mv "$src.tmp" "$src"
     echo "$src/tests/qemu-iotests"
 }
+
+# --- 2. Selection: bash tests that need only what zcow provides ---
+# A test is selected for a format when it supports that format (or is
+# generic), is a shell test, starts no VM or storage daemon, uses no
+# blkdebug/blkverify/encryption, and runs no qemu-img subcommand besides
+# create, info and check.
+select_tests() {
+    local dir=$1 fmt=$2 t f sub
+    for f in "$dir"/[0-9][0-9][0-9]; do
+        t=${f##*/}
+        head -1 "$f" | grep -q bash || continue
+        grep -Eq "_supported_fmt.*( |\b)($fmt|generic)\b" "$f" || continue
+        grep -Eq '_launch_qemu|_send_qemu_cmd|\$QEMU_PROG|\$QEMU |_run_qemu|QSD|storage-daemon|blkdebug|blkverify|encrypt|_require_large_file|data_file|_supported_proto +(nbd|ssh|nfs|fuse)|IMGOPTSSYNTAX' "$f" && continue
+        sub=$(grep -oE '\$QEMU_IMG(_PROG)?"? +[a-z]+' "$f" | awk '{print $NF}' | sort -u |
+              grep -vxE 'create|info|check' || true)
+        [ -z "$sub" ] || continue
+        echo "$t"
+    done
+}
+
+# --- 3. Run: real QEMU, then zcow under QEMU's names ---
+suite=$(fetch_suite)
+work=$(mktemp -d "${TMPDIR:-/tmp}/zcow-iotests.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/zbin"
+for t in img io nbd; do
+    [ -x "$bin/zcow-$t" ] || { echo "run.sh: $bin/zcow-$t missing (cargo build --release --bins)" >&2; exit 1; }
+    ln -s "$bin/zcow-$t" "$work/zbin/qemu-$t"
+done
+
+run_side() { # side fmt tests...
+    local side=$1 fmt=$2; shift 2
+    local img=/usr/bin/qemu-img io=/usr/bin/qemu-io nbd=/usr/bin/qemu-nbd
+    if [ "$side" = zcow ]; then
+        img=$work/zbin/qemu-img io=$work/zbin/qemu-io nbd=$work/zbin/qemu-nbd
+    fi
+    mkdir -p "$work/$side"
+    (cd "$work/$side" && env TEST_DIR="$work/$side/scratch" \
+        QEMU_PROG=$(command -v qemu-system-x86_64 || echo /bin/true) \
+        QSD_PROG=$(command -v qemu-storage-daemon || echo /bin/true) \
+        QEMU_IMG_PROG=$img QEMU_IO_PROG=$io QEMU_NBD_PROG=$nbd \
+        timeout $((per_test * $#)) "$suite/check" --source-dir "$suite" \
+        --build-dir "$work/$side" -tap "-$fmt" "$@" 2>/dev/null) |
+        awk -v s="$side" '/^ok .* # SKIP/ {print s, $3, "skip"; next}
+                           /^ok / {print s, $3, "pass"; next}
+                           /^not ok / {print s, $4, "fail"}'
+}
+
+first_diff() { # fmt test
+    local ref=$suite/$2.out bad=$work/zcow/scratch/$1-file-$2/$2.out.bad
+    [ -f "$suite/$2.out.$1" ] && ref=$suite/$2.out.$1
+    [ -f "$bad" ] || { echo "-"; return; }
+    diff "$ref" "$bad" | grep -m1 -E '^[<>]' | cut -c1-90 || echo "(exit status only)"
+}
+
+start=$(date +%s)
+printf '| test | format | QEMU 10.0.2 | zcow | first difference (< expected, > zcow) |\n'
+printf '|---|---|---|---|---|\n'
+total_real=0 total_zcow=0 total=0
+for fmt in "${formats[@]}"; do
+    if [ ${#tests[@]} -gt 0 ]; then
+        sel=("${tests[@]}")
+    else
+        mapfile -t sel < <(select_tests "$suite" "$fmt")
+    fi
+    [ ${#sel[@]} -gt 0 ] || continue
+    declare -A res=()
+    while read -r side t r; do res[$side.$t]=$r; done \
+        < <(run_side real "$fmt" "${sel[@]}"; run_side zcow "$fmt" "${sel[@]}")
+    for t in "${sel[@]}"; do
+        r=${res[real.$t]:-none} z=${res[zcow.$t]:-none} d=""
+        [ "$r" = skip ] && [ "$z" = skip ] && continue
+        total=$((total + 1))
+        [ "$r" = pass ] && total_real=$((total_real + 1))
+        [ "$z" = pass ] && total_zcow=$((total_zcow + 1))
+        [ "$z" = fail ] && d=$(first_diff "$fmt" "$t" | sed 's/|/\\|/g')
+        printf '| %s | %s | %s | %s | %s |\n' "$t" "$fmt" "$r" "$z" "${d:+\`$d\`}"
+    done
+    unset res
+done
+printf '\nselected (run by at least one side): %d; QEMU passes %d; zcow passes %d; %ds\n' \
+    "$total" "$total_real" "$total_zcow" $(( $(date +%s) - start ))
