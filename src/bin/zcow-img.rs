@@ -51,7 +51,7 @@ fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
 enum Cmd {
     /// Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]
     Create {
-        /// Image format (only qcow2).
+        /// Image format (qcow2 or raw).
         #[arg(short = 'f', default_value = "qcow2")]
         format: String,
         /// Options: cluster_size, compat, refcount_bits, lazy_refcounts,
@@ -194,8 +194,11 @@ fn run(cli: Cli) -> Result<u8> {
             file,
             size,
         } => {
+            if format == "raw" {
+                return create_raw(&file, &options, size.as_deref(), quiet);
+            }
             if format != "qcow2" {
-                bail!("Unknown file format '{format}' (zcow-img creates qcow2 only)");
+                bail!("Unknown file format '{format}' (zcow-img creates qcow2 and raw)");
             }
             if let Some(b) = backing {
                 options.push(format!("backing_file={}", b.replace(',', ",,")));
@@ -240,12 +243,16 @@ fn run(cli: Cli) -> Result<u8> {
                     file.display()
                 );
             }
+            // qemu-img prints the size as given but rounds it up to whole
+            // 512-byte sectors (1234 -> 1536).
+            let shown = o.clone();
+            o.size = o.size.next_multiple_of(512);
             zcow::format::create::validate(&o)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if !quiet {
                 println!(
                     "{}",
-                    img::create::formatting_line(&file.to_string_lossy(), &o)
+                    img::create::formatting_line(&file.to_string_lossy(), &shown)
                 );
             }
             let st = FileStorage::create(&file).with_context(|| {
@@ -406,6 +413,33 @@ fn run(cli: Cli) -> Result<u8> {
             }
         },
     }
+}
+
+/// `create -f raw`: a sparse file of the size rounded up to 512 bytes,
+/// with qemu-img's Formatting line.
+fn create_raw(file: &std::path::Path, options: &[String], size: Option<&str>, quiet: bool) -> Result<u8> {
+    let mut bytes = None;
+    for o in options.iter().flat_map(|o| o.split(',')) {
+        match o.split_once('=') {
+            Some(("size", v)) => bytes = Some(v.to_string()),
+            Some(("preallocation", "off")) => {}
+            _ => bail!("Invalid parameter '{o}'"),
+        }
+    }
+    let s = size
+        .map(str::to_string)
+        .or(bytes)
+        .ok_or_else(|| anyhow::anyhow!("Image creation needs a size parameter"))?;
+    let n = zcow::size::parse_size(&s)
+        .map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))?;
+    if !quiet {
+        println!("Formatting '{}', fmt=raw size={n}", file.display());
+    }
+    let f = std::fs::File::create(file)
+        .with_context(|| format!("{}: Could not create '{}'", file.display(), file.display()))?;
+    f.set_len(n.next_multiple_of(512))
+        .with_context(|| format!("{}: Could not resize file", file.display()))?;
+    Ok(0)
 }
 
 fn main() -> ExitCode {

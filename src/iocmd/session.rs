@@ -212,8 +212,9 @@ impl Session {
         self.execute(cmd, out, err).map(Dispatch::Ret)
     }
 
-    /// Print `"{what} failed: {strerror}"` (stdout, as qemu-io) and the full
-    /// error (stderr: zone index, condition, wp...); returns `-errno`.
+    /// Print `"{what} failed: {strerror}"` (stdout, as qemu-io) and, under
+    /// zcow's own name, the full error (stderr: zone index, condition,
+    /// wp...); returns `-errno`.
     fn fail(
         &self,
         out: &mut dyn Write,
@@ -223,7 +224,10 @@ impl Session {
     ) -> io::Result<i32> {
         let errno = error_errno(e);
         line(out, format!("{what} failed: {}", strerror(errno)))?;
-        line(err, format!("{}: {e}", self.prog))?;
+        // The detail is zcow's addition; under QEMU's name, QEMU's lines only.
+        if !crate::personality::is_qemu() {
+            line(err, format!("{}: {e}", self.prog))?;
+        }
         Ok(-errno)
     }
 
