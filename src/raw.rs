@@ -14,9 +14,14 @@ pub struct RawDevice {
 }
 
 impl RawDevice {
-    /// Wrap a store; the device size is the store's length now.
+    /// Wrap a store; the device size is the store's length now, rounded up
+    /// to whole 512-byte sectors as QEMU's file driver does (the tail past
+    /// the end of the file reads as zeros; writing there extends the file).
     pub fn new(store: Arc<dyn Storage>, read_only: bool) -> DevResult<Self> {
-        let size = store.len().map_err(FormatError::from)?;
+        let size = store
+            .len()
+            .map_err(FormatError::from)?
+            .next_multiple_of(512);
         let read_only = read_only || store.is_read_only();
         Ok(Self {
             store,
