@@ -165,7 +165,10 @@ fn run(cli: Cli) -> Result<u8> {
         };
         let file = &file;
         match open_device(Path::new(file), &opts) {
-            Ok(dev) => session = Session::new(Some(dev)),
+            Ok(dev) => {
+                session = Session::new(Some(dev));
+                session.set_origin(file, opts);
+            }
             Err(e) => {
                 let msg = match &e {
                     zcow::device::DeviceError::Invalid(m) => m.clone(),

@@ -70,6 +70,8 @@ pub struct Session {
     pending: Vec<(AioMeta, AioState)>,
     failed: bool,
     prog: String,
+    /// Path and options of the open image, for `reopen`.
+    origin: Option<(String, OpenOptions)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -101,6 +103,7 @@ impl Session {
             pending: Vec::new(),
             failed: false,
             prog: crate::personality::name(crate::personality::Tool::Io).into(),
+            origin: None,
         }
     }
 
@@ -250,7 +253,37 @@ impl Session {
                 path,
                 read_only,
                 format,
-            } => return self.open(&path, read_only, format, err),
+                options,
+            } => {
+                let mut opts = OpenOptions {
+                    format,
+                    read_only,
+                    allow_backing: true,
+                };
+                let mut path = path;
+                for (k, v) in options {
+                    match k.as_str() {
+                        "driver" => opts.format = Some(v),
+                        "read-only" => opts.read_only = matches!(v.as_str(), "on" | "true"),
+                        "file.filename" | "filename" => path = v,
+                        // Cache, AIO, discard and qcow2 tuning: recorded.
+                        _ => {}
+                    }
+                }
+                return self.open(&path, opts, err);
+            }
+            Command::Abort => {
+                out.flush()?;
+                std::process::abort();
+            }
+            Command::Sigraise { sig } => {
+                out.flush()?;
+                // SAFETY: raise(3) with a signal number; the default action
+                // (or the handler the process has) is what the user asked for.
+                unsafe { libc::raise(sig) };
+                return Ok(0);
+            }
+            Command::Reopen { read_only, .. } => return self.reopen(read_only, out, err),
             Command::Close => {
                 self.close_device(out, err)?;
                 return Ok(0);
@@ -539,6 +572,9 @@ impl Session {
             | Command::Sleep { .. }
             | Command::Quit
             | Command::Open { .. }
+            | Command::Reopen { .. }
+            | Command::Abort
+            | Command::Sigraise { .. }
             | Command::Close => Ok(0),
         }
     }
@@ -822,13 +858,32 @@ impl Session {
         Ok(())
     }
 
-    fn open(
+    /// Remember how the device given to [`Session::new`] was opened, so
+    /// `reopen` can open it again with other options.
+    pub fn set_origin(&mut self, path: &str, opts: OpenOptions) {
+        self.origin = Some((path.to_string(), opts));
+    }
+
+    /// `reopen`: flush, then open the same image again, read-only or
+    /// read-write as asked (other options are recorded).
+    fn reopen(
         &mut self,
-        path: &str,
-        read_only: bool,
-        format: Option<String>,
+        read_only: Option<bool>,
+        out: &mut dyn Write,
         err: &mut dyn Write,
     ) -> io::Result<i32> {
+        let Some((path, mut opts)) = self.origin.clone() else {
+            line(err, "no file open, try 'help open'")?;
+            return Ok(-libc::EINVAL);
+        };
+        if let Some(ro) = read_only {
+            opts.read_only = ro;
+        }
+        self.close_device(out, err)?;
+        self.open(&path, opts, err)
+    }
+
+    fn open(&mut self, path: &str, opts: OpenOptions, err: &mut dyn Write) -> io::Result<i32> {
         if self.dev.is_some() {
             line(
                 err,
@@ -836,14 +891,10 @@ impl Session {
             )?;
             return Ok(-libc::EBUSY);
         }
-        let opts = OpenOptions {
-            format,
-            read_only,
-            allow_backing: true,
-        };
         match (self.opener)(path, &opts) {
             Ok(d) => {
                 self.dev = Some(d);
+                self.origin = Some((path.to_string(), opts));
                 Ok(0)
             }
             Err(e) => {

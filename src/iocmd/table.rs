@@ -159,6 +159,17 @@ const OPEN_HELP: &str = "
 
  -r, -- open file read-only
  -f, -- image format (qcow2 or raw; probed when absent)
+ -o, -- options: driver=FMT, read-only=on|off, file.filename=PATH; cache,
+        aio, discard and qcow2 tuning keys are accepted and recorded
+";
+
+const REOPEN_HELP: &str = "
+ Changes the open options of an already opened image
+
+ -r, -- Reopen the image read-only
+ -w, -- Reopen the image read-write
+ -c, -- Change the cache mode to the given value (recorded)
+ -o, -- Changes block driver options (cf. 'open' command; recorded)
 ";
 
 const ZONE_REPORT_HELP: &str = "
@@ -180,6 +191,10 @@ const ZONE_APPEND_HELP: &str = "
 
 /// Every command, sorted by name (the order `help` lists them in).
 pub const COMMANDS: &[CmdSpec] = &[
+    CmdSpec {
+        nofile_ok: true,
+        ..spec("abort", "simulate a program crash using abort(3)")
+    },
     spec("aio_flush", "completes all outstanding aio requests"),
     CmdSpec {
         argmin: 2,
@@ -246,7 +261,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("o"),
         argmin: 1,
         argmax: -1,
-        args: Some("[-r] [-f format] [path]"),
+        args: Some("[-r] [-f format] [-o options] [path]"),
         help: Some(OPEN_HELP),
         nofile_ok: true,
         ..spec("open", "open the file specified by path")
@@ -257,6 +272,13 @@ pub const COMMANDS: &[CmdSpec] = &[
         argmax: -1,
         nofile_ok: true,
         ..spec("quit", "exit the program")
+    },
+    CmdSpec {
+        argmin: 0,
+        argmax: -1,
+        args: Some("[(-r|-w)] [-c cache] [-o options]"),
+        help: Some(REOPEN_HELP),
+        ..spec("reopen", "reopens an image with new options")
     },
     CmdSpec {
         altname: Some("r"),
@@ -272,6 +294,13 @@ pub const COMMANDS: &[CmdSpec] = &[
         args: Some("[-Cqrv] [-P pattern] off len [len..]"),
         help: Some(READV_HELP),
         ..spec("readv", "reads a number of bytes at a specified offset")
+    },
+    CmdSpec {
+        argmin: 1,
+        argmax: 1,
+        args: Some("signal"),
+        nofile_ok: true,
+        ..spec("sigraise", "raises a signal")
     },
     CmdSpec {
         argmin: 1,

@@ -10,7 +10,7 @@
 # ${ZCOW_IOTESTS_CACHE:-$HOME/.cache/zcow-iotests}. Nothing of QEMU is kept
 # in this repository. Environment: ZCOW_BIN (directory with zcow-img,
 # zcow-io, zcow-nbd; default target/release), ZCOW_IOTESTS_TIMEOUT (seconds
-# per test, default 120).
+# per test, default 120), ZCOW_IOTESTS_KEEP=1 (keep the scratch directory).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -94,7 +94,8 @@ select_tests() {
 # --- 3. Run: real QEMU, then zcow under QEMU's names ---
 suite=$(fetch_suite)
 work=$(mktemp -d "${TMPDIR:-/tmp}/zcow-iotests.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# ZCOW_IOTESTS_KEEP=1 keeps the scratch directories (outputs, .out.bad).
+if [ -z "${ZCOW_IOTESTS_KEEP:-}" ]; then trap 'rm -rf "$work"' EXIT; else echo "run.sh: keeping $work" >&2; fi
 mkdir -p "$work/zbin"
 for t in img io nbd; do
     [ -x "$bin/zcow-$t" ] || { echo "run.sh: $bin/zcow-$t missing (cargo build --release --bins)" >&2; exit 1; }
@@ -123,7 +124,9 @@ first_diff() { # fmt test
     local ref=$suite/$2.out bad=$work/zcow/scratch/$1-file-$2/$2.out.bad
     [ -f "$suite/$2.out.$1" ] && ref=$suite/$2.out.$1
     [ -f "$bad" ] || { echo "-"; return; }
-    diff "$ref" "$bad" | grep -m1 -E '^[<>]' | cut -c1-90 || echo "(exit status only)"
+    local d
+    d=$(diff "$ref" "$bad" | grep -m1 -E '^[<>]' | cut -c1-90 || true)
+    echo "${d:-(exit status only)}"
 }
 
 start=$(date +%s)
