@@ -123,7 +123,7 @@ fn run(cli: Cli) -> Result<u8> {
         eprintln!("{prog}: {m}");
         return Ok(1);
     }
-    let mut session = Session::new(None);
+    let mut session = Session::new(None).with_process_commands();
     let stdout = io::stdout();
     // Line-buffered on a terminal so stdout and stderr lines interleave in
     // order; fully buffered (flushed after each command) otherwise.
@@ -166,7 +166,7 @@ fn run(cli: Cli) -> Result<u8> {
         let file = &file;
         match open_device(Path::new(file), &opts) {
             Ok(dev) => {
-                session = Session::new(Some(dev));
+                session = Session::new(Some(dev)).with_process_commands();
                 session.set_origin(file, opts);
             }
             Err(e) => {

@@ -72,6 +72,9 @@ pub struct Session {
     prog: String,
     /// Path and options of the open image, for `reopen`.
     origin: Option<(String, OpenOptions)>,
+    /// `abort` and `sigraise` act on the process (off in library use:
+    /// tests and fuzzers run sessions inside their own process).
+    process_commands: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -104,6 +107,7 @@ impl Session {
             failed: false,
             prog: crate::personality::name(crate::personality::Tool::Io).into(),
             origin: None,
+            process_commands: false,
         }
     }
 
@@ -271,6 +275,10 @@ impl Session {
                     }
                 }
                 return self.open(&path, opts, err);
+            }
+            Command::Abort | Command::Sigraise { .. } if !self.process_commands => {
+                line(err, "abort and sigraise are only available in the zcow-io program")?;
+                return Ok(-libc::ENOTSUP);
             }
             Command::Abort => {
                 out.flush()?;
@@ -856,6 +864,13 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Let `abort` and `sigraise` end or signal this process (the zcow-io
+    /// program; off by default).
+    pub fn with_process_commands(mut self) -> Self {
+        self.process_commands = true;
+        self
     }
 
     /// Remember how the device given to [`Session::new`] was opened, so
