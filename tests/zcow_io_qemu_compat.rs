@@ -227,3 +227,24 @@ fn raw_sizes_and_create() {
         assert_eq!(text(&o).0, "1.500 KiB\n");
     }
 }
+
+#[test]
+fn create_with_missing_backing_file_words_it_as_qemu_img() {
+    let t = tmp();
+    let z = personality(t.path());
+    let img = t.path().join("x.qcow2");
+    let back = t.path().join("none");
+    let args = ["create", "-f", "qcow2", "-b", s(&back), "-F", "qcow2", s(&img)];
+    let o = run(&z.join("qemu-img"), &args, None);
+    let want = format!(
+        "qemu-img: {}: Could not open '{}': No such file or directory\nCould not open backing image.\n",
+        s(&img),
+        s(&back)
+    );
+    assert_eq!(text(&o).1, want);
+    assert_eq!(o.status.code(), Some(1));
+    if have("qemu-img") {
+        let r = run(Path::new("qemu-img"), &args, None);
+        assert_eq!(text(&r).1, want);
+    }
+}

@@ -228,8 +228,16 @@ fn run(cli: Cli) -> Result<u8> {
                     o.size = match bi {
                         Ok(i) => i.size(),
                         Err(_) => std::fs::metadata(&bp)
-                            .with_context(|| {
-                                format!("Could not open backing file '{}'", bp.display())
+                            .map_err(|e| {
+                                // qemu-img's two lines for a missing backing file.
+                                anyhow::anyhow!(
+                                    "{}: Could not open '{}': {}\nCould not open backing image.",
+                                    file.display(),
+                                    bp.display(),
+                                    zcow::iocmd::format::strerror(
+                                        e.raw_os_error().unwrap_or(libc::EIO)
+                                    )
+                                )
                             })?
                             .len(),
                     };
