@@ -148,10 +148,14 @@ mod tests {
 
     #[test]
     fn image_opts_subset() {
-        let o = parse_image_opts("driver=qcow2,file.filename=/t/a,,b.img,cache.direct=off").unwrap();
+        let o =
+            parse_image_opts("driver=qcow2,file.filename=/t/a,,b.img,cache.direct=off").unwrap();
         assert_eq!(o.driver.as_deref(), Some("qcow2"));
         assert_eq!(o.filename, "/t/a,b.img");
-        assert_eq!(o.recorded.get("cache.direct").map(String::as_str), Some("off"));
+        assert_eq!(
+            o.recorded.get("cache.direct").map(String::as_str),
+            Some("off")
+        );
         assert!(parse_image_opts("driver=qcow2,bogus=1,file.filename=x").is_err());
         assert!(parse_image_opts("driver=qcow2").is_err());
     }

@@ -19,8 +19,7 @@ fn personality(dir: &Path) -> PathBuf {
     let d = dir.join("zbin");
     std::fs::create_dir_all(&d).unwrap();
     for t in ["img", "io", "nbd"] {
-        std::os::unix::fs::symlink(bin(&format!("zcow-{t}")), d.join(format!("qemu-{t}")))
-            .unwrap();
+        std::os::unix::fs::symlink(bin(&format!("zcow-{t}")), d.join(format!("qemu-{t}"))).unwrap();
     }
     d
 }
@@ -48,7 +47,10 @@ fn text(o: &Output) -> (String, String) {
 
 fn qcow2(dir: &Path, name: &str) -> String {
     let p = dir.join(name);
-    common::ok(s(&bin("zcow-img")), &["create", "-q", "-f", "qcow2", s(&p), "1M"]);
+    common::ok(
+        s(&bin("zcow-img")),
+        &["create", "-q", "-f", "qcow2", s(&p), "1M"],
+    );
     s(&p).to_string()
 }
 
@@ -57,23 +59,45 @@ fn prompt_and_prefix_follow_the_name() {
     let t = tmp();
     let z = personality(t.path());
     let img = qcow2(t.path(), "a.qcow2");
-    let q = run(&z.join("qemu-io"), &[&img], Some("write -P 1 0 512\nbogus\n"));
+    let q = run(
+        &z.join("qemu-io"),
+        &[&img],
+        Some("write -P 1 0 512\nbogus\n"),
+    );
     let (out, err) = text(&q);
-    assert!(out.starts_with("qemu-io> wrote 512/512 bytes at offset 0\n"), "{out}");
+    assert!(
+        out.starts_with("qemu-io> wrote 512/512 bytes at offset 0\n"),
+        "{out}"
+    );
     assert!(out.ends_with("qemu-io> qemu-io> "), "{out}");
     assert_eq!(err, "command \"bogus\" not found\n");
     let own = run(&bin("zcow-io"), &[&img], Some("length\n"));
     assert!(text(&own).0.starts_with("zcow-io> 1 MiB\n"));
     // Prefixes of error lines.
-    let e = run(&z.join("qemu-io"), &["-c", "read 0 1", "/nonexistent"], None);
-    assert!(text(&e).1.starts_with("qemu-io: can't open device /nonexistent: "));
+    let e = run(
+        &z.join("qemu-io"),
+        &["-c", "read 0 1", "/nonexistent"],
+        None,
+    );
+    assert!(text(&e)
+        .1
+        .starts_with("qemu-io: can't open device /nonexistent: "));
     let e = run(&z.join("qemu-img"), &["check", "-f", "raw", &img], None);
-    assert_eq!(text(&e).1, "qemu-img: This image format does not support checks\n");
+    assert_eq!(
+        text(&e).1,
+        "qemu-img: This image format does not support checks\n"
+    );
     let e = run(&bin("zcow-img"), &["check", "-f", "raw", &img], None);
-    assert_eq!(text(&e).1, "zcow-img: This image format does not support checks\n");
+    assert_eq!(
+        text(&e).1,
+        "zcow-img: This image format does not support checks\n"
+    );
     if have("qemu-img") {
         let r = run(Path::new("qemu-img"), &["check", "-f", "raw", &img], None);
-        assert_eq!(text(&r).1, "qemu-img: This image format does not support checks\n");
+        assert_eq!(
+            text(&r).1,
+            "qemu-img: This image format does not support checks\n"
+        );
     }
 }
 
@@ -84,7 +108,10 @@ fn failed_request_prints_only_qemus_line_under_its_name() {
     let img = qcow2(t.path(), "a.qcow2");
     let args = ["-c", "write 1M 512", &img];
     let o = run(&z.join("qemu-io"), &args, None);
-    assert_eq!(text(&o), ("write failed: Input/output error\n".into(), String::new()));
+    assert_eq!(
+        text(&o),
+        ("write failed: Input/output error\n".into(), String::new())
+    );
     if have("qemu-io") {
         let r = run(Path::new("qemu-io"), &args, None);
         assert_eq!(text(&o), text(&r));
@@ -106,7 +133,15 @@ fn cache_aio_and_friends_are_accepted_and_checked() {
     ];
     for opts in ok {
         let mut a = opts.to_vec();
-        a.extend(["-f", "qcow2", "-c", "write -P 7 0 4k", "-c", "read -P 7 0 4k", &img]);
+        a.extend([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 7 0 4k",
+            "-c",
+            "read -P 7 0 4k",
+            &img,
+        ]);
         let o = run(&bin("zcow-io"), &a, None);
         assert!(o.status.success(), "{opts:?}: {:?}", text(&o));
         assert!(text(&o).0.contains("read 4096/4096 bytes at offset 0"));
@@ -134,9 +169,7 @@ fn image_opts_and_json_filenames() {
     common::ok(s(&bin("zcow-io")), &["-c", "write -P 9 0 512", &img]);
     let escaped = img.replace(',', ",,");
     let opts = format!("driver=qcow2,file.filename={escaped},cache.direct=off");
-    let json = format!(
-        r#"json:{{"driver":"raw","file":{{"driver":"file","filename":"{img}"}}}}"#
-    );
+    let json = format!(r#"json:{{"driver":"raw","file":{{"driver":"file","filename":"{img}"}}}}"#);
     let cases: Vec<Vec<&str>> = vec![
         vec!["--image-opts", "-c", "read -P 9 0 512", &opts],
         vec!["-c", "read -P 0x51 0 1", &json],
@@ -195,10 +228,18 @@ fn reopen_open_o_abort_sigraise() {
         let r = run(Path::new("qemu-io"), &a, None);
         assert_eq!(text(&r).0, out);
     }
-    let o = run(&bin("zcow-io"), &["-c", "sigraise 15", "-c", "length", &img], None);
+    let o = run(
+        &bin("zcow-io"),
+        &["-c", "sigraise 15", "-c", "length", &img],
+        None,
+    );
     assert_eq!(o.status.signal(), Some(libc::SIGTERM));
     assert_eq!(text(&o).0, "");
-    let o = run(&bin("zcow-io"), &["-c", "write 0 512", "-c", "abort", &img], None);
+    let o = run(
+        &bin("zcow-io"),
+        &["-c", "write 0 512", "-c", "abort", &img],
+        None,
+    );
     assert_eq!(o.status.signal(), Some(libc::SIGABRT));
 }
 
@@ -207,21 +248,46 @@ fn raw_sizes_and_create() {
     let t = tmp();
     let short = t.path().join("short.raw");
     std::fs::write(&short, b"abc").unwrap();
-    let o = run(&bin("zcow-io"), &["-f", "raw", "-c", "length", "-c", "read -v 0 4", s(&short)], None);
-    assert!(text(&o).0.starts_with("512 bytes\n00000000:  61 62 63 00"), "{:?}", text(&o));
+    let o = run(
+        &bin("zcow-io"),
+        &["-f", "raw", "-c", "length", "-c", "read -v 0 4", s(&short)],
+        None,
+    );
+    assert!(
+        text(&o).0.starts_with("512 bytes\n00000000:  61 62 63 00"),
+        "{:?}",
+        text(&o)
+    );
 
     let raw = t.path().join("c.raw");
-    let o = run(&bin("zcow-img"), &["create", "-f", "raw", s(&raw), "1234"], None);
-    assert_eq!(text(&o).0, format!("Formatting '{}', fmt=raw size=1234\n", s(&raw)));
+    let o = run(
+        &bin("zcow-img"),
+        &["create", "-f", "raw", s(&raw), "1234"],
+        None,
+    );
+    assert_eq!(
+        text(&o).0,
+        format!("Formatting '{}', fmt=raw size=1234\n", s(&raw))
+    );
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), 1536);
     let q = t.path().join("c.qcow2");
-    common::ok(s(&bin("zcow-img")), &["create", "-q", "-f", "qcow2", s(&q), "1234"]);
+    common::ok(
+        s(&bin("zcow-img")),
+        &["create", "-q", "-f", "qcow2", s(&q), "1234"],
+    );
     let o = run(&bin("zcow-io"), &["-c", "length", s(&q)], None);
     assert_eq!(text(&o).0, "1.500 KiB\n");
     if have("qemu-img") {
         let r = t.path().join("r.raw");
-        let o = run(Path::new("qemu-img"), &["create", "-f", "raw", s(&r), "1234"], None);
-        assert_eq!(text(&o).0, format!("Formatting '{}', fmt=raw size=1234\n", s(&r)));
+        let o = run(
+            Path::new("qemu-img"),
+            &["create", "-f", "raw", s(&r), "1234"],
+            None,
+        );
+        assert_eq!(
+            text(&o).0,
+            format!("Formatting '{}', fmt=raw size=1234\n", s(&r))
+        );
         assert_eq!(std::fs::metadata(&r).unwrap().len(), 1536);
         let o = run(Path::new("qemu-io"), &["-c", "length", s(&q)], None);
         assert_eq!(text(&o).0, "1.500 KiB\n");
@@ -234,7 +300,16 @@ fn create_with_missing_backing_file_words_it_as_qemu_img() {
     let z = personality(t.path());
     let img = t.path().join("x.qcow2");
     let back = t.path().join("none");
-    let args = ["create", "-f", "qcow2", "-b", s(&back), "-F", "qcow2", s(&img)];
+    let args = [
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        s(&back),
+        "-F",
+        "qcow2",
+        s(&img),
+    ];
     let o = run(&z.join("qemu-img"), &args, None);
     let want = format!(
         "qemu-img: {}: Could not open '{}': No such file or directory\nCould not open backing image.\n",

@@ -425,7 +425,12 @@ fn run(cli: Cli) -> Result<u8> {
 
 /// `create -f raw`: a sparse file of the size rounded up to 512 bytes,
 /// with qemu-img's Formatting line.
-fn create_raw(file: &std::path::Path, options: &[String], size: Option<&str>, quiet: bool) -> Result<u8> {
+fn create_raw(
+    file: &std::path::Path,
+    options: &[String],
+    size: Option<&str>,
+    quiet: bool,
+) -> Result<u8> {
     let mut bytes = None;
     for o in options.iter().flat_map(|o| o.split(',')) {
         match o.split_once('=') {

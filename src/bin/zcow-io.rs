@@ -21,7 +21,12 @@ use zcow::personality::{self, Tool};
 )]
 struct Cli {
     /// Execute a command (repeatable; commands run in order)
-    #[arg(short = 'c', long = "cmd", value_name = "STRING", allow_hyphen_values = true)]
+    #[arg(
+        short = 'c',
+        long = "cmd",
+        value_name = "STRING",
+        allow_hyphen_values = true
+    )]
     cmd: Vec<String>,
     /// Image format (qcow2 or raw; probed when absent)
     #[arg(short = 'f', long = "format", value_name = "FMT")]
@@ -97,8 +102,15 @@ fn main() -> ExitCode {
 /// on; the error is qemu-io's line.
 fn check_modes(cli: &Cli) -> std::result::Result<(), String> {
     if let Some(c) = &cli.cache {
-        if !["none", "off", "writeback", "writethrough", "directsync", "unsafe"]
-            .contains(&c.as_str())
+        if ![
+            "none",
+            "off",
+            "writeback",
+            "writethrough",
+            "directsync",
+            "unsafe",
+        ]
+        .contains(&c.as_str())
         {
             return Err(format!("Invalid cache option: {c}"));
         }
@@ -142,7 +154,10 @@ fn run(cli: Cli) -> Result<u8> {
         };
         let named = if cli.image_opts {
             if cli.format.is_some() {
-                writeln!(err, "{prog}: --image-opts and --format are mutually exclusive")?;
+                writeln!(
+                    err,
+                    "{prog}: --image-opts and --format are mutually exclusive"
+                )?;
                 return Ok(1);
             }
             Some(zcow::image_opts::parse_image_opts(given))

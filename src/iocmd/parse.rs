@@ -715,8 +715,7 @@ fn parse_open(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
         match c {
             'r' => read_only = true,
             'o' => options.extend(
-                crate::image_opts::split_opts(arg)
-                    .map_err(|m| ParseError::err(m, libc::EINVAL))?,
+                crate::image_opts::split_opts(arg).map_err(|m| ParseError::err(m, libc::EINVAL))?,
             ),
             _ => format = Some(arg.to_string()),
         }
@@ -751,8 +750,7 @@ fn parse_reopen(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> 
             'r' => read_only = Some(true),
             'w' => read_only = Some(false),
             'o' => options.extend(
-                crate::image_opts::split_opts(arg)
-                    .map_err(|m| ParseError::err(m, libc::EINVAL))?,
+                crate::image_opts::split_opts(arg).map_err(|m| ParseError::err(m, libc::EINVAL))?,
             ),
             _ => {}
         }
@@ -815,7 +813,10 @@ pub fn parse_args(spec: &CmdSpec, argv: &[String]) -> Result<Command, ParseError
         "sigraise" => match strtol_whole(arg(1)) {
             Some(n) if (1..=64).contains(&n) => Ok(Command::Sigraise { sig: n as i32 }),
             _ => Err(ParseError::out(
-                format!("Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {}", arg(1)),
+                format!(
+                    "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {}",
+                    arg(1)
+                ),
                 libc::EINVAL,
             )),
         },

@@ -277,7 +277,10 @@ impl Session {
                 return self.open(&path, opts, err);
             }
             Command::Abort | Command::Sigraise { .. } if !self.process_commands => {
-                line(err, "abort and sigraise are only available in the zcow-io program")?;
+                line(
+                    err,
+                    "abort and sigraise are only available in the zcow-io program",
+                )?;
                 return Ok(-libc::ENOTSUP);
             }
             Command::Abort => {
