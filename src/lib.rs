@@ -18,6 +18,7 @@ pub mod img;
 pub mod iocmd;
 pub mod nbd;
 pub mod open;
+pub mod overlay;
 pub mod personality;
 pub mod plain;
 pub mod qjson;

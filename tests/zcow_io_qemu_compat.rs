@@ -323,3 +323,27 @@ fn create_with_missing_backing_file_words_it_as_qemu_img() {
         assert_eq!(text(&r).1, want);
     }
 }
+
+#[test]
+fn snapshot_mode_keeps_writes_in_memory() {
+    let t = tmp();
+    let img = qcow2(t.path(), "s.qcow2");
+    let a = [
+        "-s",
+        "-c",
+        "write -P 5 0 100k",
+        "-c",
+        "read -P 5 0 100k",
+        "-c",
+        "map",
+        &img,
+    ];
+    let o = run(&bin("zcow-io"), &a, None);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let after = run(&bin("zcow-io"), &["-c", "read -P 0 0 100k", &img], None);
+    assert!(!text(&after).0.contains("Pattern verification failed"));
+    if have("qemu-io") {
+        let r = run(Path::new("qemu-io"), &a, None);
+        assert_eq!(text(&o).0, text(&r).0);
+    }
+}

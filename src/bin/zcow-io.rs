@@ -50,6 +50,10 @@ struct Cli {
     /// Kernel AIO, short for -i native (accepted and recorded)
     #[arg(short = 'k', long = "native-aio")]
     native_aio: bool,
+    /// Snapshot mode: the image is opened read-only and writes are kept in
+    /// memory, discarded at exit
+    #[arg(short = 's', long = "snapshot")]
+    snapshot: bool,
     /// Misalign buffers for O_DIRECT (accepted and recorded: no effect)
     #[arg(short = 'm', long = "misalign")]
     misalign: bool,
@@ -179,7 +183,17 @@ fn run(cli: Cli) -> Result<u8> {
             }
         };
         let file = &file;
-        match open_device(Path::new(file), &opts) {
+        if cli.snapshot {
+            opts.read_only = true;
+        }
+        let opened = open_device(Path::new(file), &opts).and_then(|d| {
+            if cli.snapshot {
+                Ok(std::sync::Arc::new(zcow::overlay::MemOverlay::new(d)?) as _)
+            } else {
+                Ok(d)
+            }
+        });
+        match opened {
             Ok(dev) => {
                 session = Session::new(Some(dev)).with_process_commands();
                 session.set_origin(file, opts);
