@@ -15,6 +15,10 @@ pub struct ImageOpts {
     pub filename: String,
     /// `read-only=on`.
     pub read_only: bool,
+    /// Raw driver `offset` (bytes into the file).
+    pub offset: Option<u64>,
+    /// Raw driver `size` (bytes of the window).
+    pub size: Option<u64>,
     /// Keys accepted without effect, as given (for `--help`'s "recorded").
     pub recorded: BTreeMap<String, String>,
 }
@@ -83,6 +87,16 @@ fn from_pairs(pairs: Vec<(String, String)>) -> Result<ImageOpts, String> {
             "driver" => o.driver = Some(v),
             "file.filename" | "filename" | "file" => file = Some(v),
             "read-only" => o.read_only = is_on(&v),
+            "offset" | "size" => {
+                let n = crate::size::parse_size(&v).map_err(|_| {
+                    format!("Parameter '{k}' expects a non-negative number below 2^64")
+                })?;
+                if k == "offset" {
+                    o.offset = Some(n);
+                } else {
+                    o.size = Some(n);
+                }
+            }
             "file.driver" if v == "file" => {}
             _ if k.starts_with("cache.")
                 || k.starts_with("file.")

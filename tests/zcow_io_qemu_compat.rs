@@ -347,3 +347,44 @@ fn snapshot_mode_keeps_writes_in_memory() {
         assert_eq!(text(&o).0, text(&r).0);
     }
 }
+
+#[test]
+fn raw_offset_and_size_window() {
+    let t = tmp();
+    let f = t.path().join("w.raw");
+    std::fs::write(&f, vec![0u8; 4096]).unwrap();
+    let json = format!(
+        r#"json:{{"driver":"raw","offset":"512","size":"512","file":{{"driver":"file","filename":"{}"}}}}"#,
+        s(&f)
+    );
+    let a = [
+        "-c",
+        "write -P 10 0 512",
+        "-c",
+        "write 512 1",
+        "-c",
+        "reopen -o driver=raw,offset=1536,size=1024",
+        "-c",
+        "write -P 11 1023 1",
+        &json,
+    ];
+    let o = run(&bin("zcow-io"), &a, None);
+    let (out, _) = text(&o);
+    assert_eq!(
+        out,
+        "wrote 512/512 bytes at offset 0\n512 bytes, 1 ops; TIME (RATE)\n\
+         write failed: Input/output error\n\
+         wrote 1/1 bytes at offset 1023\n1 bytes, 1 ops; TIME (RATE)\n"
+    );
+    let d = std::fs::read(&f).unwrap();
+    assert!(d[..512].iter().all(|&b| b == 0));
+    assert!(d[512..1024].iter().all(|&b| b == 10));
+    assert_eq!(d[1024], 0);
+    assert_eq!((d[2558], d[2559], d[2560]), (0, 11, 0));
+    if have("qemu-io") {
+        std::fs::write(&f, vec![0u8; 4096]).unwrap();
+        let r = run(Path::new("qemu-io"), &a, None);
+        assert_eq!(text(&r).0, out);
+        assert_eq!(std::fs::read(&f).unwrap(), d);
+    }
+}

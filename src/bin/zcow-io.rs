@@ -168,9 +168,13 @@ fn run(cli: Cli) -> Result<u8> {
         } else {
             zcow::image_opts::parse_json_filename(given)
         };
+        let mut window = None;
         let file = match named {
             None => given.clone(),
             Some(Ok(o)) => {
+                if o.offset.is_some() || o.size.is_some() {
+                    window = Some((o.offset.unwrap_or(0), o.size));
+                }
                 if o.driver.is_some() {
                     opts.format = o.driver.clone();
                 }
@@ -186,7 +190,13 @@ fn run(cli: Cli) -> Result<u8> {
         if cli.snapshot {
             opts.read_only = true;
         }
-        let opened = open_device(Path::new(file), &opts).and_then(|d| {
+        let opened = match window {
+            Some((off, size)) => {
+                zcow::open::open_raw_window(Path::new(file), opts.read_only, off, size)
+            }
+            None => open_device(Path::new(file), &opts),
+        }
+        .and_then(|d| {
             if cli.snapshot {
                 Ok(std::sync::Arc::new(zcow::overlay::MemOverlay::new(d)?) as _)
             } else {

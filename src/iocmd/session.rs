@@ -294,7 +294,9 @@ impl Session {
                 unsafe { libc::raise(sig) };
                 return Ok(0);
             }
-            Command::Reopen { read_only, .. } => return self.reopen(read_only, out, err),
+            Command::Reopen { read_only, options } => {
+                return self.reopen(read_only, &options, out, err)
+            }
             Command::Close => {
                 self.close_device(out, err)?;
                 return Ok(0);
@@ -887,6 +889,7 @@ impl Session {
     fn reopen(
         &mut self,
         read_only: Option<bool>,
+        options: &[(String, String)],
         out: &mut dyn Write,
         err: &mut dyn Write,
     ) -> io::Result<i32> {
@@ -897,8 +900,48 @@ impl Session {
         if let Some(ro) = read_only {
             opts.read_only = ro;
         }
+        // The raw driver's window (offset/size) is the one option reopen
+        // changes; the rest are recorded.
+        let mut window: Option<(u64, Option<u64>)> = None;
+        for (k, v) in options {
+            if k == "offset" || k == "size" {
+                let Ok(n) = crate::size::parse_size(v) else {
+                    line(
+                        err,
+                        format!("{}: Parameter '{k}' expects a size", self.prog),
+                    )?;
+                    return Ok(-libc::EINVAL);
+                };
+                let w = window.get_or_insert((0, None));
+                if k == "offset" {
+                    w.0 = n;
+                } else {
+                    w.1 = Some(n);
+                }
+            }
+        }
         self.close_device(out, err)?;
-        self.open(&path, opts, err)
+        match window {
+            None => self.open(&path, opts, err),
+            Some((off, size)) => {
+                match crate::open::open_raw_window(
+                    std::path::Path::new(&path),
+                    opts.read_only,
+                    off,
+                    size,
+                ) {
+                    Ok(d) => {
+                        self.dev = Some(d);
+                        self.origin = Some((path, opts));
+                        Ok(0)
+                    }
+                    Err(e) => {
+                        line(err, format!("{}: {}", self.prog, open_error_text(&e)))?;
+                        Ok(-error_errno(&e))
+                    }
+                }
+            }
+        }
     }
 
     fn open(&mut self, path: &str, opts: OpenOptions, err: &mut dyn Write) -> io::Result<i32> {
