@@ -388,3 +388,26 @@ fn raw_offset_and_size_window() {
         assert_eq!(std::fs::read(&f).unwrap(), d);
     }
 }
+
+#[test]
+fn too_large_image_is_refused_in_qemu_img_words() {
+    let t = tmp();
+    let z = personality(t.path());
+    let img = t.path().join("big.qcow2");
+    let args = ["create", "-f", "qcow2", s(&img), "1E"];
+    let want_out = format!(
+        "Formatting '{}', fmt=qcow2 cluster_size=65536 extended_l2=off compression_type=zlib size=1152921504606846976 lazy_refcounts=off refcount_bits=16\n",
+        s(&img)
+    );
+    let want_err = format!(
+        "qemu-img: {}: The image size is too large for file format 'qcow2' (try using a larger cluster size)\n",
+        s(&img)
+    );
+    let o = run(&z.join("qemu-img"), &args, None);
+    assert_eq!(text(&o), (want_out.clone(), want_err.clone()));
+    assert_eq!(o.status.code(), Some(1));
+    if have("qemu-img") {
+        let r = run(Path::new("qemu-img"), &args, None);
+        assert_eq!(text(&r), (want_out, want_err));
+    }
+}

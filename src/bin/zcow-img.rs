@@ -255,14 +255,16 @@ fn run(cli: Cli) -> Result<u8> {
             // 512-byte sectors (1234 -> 1536).
             let shown = o.clone();
             o.size = o.size.next_multiple_of(512);
-            zcow::format::create::validate(&o)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            // qemu-img prints the Formatting line before the driver
+            // validates its options.
             if !quiet {
                 println!(
                     "{}",
                     img::create::formatting_line(&file.to_string_lossy(), &shown)
                 );
             }
+            zcow::format::create::validate(&o)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let st = FileStorage::create(&file).with_context(|| {
                 format!("{}: Could not create '{}'", file.display(), file.display())
             })?;
