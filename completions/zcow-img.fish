@@ -37,7 +37,7 @@ complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "measure" -d 'Meas
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "amend" -d 'Change options of an image in place: amend [-f FMT] -o OPTS [-q] FILE'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "zone" -d 'Zone commands'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s f -d 'Image format (only qcow2)' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s f -d 'Image format (qcow2 or raw)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s o -d 'Options: cluster_size, compat, refcount_bits, lazy_refcounts, preallocation, compression_type, extended_l2, backing_file, backing_fmt, zone.mode, zone.size, zone.capacity, zone.conventional_zones, zone.max_open_zones, zone.max_active_zones, zone.max_append_bytes' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s b -d 'Backing file' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s F -d 'Backing file format' -r

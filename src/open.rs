@@ -45,6 +45,23 @@ fn probe_path(path: &Path, read_only: bool) -> DevResult<Probed> {
     Ok(crate::probe::probe_file(path, &head))
 }
 
+/// Open `path` as a raw device limited to `[offset, offset+size)` of the
+/// file (QEMU's raw `offset`/`size` options).
+pub fn open_raw_window(
+    path: &Path,
+    read_only: bool,
+    offset: u64,
+    size: Option<u64>,
+) -> DevResult<Arc<dyn BlockDevice>> {
+    let store = FileStorage::open(path, read_only).map_err(|e| open_err(path, e))?;
+    Ok(Arc::new(RawDevice::window(
+        Arc::new(store),
+        read_only,
+        offset,
+        size,
+    )?))
+}
+
 /// Open `path` as a block device: an NBD URI through the NBD client, or a
 /// raw, plain qcow2 or zoned qcow2 image (zoned ones through the engine).
 pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDevice>> {

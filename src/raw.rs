@@ -9,6 +9,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct RawDevice {
     store: Arc<dyn Storage>,
+    /// Where the device starts in the store (the raw driver's `offset`).
+    base: u64,
     size: u64,
     read_only: bool,
     /// The format was guessed: refuse writes that would make block 0 look
@@ -17,12 +19,18 @@ pub struct RawDevice {
 }
 
 impl RawDevice {
-    /// Wrap a store; the device size is the store's length now.
+    /// Wrap a store; the device size is the store's length now, rounded up
+    /// to whole 512-byte sectors as QEMU's file driver does (the tail past
+    /// the end of the file reads as zeros; writing there extends the file).
     pub fn new(store: Arc<dyn Storage>, read_only: bool) -> DevResult<Self> {
-        let size = store.len().map_err(FormatError::from)?;
+        let size = store
+            .len()
+            .map_err(FormatError::from)?
+            .next_multiple_of(512);
         let read_only = read_only || store.is_read_only();
         Ok(Self {
             store,
+            base: 0,
             size,
             read_only,
             guard_block0: false,
@@ -61,6 +69,35 @@ impl RawDevice {
         }
     }
 
+    /// A window `[offset, offset+size)` of the store, as QEMU's raw driver
+    /// `offset` and `size` options (size: to the end of the store when
+    /// absent). The window must lie inside the store.
+    pub fn window(
+        store: Arc<dyn Storage>,
+        read_only: bool,
+        offset: u64,
+        size: Option<u64>,
+    ) -> DevResult<Self> {
+        let len = store.len().map_err(FormatError::from)?;
+        let size = match size {
+            Some(s) => s,
+            None => len.checked_sub(offset).ok_or_else(|| {
+                DeviceError::Invalid(format!(
+                    "The offset ({offset}) is beyond the end of the file ({len})"
+                ))
+            })?,
+        };
+        if offset.checked_add(size).is_none_or(|e| e > len) {
+            return Err(DeviceError::Invalid(format!(
+                "The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({len})"
+            )));
+        }
+        let mut d = Self::new(store, read_only)?;
+        d.base = offset;
+        d.size = size;
+        Ok(d)
+    }
+
     /// An in-memory raw device of `size` zero bytes (tests).
     pub fn memory(size: u64) -> DevResult<Self> {
         let m = crate::storage::MemStorage::new();
@@ -90,13 +127,13 @@ impl BlockDevice for RawDevice {
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> DevResult<()> {
         check_range(offset, buf.len() as u64, self.size)?;
-        st(self.store.read_at_zero_fill(offset, buf))
+        st(self.store.read_at_zero_fill(self.base + offset, buf))
     }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
         self.writable()?;
         check_range(offset, data.len() as u64, self.size)?;
         self.check_block0(offset, data)?;
-        st(self.store.write_at(offset, data))?;
+        st(self.store.write_at(self.base + offset, data))?;
         if fua {
             st(self.store.sync())?;
         }
@@ -105,7 +142,7 @@ impl BlockDevice for RawDevice {
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()> {
         self.writable()?;
         check_range(offset, len, self.size)?;
-        st(self.store.discard(offset, len))?;
+        st(self.store.discard(self.base + offset, len))?;
         if flags.fua {
             st(self.store.sync())?;
         }
@@ -114,7 +151,7 @@ impl BlockDevice for RawDevice {
     fn discard(&self, offset: u64, len: u64) -> DevResult<()> {
         self.writable()?;
         check_range(offset, len, self.size)?;
-        st(self.store.discard(offset, len))
+        st(self.store.discard(self.base + offset, len))
     }
     fn flush(&self) -> DevResult<()> {
         st(self.store.sync())

@@ -27,8 +27,12 @@ fn of_built(files: BTreeMap<String, Vec<u8>>, bins: &[String]) -> BTreeMap<Strin
         .into_iter()
         .filter(|(f, _)| {
             let st = stem(f);
-            bins.iter()
-                .any(|b| st == *b || st.strip_prefix(b.as_str()).is_some_and(|r| r.starts_with('-')))
+            bins.iter().any(|b| {
+                st == *b
+                    || st
+                        .strip_prefix(b.as_str())
+                        .is_some_and(|r| r.starts_with('-'))
+            })
         })
         .collect()
 }

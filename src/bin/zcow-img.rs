@@ -33,8 +33,10 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}\nTry 'zcow-img {} --help' for more info",
-            self.msg, self.cmd
+            "{}\nTry '{} {} --help' for more info",
+            self.msg,
+            zcow::personality::name(zcow::personality::Tool::Img),
+            self.cmd
         )
     }
 }
@@ -49,7 +51,7 @@ fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
 enum Cmd {
     /// Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]
     Create {
-        /// Image format (only qcow2).
+        /// Image format (qcow2 or raw).
         #[arg(short = 'f', default_value = "qcow2")]
         format: String,
         /// Options: cluster_size, compat, refcount_bits, lazy_refcounts,
@@ -330,10 +332,10 @@ fn run(cli: Cli) -> Result<u8> {
             file,
             size,
         } => {
-            if format != "qcow2" {
-                bail!("Unknown file format '{format}' (zcow-img creates qcow2 only)");
+            if format != "qcow2" && format != "raw" {
+                bail!("Unknown file format '{format}' (zcow-img creates qcow2 and raw)");
             }
-            if img::create::wants_help(&options) {
+            if format == "qcow2" && img::create::wants_help(&options) {
                 print!("{}", img::create::options_help());
                 return Ok(0);
             }
@@ -341,6 +343,9 @@ fn run(cli: Cli) -> Result<u8> {
                 cmd: "create",
                 msg: "Expecting image file name".into(),
             })?;
+            if format == "raw" {
+                return create_raw(&file, &options, size.as_deref(), quiet);
+            }
             if let Some(b) = backing {
                 options.push(format!("backing_file={}", b.replace(',', ",,")));
             }
@@ -373,8 +378,16 @@ fn run(cli: Cli) -> Result<u8> {
                     o.size = match bi {
                         Ok(i) => i.size(),
                         Err(_) => std::fs::metadata(&bp)
-                            .with_context(|| {
-                                format!("Could not open backing file '{}'", bp.display())
+                            .map_err(|e| {
+                                // qemu-img's two lines for a missing backing file.
+                                anyhow::anyhow!(
+                                    "{}: Could not open '{}': {}\nCould not open backing image.",
+                                    file.display(),
+                                    bp.display(),
+                                    zcow::iocmd::format::strerror(
+                                        e.raw_os_error().unwrap_or(libc::EIO)
+                                    )
+                                )
                             })?
                             .len(),
                     };
@@ -388,15 +401,21 @@ fn run(cli: Cli) -> Result<u8> {
                     file.display()
                 );
             }
-            zcow::format::create::validate(&o)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            // qemu-img prints the size as given but rounds it up to whole
+            // 512-byte sectors (1234 -> 1536).
+            let shown = o.clone();
+            o.size = o.size.next_multiple_of(512);
+            // qemu-img prints the Formatting line before the driver
+            // validates its options.
             if !quiet {
                 writeln!(
                     stdout,
                     "{}",
-                    img::create::formatting_line(&file.to_string_lossy(), &o)
+                    img::create::formatting_line(&file.to_string_lossy(), &shown)
                 )?;
             }
+            zcow::format::create::validate(&o)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let st =
                 FileStorage::create(&file).map_err(|e| match zcow::storage::open_refusal(&e) {
                     Some(m) => anyhow::anyhow!("{}: {m}", file.display()),
@@ -792,11 +811,53 @@ fn open_msg(e: &(dyn std::error::Error + 'static)) -> String {
     zcow::storage::open_refusal(e).unwrap_or_else(|| e.to_string())
 }
 
+/// `create -f raw`: a sparse file of the size rounded up to 512 bytes,
+/// with qemu-img's Formatting line.
+fn create_raw(
+    file: &std::path::Path,
+    options: &[String],
+    size: Option<&str>,
+    quiet: bool,
+) -> Result<u8> {
+    let mut bytes = None;
+    for o in options.iter().flat_map(|o| o.split(',')) {
+        match o.split_once('=') {
+            Some(("size", v)) => bytes = Some(v.to_string()),
+            Some(("preallocation", "off")) => {}
+            _ => bail!("Invalid parameter '{o}'"),
+        }
+    }
+    let s = size
+        .map(str::to_string)
+        .or(bytes)
+        .ok_or_else(|| anyhow::anyhow!("Image creation needs a size parameter"))?;
+    let n = zcow::size::parse_size(&s)
+        .map_err(|_| anyhow::anyhow!("Invalid image size specified: '{s}'."))?;
+    if !quiet {
+        println!("Formatting '{}', fmt=raw size={n}", file.display());
+    }
+    let f = std::fs::File::create(file)
+        .with_context(|| format!("{}: Could not create '{}'", file.display(), file.display()))?;
+    f.set_len(n.next_multiple_of(512))
+        .with_context(|| format!("{}: Could not resize file", file.display()))?;
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     if zcow::cli_docs::generate_if_asked(<Cli as clap::CommandFactory>::command) {
         return ExitCode::SUCCESS;
     }
-    match run(Cli::parse()) {
+    zcow::personality::init();
+    let prog = zcow::personality::name(zcow::personality::Tool::Img);
+    let matches = <Cli as clap::CommandFactory>::command()
+        .name(prog)
+        .bin_name(prog)
+        .get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(code) => ExitCode::from(code),
         // The reader went away (`zcow-img zone report IMG | head -1`):
         // nothing to say and no one to say it to; exit as a C tool killed
@@ -804,7 +865,7 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             // Not eprintln!: it panics when stderr is closed.
-            let _ = writeln!(std::io::stderr(), "zcow-img: {e:#}");
+            let _ = writeln!(std::io::stderr(), "{prog}: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -134,14 +134,24 @@ fn main() {
     if zcow::cli_docs::generate_if_asked(<Args as clap::CommandFactory>::command) {
         return;
     }
+    zcow::personality::init();
     if let Err(e) = run() {
-        let _ = writeln!(std::io::stderr(), "zcow-nbd: {e:#}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "{}: {e:#}",
+            zcow::personality::name(zcow::personality::Tool::Nbd)
+        );
         std::process::exit(1);
     }
 }
 
 fn run() -> Result<()> {
-    let args = Args::parse();
+    let prog = zcow::personality::name(zcow::personality::Tool::Nbd);
+    let matches = <Args as clap::CommandFactory>::command()
+        .name(prog)
+        .bin_name(prog)
+        .get_matches();
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     let writethrough = matches!(
         args.cache,
         Cache::Writethrough | Cache::None | Cache::Directsync

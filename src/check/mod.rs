@@ -474,7 +474,7 @@ pub fn check_store(
     let mut cx = Ctx {
         img,
         err,
-        prog: "zcow-img",
+        prog: crate::personality::name(crate::personality::Tool::Img),
         snaps: Default::default(),
         zones: None,
         bar,
@@ -570,11 +570,19 @@ impl CheckOpenError {
     fn report(&self, err: &mut dyn Write, name: &str) -> std::io::Result<i32> {
         match self {
             CheckOpenError::NotSupported => {
-                writeln!(err, "zcow-img: This image format does not support checks")?;
+                writeln!(
+                    err,
+                    "{}: This image format does not support checks",
+                    crate::personality::name(crate::personality::Tool::Img)
+                )?;
                 Ok(63)
             }
             CheckOpenError::Refused(m) => {
-                writeln!(err, "zcow-img: Could not open '{name}': {m}")?;
+                writeln!(
+                    err,
+                    "{}: Could not open '{name}': {m}",
+                    crate::personality::name(crate::personality::Tool::Img)
+                )?;
                 Ok(1)
             }
         }

@@ -283,7 +283,12 @@ pub fn finish(
     err: &mut dyn Write,
 ) -> io::Result<i32> {
     if let Some(e) = rep.failed {
-        writeln!(err, "zcow-img: Check failed: {}", strerror(e))?;
+        writeln!(
+            err,
+            "{}: Check failed: {}",
+            crate::personality::name(crate::personality::Tool::Img),
+            strerror(e)
+        )?;
         return Ok(1);
     }
     if !quiet {
@@ -303,7 +308,11 @@ pub fn finish(
     }
     let c = &rep.counts;
     if c.check_errors != 0 {
-        writeln!(err, "zcow-img: Check failed")?;
+        writeln!(
+            err,
+            "{}: Check failed",
+            crate::personality::name(crate::personality::Tool::Img)
+        )?;
         return Ok(1);
     }
     Ok(if c.corruptions != 0 {

@@ -138,10 +138,11 @@ pub fn validate(o: &CreateOptions) -> Result<()> {
     let cb = cs.trailing_zeros();
     let l1 = required_l1_entries(o.size, cb, if o.extended_l2 { 16 } else { 8 });
     if l1 * 8 > super::header::MAX_L1_BYTES || o.size > MAX_HOST_OFFSET {
-        return Err(bad(format!(
-            "Image size {} is too large for {}-byte clusters",
-            o.size, cs
-        )));
+        // qemu-img's words; the numbers: size over cs-byte clusters.
+        return Err(bad(
+            "The image size is too large for file format 'qcow2' (try using a larger cluster size)"
+                .to_string(),
+        ));
     }
     Ok(())
 }

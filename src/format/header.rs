@@ -469,12 +469,8 @@ impl Header {
             return Err(invalid!("Active L1 table too large"));
         }
         if h.required_l1_size() > MAX_L1_BYTES / 8 {
-            return Err(invalid!(
-                "Image is too big: virtual size {} needs {} L1 entries, more than the limit of {}",
-                h.size,
-                h.required_l1_size(),
-                MAX_L1_BYTES / 8
-            ));
+            // qemu's words (it needs more L1 entries than the limit).
+            return Err(invalid!("Image is too big"));
         }
         if (h.l1_size as u64) < h.required_l1_size() {
             return Err(invalid!("L1 table is too small"));

@@ -5,14 +5,17 @@
 //! `discard`/`d`, `alloc`/`a`, `map`, `info`/`i`, `length`/`l`,
 //! `zone_report`/`zrp`, `zone_open`/`zo`, `zone_close`/`zc`,
 //! `zone_finish`/`zf`, `zone_reset`/`zrs`, `zone_append`/`zap`,
-//! `open`/`o`, `close`/`c`, `sleep`, `help`/`?`, `quit`/`q`.
+//! `open`/`o`, `reopen`, `close`/`c`, `sleep`, `abort`, `sigraise`,
+//! `help`/`?`, `quit`/`q`.
 //!
 //! Where zcow-io differs from qemu-io on purpose:
 //! - `aio_*` results print at `aio_flush` (or close/exit) in issue order;
 //!   qemu-io prints them when they complete, in completion order.
 //! - `zap off len` works with a single length (qemu-io wants at least
 //!   three arguments), and `-p` may come anywhere.
-//! - `open` takes `-r` and `-f FMT` (qemu-io: `-o driver=FMT` and more).
+//! - `open` takes `-r`, `-f FMT` and `-o` with the driver, read-only and
+//!   file-name keys (qemu-io: more); `reopen -c`/`-o` options other than the
+//!   raw window are recorded, not applied.
 //! - `write -c`/`-b` and `read -b` are parsed and checked as in qemu-io
 //!   but fail with "Operation not supported" (no compressed or VM-state
 //!   writes in the device interface).

@@ -246,9 +246,9 @@ pub enum Command {
         /// `-p`: print the sector where the data landed.
         print_sector: bool,
     },
-    /// `open [-rU] [-f fmt] path`.
+    /// `open [-rU] [-f fmt] [-o opts] path`.
     Open {
-        /// Image path or URI.
+        /// Image path or URI (empty: `-o file.filename=` names it).
         path: String,
         /// `-r`.
         read_only: bool,
@@ -256,6 +256,22 @@ pub enum Command {
         format: Option<String>,
         /// `-U`: take no locks that exclude others (read-only only).
         force_share: bool,
+        /// `-o key=val,...`, in order.
+        options: Vec<(String, String)>,
+    },
+    /// `reopen [-r|-w] [-c cache] [-o opts]`.
+    Reopen {
+        /// `-r` (Some(true)) or `-w` (Some(false)).
+        read_only: Option<bool>,
+        /// `-o key=val,...`, in order.
+        options: Vec<(String, String)>,
+    },
+    /// `abort`: end the process with abort(3) (a simulated crash).
+    Abort,
+    /// `sigraise N`: raise signal N.
+    Sigraise {
+        /// Signal number.
+        sig: i32,
     },
     /// `close`.
     Close,
@@ -693,27 +709,62 @@ fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseEr
 
 fn parse_open(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
-    let s = scan(argv, "rf:U");
+    let s = scan(argv, "rf:o:U");
     let mut read_only = false;
     let mut force_share = false;
     let mut format = None;
+    let mut options = Vec::new();
     each_opt(&s, typed, spec, |c, arg| {
         match c {
             'r' => read_only = true,
             'U' => force_share = true,
+            'o' => options.extend(
+                crate::image_opts::split_opts(arg).map_err(|m| ParseError::err(m, libc::EINVAL))?,
+            ),
             _ => format = Some(arg.to_string()),
         }
         Ok(None)
     })?;
-    let [path] = s.operands.as_slice() else {
-        return Err(usage(typed, spec));
+    let path = match s.operands.as_slice() {
+        [path] => path.clone(),
+        [] if !options.is_empty() => String::new(),
+        _ => return Err(usage(typed, spec)),
     };
     Ok(Command::Open {
-        path: path.clone(),
+        path,
         read_only,
         format,
         force_share,
+        options,
     })
+}
+
+fn parse_reopen(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
+    let typed = &argv[0];
+    let s = scan(argv, "rwc:o:");
+    let mut read_only = None;
+    let mut options = Vec::new();
+    each_opt(&s, typed, spec, |c, arg| {
+        match c {
+            'r' | 'w' if read_only.is_some() => {
+                return Err(ParseError::err(
+                    "Only one -r/-w option may be given",
+                    libc::EINVAL,
+                ))
+            }
+            'r' => read_only = Some(true),
+            'w' => read_only = Some(false),
+            'o' => options.extend(
+                crate::image_opts::split_opts(arg).map_err(|m| ParseError::err(m, libc::EINVAL))?,
+            ),
+            _ => {}
+        }
+        Ok(None)
+    })?;
+    if !s.operands.is_empty() {
+        return Err(usage(typed, spec));
+    }
+    Ok(Command::Reopen { read_only, options })
 }
 
 /// Parse the arguments of a known command (`argv[0]` is the name as typed,
@@ -762,6 +813,18 @@ pub fn parse_args(spec: &CmdSpec, argv: &[String]) -> Result<Command, ParseError
         "zone_append" => parse_zone_append(argv, spec),
         "open" => parse_open(argv, spec),
         "close" => Ok(Command::Close),
+        "reopen" => parse_reopen(argv, spec),
+        "abort" => Ok(Command::Abort),
+        "sigraise" => match strtol_whole(arg(1)) {
+            Some(n) if (1..=64).contains(&n) => Ok(Command::Sigraise { sig: n as i32 }),
+            _ => Err(ParseError::out(
+                format!(
+                    "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {}",
+                    arg(1)
+                ),
+                libc::EINVAL,
+            )),
+        },
         "quit" => Ok(Command::Quit),
         "help" => Ok(Command::Help {
             topic: argv.get(1).cloned(),

@@ -70,6 +70,11 @@ pub struct Session {
     pending: Vec<(AioMeta, AioState)>,
     failed: bool,
     prog: String,
+    /// Path and options of the open image, for `reopen`.
+    origin: Option<(String, OpenOptions)>,
+    /// `abort` and `sigraise` act on the process (off in library use:
+    /// tests and fuzzers run sessions inside their own process).
+    process_commands: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -100,7 +105,9 @@ impl Session {
             opener: default_opener(),
             pending: Vec::new(),
             failed: false,
-            prog: "zcow-io".into(),
+            prog: crate::personality::name(crate::personality::Tool::Io).into(),
+            origin: None,
+            process_commands: false,
         }
     }
 
@@ -212,8 +219,9 @@ impl Session {
         self.execute(cmd, out, err).map(Dispatch::Ret)
     }
 
-    /// Print `"{what} failed: {strerror}"` (stdout, as qemu-io) and the full
-    /// error (stderr: zone index, condition, wp...); returns `-errno`.
+    /// Print `"{what} failed: {strerror}"` (stdout, as qemu-io) and, under
+    /// zcow's own name, the full error (stderr: zone index, condition,
+    /// wp...); returns `-errno`.
     fn fail(
         &self,
         out: &mut dyn Write,
@@ -223,7 +231,10 @@ impl Session {
     ) -> io::Result<i32> {
         let errno = error_errno(e);
         line(out, format!("{what} failed: {}", strerror(errno)))?;
-        line(err, format!("{}: {e}", self.prog))?;
+        // The detail is zcow's addition; under QEMU's name, QEMU's lines only.
+        if !crate::personality::is_qemu() {
+            line(err, format!("{}: {e}", self.prog))?;
+        }
         Ok(-errno)
     }
 
@@ -247,7 +258,46 @@ impl Session {
                 read_only,
                 format,
                 force_share,
-            } => return self.open(&path, read_only, format, force_share, err),
+                options,
+            } => {
+                let mut opts = OpenOptions {
+                    format,
+                    read_only,
+                    allow_backing: true,
+                };
+                let mut path = path;
+                for (k, v) in options {
+                    match k.as_str() {
+                        "driver" => opts.format = Some(v),
+                        "read-only" => opts.read_only = matches!(v.as_str(), "on" | "true"),
+                        "file.filename" | "filename" => path = v,
+                        // Cache, AIO, discard and qcow2 tuning: recorded.
+                        _ => {}
+                    }
+                }
+                return self.open(&path, opts, force_share, err);
+            }
+            Command::Abort | Command::Sigraise { .. } if !self.process_commands => {
+                line(
+                    err,
+                    "abort and sigraise are only available in the zcow-io program",
+                )?;
+                return Ok(-libc::ENOTSUP);
+            }
+            Command::Abort => {
+                out.flush()?;
+                std::process::abort();
+            }
+            Command::Sigraise { sig } => {
+                out.flush()?;
+                // SAFETY: raise(3) with a signal number; the default action
+                // (or the handler the process has) is what the user asked for.
+                unsafe { libc::raise(sig) };
+                return Ok(0);
+            }
+            Command::Reopen { read_only, options } => {
+                return self.reopen(read_only, &options, out, err)
+            }
             Command::Close => {
                 self.close_device(out, err)?;
                 return Ok(0);
@@ -536,6 +586,9 @@ impl Session {
             | Command::Sleep { .. }
             | Command::Quit
             | Command::Open { .. }
+            | Command::Reopen { .. }
+            | Command::Abort
+            | Command::Sigraise { .. }
             | Command::Close => Ok(0),
         }
     }
@@ -819,15 +872,87 @@ impl Session {
         Ok(())
     }
 
+    /// Let `abort` and `sigraise` end or signal this process (the zcow-io
+    /// program; off by default).
+    pub fn with_process_commands(mut self) -> Self {
+        self.process_commands = true;
+        self
+    }
+
+    /// Remember how the device given to [`Session::new`] was opened, so
+    /// `reopen` can open it again with other options.
+    pub fn set_origin(&mut self, path: &str, opts: OpenOptions) {
+        self.origin = Some((path.to_string(), opts));
+    }
+
+    /// `reopen`: flush, then open the same image again, read-only or
+    /// read-write as asked (other options are recorded).
+    fn reopen(
+        &mut self,
+        read_only: Option<bool>,
+        options: &[(String, String)],
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> io::Result<i32> {
+        let Some((path, mut opts)) = self.origin.clone() else {
+            line(err, "no file open, try 'help open'")?;
+            return Ok(-libc::EINVAL);
+        };
+        if let Some(ro) = read_only {
+            opts.read_only = ro;
+        }
+        // The raw driver's window (offset/size) is the one option reopen
+        // changes; the rest are recorded.
+        let mut window: Option<(u64, Option<u64>)> = None;
+        for (k, v) in options {
+            if k == "offset" || k == "size" {
+                let Ok(n) = crate::size::parse_size(v) else {
+                    line(
+                        err,
+                        format!("{}: Parameter '{k}' expects a size", self.prog),
+                    )?;
+                    return Ok(-libc::EINVAL);
+                };
+                let w = window.get_or_insert((0, None));
+                if k == "offset" {
+                    w.0 = n;
+                } else {
+                    w.1 = Some(n);
+                }
+            }
+        }
+        self.close_device(out, err)?;
+        match window {
+            None => self.open(&path, opts, false, err),
+            Some((off, size)) => {
+                match crate::open::open_raw_window(
+                    std::path::Path::new(&path),
+                    opts.read_only,
+                    off,
+                    size,
+                ) {
+                    Ok(d) => {
+                        self.dev = Some(d);
+                        self.origin = Some((path, opts));
+                        Ok(0)
+                    }
+                    Err(e) => {
+                        line(err, format!("{}: {}", self.prog, open_error_text(&e)))?;
+                        Ok(-error_errno(&e))
+                    }
+                }
+            }
+        }
+    }
+
     fn open(
         &mut self,
         path: &str,
-        read_only: bool,
-        format: Option<String>,
+        opts: OpenOptions,
         force_share: bool,
         err: &mut dyn Write,
     ) -> io::Result<i32> {
-        if force_share && !read_only {
+        if force_share && !opts.read_only {
             line(
                 err,
                 format!(
@@ -844,15 +969,11 @@ impl Session {
             )?;
             return Ok(-libc::EBUSY);
         }
-        let opts = OpenOptions {
-            format,
-            read_only,
-            allow_backing: true,
-        };
         crate::storage::lock::set_force_share(force_share);
         match (self.opener)(path, &opts) {
             Ok(d) => {
                 self.dev = Some(d);
+                self.origin = Some((path.to_string(), opts));
                 Ok(0)
             }
             Err(e) => {

@@ -160,6 +160,17 @@ const OPEN_HELP: &str = "
  -r, -- open file read-only
  -f, -- image format (qcow2 or raw; probed when absent)
  -U, -- force shared permissions (read-only only; the image may be in use)
+ -o, -- options: driver=FMT, read-only=on|off, file.filename=PATH; cache,
+        aio, discard and qcow2 tuning keys are accepted and recorded
+";
+
+const REOPEN_HELP: &str = "
+ Changes the open options of an already opened image
+
+ -r, -- Reopen the image read-only
+ -w, -- Reopen the image read-write
+ -c, -- Change the cache mode to the given value (recorded)
+ -o, -- Changes block driver options (cf. 'open' command; recorded)
 ";
 
 const ZONE_REPORT_HELP: &str = "
@@ -181,6 +192,10 @@ const ZONE_APPEND_HELP: &str = "
 
 /// Every command, sorted by name (the order `help` lists them in).
 pub const COMMANDS: &[CmdSpec] = &[
+    CmdSpec {
+        nofile_ok: true,
+        ..spec("abort", "simulate a program crash using abort(3)")
+    },
     spec("aio_flush", "completes all outstanding aio requests"),
     CmdSpec {
         argmin: 2,
@@ -247,7 +262,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("o"),
         argmin: 1,
         argmax: -1,
-        args: Some("[-rU] [-f format] [path]"),
+        args: Some("[-rU] [-f format] [-o options] [path]"),
         help: Some(OPEN_HELP),
         nofile_ok: true,
         ..spec("open", "open the file specified by path")
@@ -258,6 +273,13 @@ pub const COMMANDS: &[CmdSpec] = &[
         argmax: -1,
         nofile_ok: true,
         ..spec("quit", "exit the program")
+    },
+    CmdSpec {
+        argmin: 0,
+        argmax: -1,
+        args: Some("[(-r|-w)] [-c cache] [-o options]"),
+        help: Some(REOPEN_HELP),
+        ..spec("reopen", "reopens an image with new options")
     },
     CmdSpec {
         altname: Some("r"),
@@ -273,6 +295,13 @@ pub const COMMANDS: &[CmdSpec] = &[
         args: Some("[-Cqrv] [-P pattern] off len [len..]"),
         help: Some(READV_HELP),
         ..spec("readv", "reads a number of bytes at a specified offset")
+    },
+    CmdSpec {
+        argmin: 1,
+        argmax: 1,
+        args: Some("signal"),
+        nofile_ok: true,
+        ..spec("sigraise", "raises a signal")
     },
     CmdSpec {
         argmin: 1,

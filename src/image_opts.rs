@@ -1,0 +1,190 @@
+//! QEMU's ways of naming an image by options rather than a file name:
+//! `--image-opts` strings (`driver=qcow2,file.filename=disk.img`) and
+//! `json:{...}` pseudo-filenames. zcow understands the subset that names
+//! a format, a file and read-only; cache, AIO, locking and discard keys are
+//! accepted and recorded (they change nothing zcow does observably).
+
+use std::collections::BTreeMap;
+
+/// An image named by options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageOpts {
+    /// `driver` (the format), if given.
+    pub driver: Option<String>,
+    /// `file.filename` or `filename`.
+    pub filename: String,
+    /// `read-only=on`.
+    pub read_only: bool,
+    /// Raw driver `offset` (bytes into the file).
+    pub offset: Option<u64>,
+    /// Raw driver `size` (bytes of the window).
+    pub size: Option<u64>,
+    /// Keys accepted without effect, as given (for `--help`'s "recorded").
+    pub recorded: BTreeMap<String, String>,
+}
+
+/// Split `key=val,key=val` with QEMU's `,,` escape for a literal comma.
+pub fn split_opts(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    let mut items = Vec::new();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                items.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    items.push(cur);
+    for it in items {
+        if it.is_empty() {
+            continue;
+        }
+        match it.split_once('=') {
+            Some((k, v)) => out.push((k.to_string(), v.to_string())),
+            None => return Err(format!("Invalid parameter '{it}'")),
+        }
+    }
+    Ok(out)
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        serde_json::Value::Bool(b) => {
+            out.push((prefix.to_string(), if *b { "on" } else { "off" }.into()))
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn is_on(v: &str) -> bool {
+    matches!(v, "on" | "true" | "yes")
+}
+
+/// Build from flattened key/value pairs.
+fn from_pairs(pairs: Vec<(String, String)>) -> Result<ImageOpts, String> {
+    let mut o = ImageOpts::default();
+    let mut file = None;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "driver" => o.driver = Some(v),
+            "file.filename" | "filename" | "file" => file = Some(v),
+            "read-only" => o.read_only = is_on(&v),
+            "offset" | "size" => {
+                let n = crate::size::parse_size(&v).map_err(|_| {
+                    format!("Parameter '{k}' expects a non-negative number below 2^64")
+                })?;
+                if k == "offset" {
+                    o.offset = Some(n);
+                } else {
+                    o.size = Some(n);
+                }
+            }
+            "file.driver" if v == "file" => {}
+            _ if k.starts_with("cache.")
+                || k.starts_with("file.")
+                || [
+                    "discard",
+                    "aio",
+                    "detect-zeroes",
+                    "auto-read-only",
+                    "force-share",
+                    "node-name",
+                    "locking",
+                    "lazy-refcounts",
+                    "pass-discard-request",
+                    "pass-discard-other",
+                    "pass-discard-snapshot",
+                    "overlap-check",
+                    "cache-size",
+                    "l2-cache-size",
+                    "refcount-cache-size",
+                    "cache-clean-interval",
+                ]
+                .contains(&k.as_str()) =>
+            {
+                o.recorded.insert(k, v);
+            }
+            _ => {
+                let d = o.driver.as_deref().unwrap_or("file");
+                return Err(format!(
+                    "Block format '{d}' does not support the option '{k}'"
+                ));
+            }
+        }
+    }
+    o.filename = file.ok_or_else(|| "A block device must be specified for \"file\"".to_string())?;
+    Ok(o)
+}
+
+/// Parse an `--image-opts` string.
+pub fn parse_image_opts(s: &str) -> Result<ImageOpts, String> {
+    from_pairs(split_opts(s)?)
+}
+
+/// Parse a `json:{...}` filename; `None` if `s` is not one.
+pub fn parse_json_filename(s: &str) -> Option<Result<ImageOpts, String>> {
+    let body = s.strip_prefix("json:")?;
+    Some(
+        serde_json::from_str::<serde_json::Value>(body)
+            .map_err(|e| format!("Could not parse the JSON options: {e}"))
+            .and_then(|v| {
+                if !v.is_object() {
+                    return Err("Invalid JSON object given".into());
+                }
+                let mut pairs = Vec::new();
+                flatten("", &v, &mut pairs);
+                from_pairs(pairs)
+            }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_opts_subset() {
+        let o =
+            parse_image_opts("driver=qcow2,file.filename=/t/a,,b.img,cache.direct=off").unwrap();
+        assert_eq!(o.driver.as_deref(), Some("qcow2"));
+        assert_eq!(o.filename, "/t/a,b.img");
+        assert_eq!(
+            o.recorded.get("cache.direct").map(String::as_str),
+            Some("off")
+        );
+        assert!(parse_image_opts("driver=qcow2,bogus=1,file.filename=x").is_err());
+        assert!(parse_image_opts("driver=qcow2").is_err());
+    }
+
+    #[test]
+    fn json_filenames() {
+        let o = parse_json_filename(
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"/t/x"},"read-only":true}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.driver.as_deref(), Some("raw"));
+        assert_eq!(o.filename, "/t/x");
+        assert!(o.read_only);
+        assert!(parse_json_filename("/t/x").is_none());
+        assert!(parse_json_filename("json:[1]").unwrap().is_err());
+    }
+}
