@@ -39,7 +39,10 @@ def live(path):
 def main():
     lv = live(sys.argv[1])
     with open(sys.argv[2]) as f:
-        img = json.load(f)["zones"]
+        # QEMU's key style: write-pointer, conditions as not-wp, imp-open, ...
+        img = [dict(z, wp=z["write-pointer"],
+                    condition=z["condition"].upper().replace("-", "_"))
+               for z in json.load(f)["zones"]]
     bad = []
     if len(lv) != len(img):
         bad.append(f"zone count: device {len(lv)}, image {len(img)}")
