@@ -276,14 +276,29 @@ pub fn acquire(file: &File, path: &Path, req: LockRequest) -> std::io::Result<()
             },
         )
     };
-    for p in Perm::ALL {
-        if req.perm.contains(p) && is_held_elsewhere(file, SHARED_BASE + p as i64)? {
-            return Err(conflict(p, false));
+    let first_conflict = || -> std::io::Result<Option<(Perm, bool)>> {
+        for p in Perm::ALL {
+            if req.perm.contains(p) && is_held_elsewhere(file, SHARED_BASE + p as i64)? {
+                return Ok(Some((p, false)));
+            }
         }
-    }
-    for p in Perm::ALL {
-        if !req.shared.contains(p) && is_held_elsewhere(file, PERM_BASE + p as i64)? {
-            return Err(conflict(p, true));
+        for p in Perm::ALL {
+            if !req.shared.contains(p) && is_held_elsewhere(file, PERM_BASE + p as i64)? {
+                return Ok(Some((p, true)));
+            }
+        }
+        Ok(None)
+    };
+    // A closed image's locks outlive its close while a child process forked
+    // by another thread still holds a copy of the descriptor (between fork
+    // and exec), so a process that reopens an image it just closed can see
+    // its own old locks for a moment. Look again briefly before calling it
+    // a conflict; a real one (another opener) is still there after 50 ms.
+    for attempt in 0.. {
+        match first_conflict()? {
+            None => return Ok(()),
+            Some((p, shared)) if attempt >= 10 => return Err(conflict(p, shared)),
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
     }
     Ok(())
