@@ -501,7 +501,9 @@ fn plain_raw_image_is_an_ordinary_disk() {
     std::fs::write(&p, vec![0u8; (4 * MIB + 100) as usize]).unwrap();
     let mut dev = Dev::new(open(&p, false));
     assert!(dev.lay.zoned.is_none());
-    assert_eq!((dev.lay.size, dev.lay.hidden), (4 * MIB, 100));
+    // A raw file's length is rounded up to whole sectors, as QEMU's raw
+    // driver does (the tail past the end reads as zeroes): nothing hidden.
+    assert_eq!((dev.lay.size, dev.lay.hidden), (4 * MIB + 512, 0));
     let prm = dev.lay.params();
     assert_eq!(prm.types & libublk::sys::UBLK_PARAM_TYPE_ZONED, 0);
     assert_eq!(prm.basic.chunk_sectors, 0);

@@ -275,13 +275,6 @@ pub const COMMANDS: &[CmdSpec] = &[
         ..spec("quit", "exit the program")
     },
     CmdSpec {
-        argmin: 0,
-        argmax: -1,
-        args: Some("[(-r|-w)] [-c cache] [-o options]"),
-        help: Some(REOPEN_HELP),
-        ..spec("reopen", "reopens an image with new options")
-    },
-    CmdSpec {
         altname: Some("r"),
         argmin: 2,
         argmax: -1,
@@ -295,6 +288,13 @@ pub const COMMANDS: &[CmdSpec] = &[
         args: Some("[-Cqrv] [-P pattern] off len [len..]"),
         help: Some(READV_HELP),
         ..spec("readv", "reads a number of bytes at a specified offset")
+    },
+    CmdSpec {
+        argmin: 0,
+        argmax: -1,
+        args: Some("[(-r|-w)] [-c cache] [-o options]"),
+        help: Some(REOPEN_HELP),
+        ..spec("reopen", "reopens an image with new options")
     },
     CmdSpec {
         argmin: 1,
