@@ -331,8 +331,12 @@ fn repair_survives_power_loss_on_the_corruption_corpus() {
             }
         }
     }
-    eprintln!("repair_crash: corpus: {total} power-loss states checked");
-    println!("repair_crash: corpus: {total} power-loss states checked");
+    // Straight to the process's stderr (not eprintln!, which the test
+    // harness captures), so every CI log shows how many states were checked.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("repair_crash: corpus: {total} power-loss states checked\n").as_bytes(),
+    );
     assert!(total > 1000, "only {total} states");
 }
 
@@ -424,8 +428,12 @@ fn repair_survives_power_loss_on_zoned_stale_clusters() {
             total += crash_repair(name, img, run);
         }
     }
-    eprintln!("repair_crash: zoned: {total} power-loss states checked");
-    println!("repair_crash: zoned: {total} power-loss states checked");
+    // Straight to the process's stderr (not eprintln!, which the test
+    // harness captures), so every CI log shows how many states were checked.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("repair_crash: zoned: {total} power-loss states checked\n").as_bytes(),
+    );
     assert!(total > 200, "only {total} states");
 }
 
