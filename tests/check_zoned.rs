@@ -17,31 +17,10 @@ use zcow::storage::FileStorage;
 const MIB: u64 = 1 << 20;
 const ZONE: u64 = 16 * MIB;
 
-/// 64 MiB, 4 zones of 16 MiB (zone 0 conventional), 64 KiB clusters.
-/// Zone 0 has 64 KiB of data, zone 1 has 192 KiB with its wp at 192 KiB.
+/// The shared zoned fixture, flushed and synced.
 fn zoned_image(dir: &Path) -> PathBuf {
     let p = dir.join("z.qcow2");
-    let st = FileStorage::create(&p).unwrap();
-    create(
-        &st,
-        &CreateOptions {
-            size: 64 * MIB,
-            zoned: Some(ZonedCreateOptions {
-                zone_size: Some(ZONE),
-                conventional_zones: Some(1),
-                max_open_zones: Some(2),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    drop(st);
-    let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
-    img.write(0, &vec![0x11; 65536]).unwrap();
-    img.write(ZONE, &vec![0x22; 3 * 65536]).unwrap();
-    img.write_wp_entries(1, &[WpEntry::new(ZONE + 3 * 65536, false)])
-        .unwrap();
+    let img = common::zoned_check_fixture(&p);
     img.flush().unwrap();
     img.sync_file().unwrap();
     p

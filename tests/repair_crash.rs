@@ -13,11 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use zcow::check::repair::JournalStorage;
 use zcow::check::{check_store, CheckReport, RepairMode};
-use zcow::format::create::{create, CreateOptions};
 use zcow::format::wp::WpEntry;
-use zcow::format::zoned::ZonedCreateOptions;
-use zcow::format::{OpenOptions, Qcow2};
-use zcow::storage::{FaultConfig, FaultStorage, FileStorage, MemStorage, Storage};
+use zcow::storage::{FaultConfig, FaultStorage, MemStorage, Storage};
 
 const MIB: u64 = 1 << 20;
 
@@ -340,32 +337,12 @@ fn repair_survives_power_loss_on_the_corruption_corpus() {
     assert!(total > 1000, "only {total} states");
 }
 
-/// 64 MiB, 4 zones of 16 MiB (zone 0 conventional), 64 KiB clusters; zone 1
-/// holds 192 KiB below its wp, then `stale` writes past it.
+/// The shared zoned fixture (zone 1 holds 192 KiB below its wp), then
+/// `stale` writes past the wp.
 fn zoned_stale(dir: &Path, stale: &[(u64, u64)], wp_past: bool) -> Vec<u8> {
-    let zone = 16 * MIB;
+    let zone = FIXTURE_ZONE;
     let p = dir.join("z.qcow2");
-    let st = FileStorage::create(&p).unwrap();
-    create(
-        &st,
-        &CreateOptions {
-            size: 64 * MIB,
-            zoned: Some(ZonedCreateOptions {
-                zone_size: Some(zone),
-                conventional_zones: Some(1),
-                max_open_zones: Some(2),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    drop(st);
-    let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
-    img.write(0, &vec![0x11; 65536]).unwrap();
-    img.write(zone, &vec![0x22; 3 * 65536]).unwrap();
-    img.write_wp_entries(1, &[WpEntry::new(zone + 3 * 65536, false)])
-        .unwrap();
+    let img = zoned_check_fixture(&p);
     for &(off, len) in stale {
         img.write(off, &vec![0x33; len as usize]).unwrap();
     }

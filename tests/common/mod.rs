@@ -130,3 +130,38 @@ pub fn crash_variants(n: usize) -> Vec<CrashVariant> {
     }
     v
 }
+
+/// Zone size of [`zoned_check_fixture`].
+pub const FIXTURE_ZONE: u64 = 16 << 20;
+
+/// The zoned image the check and repair tests start from: 64 MiB, 4 zones
+/// of 16 MiB (zone 0 conventional), 64 KiB clusters; zone 0 has 64 KiB of
+/// data, zone 1 192 KiB with its wp at 192 KiB. Returned open (not yet
+/// flushed) so a test can add what it needs before syncing.
+pub fn zoned_check_fixture(path: &std::path::Path) -> zcow::format::Qcow2 {
+    use zcow::format::create::{create, CreateOptions};
+    use zcow::format::wp::WpEntry;
+    use zcow::format::zoned::ZonedCreateOptions;
+    let st = zcow::storage::FileStorage::create(path).unwrap();
+    create(
+        &st,
+        &CreateOptions {
+            size: 64 << 20,
+            zoned: Some(ZonedCreateOptions {
+                zone_size: Some(FIXTURE_ZONE),
+                conventional_zones: Some(1),
+                max_open_zones: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(st);
+    let img = zcow::format::Qcow2::open_path(path, &Default::default()).unwrap();
+    img.write(0, &vec![0x11; 65536]).unwrap();
+    img.write(FIXTURE_ZONE, &vec![0x22; 3 * 65536]).unwrap();
+    img.write_wp_entries(1, &[WpEntry::new(FIXTURE_ZONE + 3 * 65536, false)])
+        .unwrap();
+    img
+}
