@@ -256,60 +256,51 @@ fn handle(
 
 /// pread until `buf` is full or the request's data ends (a short count).
 fn pread_full(fd: RawFd, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
+    let len = buf.len();
+    transfer_full(len, |done| {
         let rest = &mut buf[done..];
         // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `fd` is
         // the ublk char device libublk keeps open while the queue runs.
-        let n = unsafe {
+        unsafe {
             libc::pread(
                 fd,
                 rest.as_mut_ptr().cast(),
                 rest.len(),
                 (pos + done as u64) as libc::off_t,
             )
-        };
-        match n {
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // Past the end of the kernel's buffer after some bytes.
-                if done > 0 {
-                    break;
-                }
-                return Err(e);
-            }
-            0 => break,
-            n => done += n as usize,
         }
-    }
-    Ok(done)
+    })
 }
 
 /// pwrite until `buf` is sent or the kernel's buffer is full (short count).
 fn pwrite_full(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
+    transfer_full(buf.len(), |done| {
         let rest = &buf[done..];
         // SAFETY: `rest` is valid for reads of `rest.len()` bytes; `fd` as
         // in pread_full.
-        let n = unsafe {
+        unsafe {
             libc::pwrite(
                 fd,
                 rest.as_ptr().cast(),
                 rest.len(),
                 (pos + done as u64) as libc::off_t,
             )
-        };
-        match n {
+        }
+    })
+}
+
+/// Repeat `step(done)` (one pread/pwrite of the rest) until `len` bytes
+/// moved, retrying EINTR; a 0 or an error after some bytes is the end of
+/// the kernel's buffer (a short count), an error before any is returned.
+fn transfer_full(len: usize, mut step: impl FnMut(usize) -> isize) -> io::Result<usize> {
+    let mut done = 0;
+    while done < len {
+        match step(done) {
             n if n < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                // Past the end of the kernel's buffer after some bytes.
                 if done > 0 {
                     break;
                 }
