@@ -317,6 +317,17 @@ pub(crate) fn fix_table(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<(), 
     Ok(())
 }
 
+/// Report a snapshot that `fix_l1_refs` drops: the repair line, and the
+/// loss (`{what}: {field} is corrupt`) for the summary.
+fn drop_snapshot(cx: &mut Ctx, what: &str, field: &str, why: &str) {
+    let _ = writeln!(
+        cx.err,
+        "Repairing {what}: {field} {why}; the snapshot is dropped"
+    );
+    cx.lost_snapshots
+        .push(format!("{what}: {field} is corrupt"));
+}
+
 /// `-r all`: snapshots whose L1 table the walk could not follow. An
 /// oversized `l1_size` is set to what the snapshot's disk needs when the
 /// table is there; a snapshot whose table cannot be located (unaligned
@@ -333,15 +344,12 @@ pub(crate) fn fix_l1_refs(cx: &mut Ctx) -> Result<i64, Errno> {
     for mut s in std::mem::take(&mut cx.snaps.list) {
         let what = format!("snapshot {} ({})", s.id, s.name);
         if s.l1_offset & (cs - 1) != 0 || s.l1_offset >= file_len {
-            let _ = writeln!(
-                cx.err,
-                "Repairing {what}: its L1 table offset 0x{:x} cannot be located; the snapshot is dropped",
-                s.l1_offset
+            drop_snapshot(
+                cx,
+                &what,
+                &format!("its L1 table offset 0x{:x}", s.l1_offset),
+                "cannot be located",
             );
-            cx.lost_snapshots.push(format!(
-                "{what}: its L1 table offset 0x{:x} is corrupt",
-                s.l1_offset
-            ));
             fixed += 1;
             continue;
         }
@@ -355,15 +363,12 @@ pub(crate) fn fix_l1_refs(cx: &mut Ctx) -> Result<i64, Errno> {
             if needed > crate::format::header::MAX_L1_BYTES / 8
                 || s.l1_offset + needed * 8 > file_len
             {
-                let _ = writeln!(
-                    cx.err,
-                    "Repairing {what}: its L1 table size {} is corrupt and the table cannot be located; the snapshot is dropped",
-                    s.l1_size
+                drop_snapshot(
+                    cx,
+                    &what,
+                    &format!("its L1 table size {}", s.l1_size),
+                    "is corrupt and the table cannot be located",
                 );
-                cx.lost_snapshots.push(format!(
-                    "{what}: its L1 table size {} is corrupt",
-                    s.l1_size
-                ));
                 fixed += 1;
                 continue;
             }
