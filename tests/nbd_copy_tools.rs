@@ -238,7 +238,35 @@ fn load(zone: &str, zone_bytes: u64, opts: &str, tool: Tool<'_>, full: bool, act
             1
         };
         let exp = expected_wps(&want, zone_bytes, active, gran);
-        assert_eq!(wps, exp, "{zones:#?}");
+        if active > 0 && matches!(tool_kind, Tool::Nbdcopy) {
+            // nbdcopy keeps many requests in flight, so which zones the
+            // server finishes at the active limit depends on the order they
+            // arrive in. What holds in any order: a zone without data stays
+            // EMPTY, a zone with data ends at its data or is FULL, and no
+            // more than `active` zones are left partly written.
+            let ends = expected_wps(&want, zone_bytes, 0, gran);
+            for (z, (&wp, &end)) in zones.iter().zip(wps.iter().zip(&ends)) {
+                if end == z.start {
+                    assert_eq!(wp, z.start, "zone {} has no data: {zones:#?}", z.index);
+                } else {
+                    assert!(
+                        wp == end || wp == z.start + z.len,
+                        "zone {}: wp {wp:#x}, data ends at {end:#x}: {zones:#?}",
+                        z.index
+                    );
+                }
+            }
+            let partial = zones
+                .iter()
+                .filter(|z| z.wp != z.start && z.wp != z.start + z.len)
+                .count();
+            assert!(
+                partial <= active,
+                "{partial} zones left partly written: {zones:#?}"
+            );
+        } else {
+            assert_eq!(wps, exp, "{zones:#?}");
+        }
         for z in &zones {
             let c = if z.wp == z.start {
                 ZoneCond::Empty
