@@ -86,6 +86,14 @@ pub enum DeviceError {
     /// Transport failure talking to a remote device.
     #[error("connection failed: {0}")]
     Connection(String),
+    /// The host's kernel refused an operation on a host block device.
+    #[error("{what}: {}", errno_name(*.errno))]
+    Host {
+        /// The errno the kernel returned.
+        errno: i32,
+        /// What was asked, and where.
+        what: String,
+    },
 }
 
 impl DeviceError {
@@ -97,7 +105,7 @@ impl DeviceError {
             DeviceError::OutOfRange { .. } | DeviceError::Invalid(_) => libc::EINVAL,
             DeviceError::ReadOnly | DeviceError::Denied(_) => libc::EPERM,
             DeviceError::Unsupported(_) | DeviceError::FastZeroUnsupported => libc::ENOTSUP,
-            DeviceError::Remote { errno, .. } => *errno,
+            DeviceError::Remote { errno, .. } | DeviceError::Host { errno, .. } => *errno,
             DeviceError::Connection(_) => libc::EIO,
         }
     }

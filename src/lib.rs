@@ -14,6 +14,7 @@ pub mod device;
 pub mod engine;
 pub mod format;
 pub mod fuzzing;
+pub mod hostdev;
 pub mod image_opts;
 pub mod img;
 pub mod iocmd;

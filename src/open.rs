@@ -62,8 +62,9 @@ pub fn open_raw_window(
     )?))
 }
 
-/// Open `path` as a block device: an NBD URI through the NBD client, or a
-/// raw, plain qcow2 or zoned qcow2 image (zoned ones through the engine).
+/// Open `path` as a block device: an NBD URI through the NBD client, a
+/// raw, plain qcow2 or zoned qcow2 image (zoned ones through the engine),
+/// or a host-managed zoned block device of the host ([`crate::hostdev`]).
 pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDevice>> {
     if let Some(s) = path.to_str() {
         if ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"]
@@ -96,6 +97,10 @@ pub fn open_device(path: &Path, opts: &OpenOptions) -> DevResult<Arc<dyn BlockDe
             let mut lock = LockRequest::raw(opts.read_only);
             if opts.read_only && crate::storage::lock::force_share() {
                 lock = lock.force_shared();
+            }
+            if crate::hostdev::is_host_managed(path) {
+                let dev = crate::hostdev::HostZoned::open(path, opts.read_only, lock)?;
+                return Ok(Arc::new(dev));
             }
             let store = FileStorage::open_with(path, opts.read_only, Some(lock))
                 .map_err(|e| open_err(path, e))?;

@@ -268,7 +268,8 @@ struct ConvertArgs {
 
 #[derive(Subcommand)]
 enum ZoneCmd {
-    /// Report zones (the persistent state, as after a power cycle).
+    /// Report zones (of an image: the persistent state, as after a power
+    /// cycle; of a device: its live state).
     Report {
         /// Start at the zone holding this byte offset.
         #[arg(long, default_value = "0")]
@@ -283,7 +284,8 @@ enum ZoneCmd {
         /// report shows what is durable on disk now).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
-        /// Image file.
+        /// Image file, nbd:// URI of a zoned export, or a host-managed zoned
+        /// block device (zones from the kernel).
         file: PathBuf,
     },
     /// Draw every zone, coloured by condition and filled to its write
@@ -301,7 +303,8 @@ enum ZoneCmd {
         /// Image format (qcow2); probed when absent.
         #[arg(short = 'f')]
         format: Option<String>,
-        /// Image file or nbd:// URI of a zoned export.
+        /// Image file, nbd:// URI of a zoned export, or a host-managed zoned
+        /// block device.
         file: PathBuf,
     },
     /// Set or clear a persistent fault condition: readonly, offline, clear.
@@ -678,7 +681,7 @@ fn run(cli: Cli) -> Result<u8> {
                 };
                 zcow::storage::lock::set_force_share(force_share);
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
-                let zones = if img::is_uri(&file.to_string_lossy()) {
+                let zones = if img::is_device(&file.to_string_lossy()) {
                     img::zone::report_device(&file.to_string_lossy(), off, count)
                         .map_err(|e| img_err("zone report", e))?
                 } else {

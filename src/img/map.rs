@@ -4,7 +4,7 @@
 //! Zoned images split the map at zone boundaries, show each zone, and map
 //! what lies at or past a sequential zone's write pointer as unwritten.
 
-use super::{is_uri, open_named, ImgError, ImgResult};
+use super::{is_device, open_named, ImgError, ImgResult};
 use crate::format::map::{map_range, Mapping};
 use crate::format::{BackingPolicy, OpenOptions, Qcow2};
 use crate::zone::ZoneDescriptor;
@@ -380,7 +380,7 @@ pub struct MapOptions {
 pub fn map(o: &MapOptions) -> ImgResult<(Vec<Entry>, Vec<ZoneDescriptor>)> {
     let end = o.start.saturating_add(o.max_len.unwrap_or(u64::MAX));
     let mut entries = Vec::new();
-    if is_uri(&o.file) {
+    if is_device(&o.file) {
         map_uri(&o.file, o.start, end, &mut entries)?;
     } else {
         map_file(

@@ -70,6 +70,13 @@ pub fn is_uri(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
+/// Whether `name` is read through the device layer rather than as an image
+/// file: an NBD URI, or a host-managed zoned block device of the host
+/// (zones from the kernel).
+pub fn is_device(name: &str) -> bool {
+    is_uri(name) || crate::hostdev::is_host_managed(Path::new(name))
+}
+
 /// Whether every byte of `b` is zero (word at a time).
 pub fn is_zero(b: &[u8]) -> bool {
     // SAFETY-free fast path: compare 16-byte chunks, then the tail.

@@ -184,6 +184,8 @@ pub fn errno(e: &DeviceError) -> i32 {
             _ => libc::EIO,
         },
         DeviceError::Remote { .. } | DeviceError::Connection(_) => libc::EIO,
+        // The host kernel's own answer for a host block device.
+        DeviceError::Host { errno, .. } => *errno,
     }
 }
 
