@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use zcow::check::{OutputFormat, RepairMode, RepairOptions};
-use zcow::format::create::create;
 use zcow::img;
 use zcow::storage::FileStorage;
 
@@ -70,6 +69,9 @@ enum Cmd {
         /// Quiet: no Formatting line.
         #[arg(short = 'q')]
         quiet: bool,
+        /// Show a progress bar while preallocating (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
         /// Image file.
         file: Option<PathBuf>,
         /// Virtual size, with optional suffix k, M, G, T, P, E.
@@ -136,6 +138,9 @@ enum Cmd {
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Show a progress bar (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -283,6 +288,9 @@ enum ZoneCmd {
         /// report shows what is durable on disk now).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Show a progress bar while reading the zones (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -329,6 +337,7 @@ fn run(cli: Cli) -> Result<u8> {
             backing,
             backing_fmt,
             quiet,
+            progress,
             file,
             size,
         } => {
@@ -425,7 +434,10 @@ fn run(cli: Cli) -> Result<u8> {
                         file.display()
                     )),
                 })?;
-            create(&st, &o).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let bar = zcow::progress::Progress::new(progress && !quiet);
+            zcow::format::create::create_with_progress(&st, &o, &bar)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            bar.finish();
             Ok(0)
         }
         Cmd::Info {
@@ -508,6 +520,7 @@ fn run(cli: Cli) -> Result<u8> {
             force,
             undo,
             output,
+            progress,
             file,
         } => {
             if let Some(b) = undo {
@@ -527,6 +540,7 @@ fn run(cli: Cli) -> Result<u8> {
                 backup,
                 force,
                 output: output_arg("repair", &output)?,
+                progress,
             };
             let code = zcow::check::run_repair(&file, &opts, &mut stdout, &mut stderr)?;
             Ok(u8::try_from(code).unwrap_or(1))
@@ -667,6 +681,7 @@ fn run(cli: Cli) -> Result<u8> {
                 count,
                 output,
                 force_share,
+                progress,
                 file,
             } => {
                 // blkzone's layout is zone report's own third format.
@@ -678,21 +693,23 @@ fn run(cli: Cli) -> Result<u8> {
                 };
                 zcow::storage::lock::set_force_share(force_share);
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
+                let bar = zcow::progress::Progress::new(progress);
                 let zones = if img::is_uri(&file.to_string_lossy()) {
-                    img::zone::report_device(&file.to_string_lossy(), off, count)
+                    img::zone::report_device(&file.to_string_lossy(), off, count, &bar)
                         .map_err(|e| img_err("zone report", e))?
                 } else {
-                    img::zone::report(&file, off, count)
+                    img::zone::report(&file, off, count, &bar)
                         .map_err(|e| {
                             anyhow::anyhow!("Could not open '{}': {}", file.display(), open_msg(&e))
                         })?
                         .1
                 };
                 let text = match output {
-                    _ if blkzone => img::zone::render_blkzone(&zones),
-                    OutputFormat::Human => img::zone::render_human(&zones),
-                    OutputFormat::Json => img::zone::render_json(&zones),
+                    _ if blkzone => img::zone::render_blkzone(&zones, &bar),
+                    OutputFormat::Human => img::zone::render_human(&zones, &bar),
+                    OutputFormat::Json => img::zone::render_json(&zones, &bar),
                 };
+                bar.finish();
                 stdout.write_all(text.as_bytes())?;
                 Ok(0)
             }
