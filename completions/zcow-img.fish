@@ -42,6 +42,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s o -d 'Optio
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s b -d 'Backing file' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s F -d 'Backing file format' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s q -d 'Quiet: no Formatting line'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s p -d 'Show a progress bar while preallocating (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s f -d 'Image format (qcow2 or raw; probed when absent)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l output -d 'Output format: human or json' -r
@@ -60,6 +61,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l undo -d 'Un
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l output -d 'Output format: human or json' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l dry-run -d 'Print what would change, change nothing'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l force -d 'Replace an existing backup FILE (refused otherwise)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -s p -d 'Show a progress bar (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s f -d 'Source format (raw or qcow2; probed when absent)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s O -d 'Target format (raw or qcow2; default raw)' -r
@@ -105,6 +107,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l count -d 'At most this many zones' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l output -d 'Output format: human or json' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s U -l force-share -d 'Take no locks that exclude others (the image may be in use; the report shows what is durable on disk now)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s p -d 'Show a progress bar while reading the zones (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -l output -d 'svg or text' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -s o -d 'Write the map to FILE instead of standard output' -r -F
