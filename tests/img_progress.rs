@@ -23,7 +23,10 @@ fn on_tty(args: &[&str]) -> (bool, String) {
         .args(["-qec", &cmd, "/dev/null"])
         .output()
         .expect("run script");
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 /// Terminal text without escape sequences (`ESC [ ... letter`).
@@ -58,7 +61,9 @@ fn drawn(tty: &str) -> Vec<String> {
 /// on a new line.
 fn assert_reaches_100(tty: &str) {
     let states = drawn(tty);
-    let last = states.last().unwrap_or_else(|| panic!("no bar drawn: {tty:?}"));
+    let last = states
+        .last()
+        .unwrap_or_else(|| panic!("no bar drawn: {tty:?}"));
     assert!(
         last.ends_with("] 100%"),
         "last drawn state {last:?} of {states:?}"
@@ -182,7 +187,10 @@ fn repair_reaches_100_percent() {
     let (ok, tty) = on_tty(&["repair", "-p", "--backup", s(&bk), &p]);
     assert!(ok, "{tty}");
     assert_reaches_100(&tty);
-    assert!(strip_ansi(&tty).contains("Rewrote 1 metadata cluster(s)"), "{tty}");
+    assert!(
+        strip_ansi(&tty).contains("Rewrote 1 metadata cluster(s)"),
+        "{tty}"
+    );
     let p = leaky(d.path());
     let (code, out, err) = piped(&["repair", "-p", &p]);
     assert_eq!(code, 0, "{out}{err}");
@@ -250,5 +258,8 @@ fn a_job_that_fails_at_once_draws_no_bar() {
     let (ok, tty) = on_tty(&["check", "-p", &missing]);
     assert!(!ok);
     assert_eq!(drawn(&tty), Vec::<String>::new(), "{tty:?}");
-    assert!(strip_ansi(&tty).starts_with("zcow-img: Could not open"), "{tty:?}");
+    assert!(
+        strip_ansi(&tty).starts_with("zcow-img: Could not open"),
+        "{tty:?}"
+    );
 }

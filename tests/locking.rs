@@ -295,7 +295,10 @@ fn served_zoned_image_refuses_second_server_check_repair_and_set_cond() {
         .args(["-p", &common_nbd::free_port().to_string(), &img])
         .output()
         .unwrap();
-    refused(o, &format!("zcow-nbd: Failed to blk_new_open '{img}': {w}\n"));
+    refused(
+        o,
+        &format!("zcow-nbd: Failed to blk_new_open '{img}': {w}\n"),
+    );
     refused(
         zrun("zcow-img", &["check", "-r", "all", &img]),
         &format!("zcow-img: Could not open '{img}': {w}\n"),
@@ -391,7 +394,11 @@ fn zcow_nbd_open_refusals_read_like_qemu_nbd() {
         assert_eq!(q.0, Some(1), "qemu-nbd {what}: {q:?}");
         assert!(q.2.contains(what), "qemu-nbd {what}: {q:?}");
         let expected = q.2.replacen("qemu-nbd: ", "zcow-nbd: ", 1);
-        assert_eq!((z.0, z.1.as_str(), z.2.as_str()), (q.0, "", expected.as_str()), "{what}");
+        assert_eq!(
+            (z.0, z.1.as_str(), z.2.as_str()),
+            (q.0, "", expected.as_str()),
+            "{what}"
+        );
     };
     {
         let _holder = Holder::start_prog(Path::new("qemu-io"), &[], &img);

@@ -225,11 +225,24 @@ fn control_socket_resets_all_zones_live_and_durably() {
     let cond = |i: usize| zones[i]["condition"].as_str().unwrap().to_string();
     assert_eq!(
         (0..8).map(cond).collect::<Vec<_>>(),
-        ["NOT_WP", "EMPTY", "EMPTY", "EMPTY", "READ_ONLY", "EMPTY", "EMPTY", "EMPTY"],
+        [
+            "NOT_WP",
+            "EMPTY",
+            "EMPTY",
+            "EMPTY",
+            "READ_ONLY",
+            "EMPTY",
+            "EMPTY",
+            "EMPTY"
+        ],
         "{r}"
     );
     assert_eq!(zones[2]["wp"], json!(2 * MIB), "{r}");
-    assert_eq!(zones[4]["wp"], json!(4 * MIB + 4096), "READ_ONLY keeps its wp: {r}");
+    assert_eq!(
+        zones[4]["wp"],
+        json!(4 * MIB + 4096),
+        "READ_ONLY keeps its wp: {r}"
+    );
     // Every connection sees it at once: the reset zones read as zeroes and
     // take a write at their start again; the conventional zone kept its data.
     let mut buf = vec![0u8; 4096];

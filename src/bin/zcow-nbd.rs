@@ -176,10 +176,7 @@ fn run() -> Result<()> {
             Some(i) if msg.ends_with(')') => msg[..i].to_string(),
             _ => msg,
         };
-        anyhow::anyhow!(
-            "Failed to blk_new_open '{}': {msg}",
-            args.image.display()
-        )
+        anyhow::anyhow!("Failed to blk_new_open '{}': {msg}", args.image.display())
     })?;
 
     let tls = match &args.tls_creds {

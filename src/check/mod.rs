@@ -228,8 +228,7 @@ impl Ctx<'_> {
             _ => (0.95, 1.0),
         };
         let (lo, hi) = self.pass;
-        self.progress
-            .window(lo + (hi - lo) * a, lo + (hi - lo) * b);
+        self.progress.window(lo + (hi - lo) * a, lo + (hi - lo) * b);
         self.progress.phase(what);
     }
 

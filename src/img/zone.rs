@@ -101,7 +101,11 @@ pub fn report(
 
 /// Report rendering of `zones` on `progress`, from [`READ_SHARE`] to
 /// `upto` of the bar: `row(i)` is called before zone `i` is rendered.
-fn rendering<'a>(zones: &[ZoneDescriptor], progress: &'a Progress, upto: f64) -> impl Fn(usize) + 'a {
+fn rendering<'a>(
+    zones: &[ZoneDescriptor],
+    progress: &'a Progress,
+    upto: f64,
+) -> impl Fn(usize) + 'a {
     progress.window(READ_SHARE, upto);
     let total = zones.len() as u64;
     move |i: usize| {
