@@ -3,6 +3,7 @@
 //! nothing extra is printed and stdout is what it is without `-p`.
 
 mod common;
+mod common_nbd;
 
 use common::{bin, have, s, tmp};
 use std::path::Path;
@@ -238,7 +239,7 @@ fn zone_report_reaches_100_percent() {
         return;
     }
     let d = tmp();
-    let p = zoned(d.path(), "many.qcow2", 200_000);
+    let p = zoned(d.path(), "many.qcow2", 70_000);
     for output in ["human", "json", "blkzone"] {
         let o = format!("--output={output}");
         let (ok, tty) = on_tty(&["zone", "report", "-p", &o, &p]);
@@ -246,6 +247,22 @@ fn zone_report_reaches_100_percent() {
         assert_reaches_100(&tty);
         assert_pipe_unchanged(&["zone", "report", "-p", &o, &p], 2);
     }
+}
+
+#[test]
+fn zone_report_of_a_served_export_reaches_100_percent() {
+    if !have("script") {
+        return;
+    }
+    let d = tmp();
+    let p = zoned(d.path(), "served.qcow2", 70_000);
+    let srv = common_nbd::ServerProc::start(Path::new(&p), &[]);
+    let uri = srv.uri();
+    let (ok, tty) = on_tty(&["zone", "report", "-p", &uri]);
+    assert!(ok, "{tty}");
+    assert_reaches_100(&tty);
+    assert!(tty.contains("70000 zones: "), "{tty}");
+    assert_pipe_unchanged(&["zone", "report", "-p", &uri], 2);
 }
 
 #[test]
