@@ -26,7 +26,7 @@ end
 
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -s V -l version -d 'Print version'
-complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "create" -d 'Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "create" -d 'Create an image: create [-q] [-p] [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "info" -d 'Show information about an image'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "check" -d 'Check an image for consistency (qemu-img check compatible), and optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "repair" -d 'Repair everything that can be derived (check -r all plus the zoned repairs), printing what changes'
@@ -120,7 +120,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "map" -d 'Draw every zone, coloured by condition and filled to its write pointer: an SVG picture (default) or text for a terminal'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "set-cond" -d 'Set or clear a persistent fault condition: readonly, offline, clear'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "create" -d 'Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "create" -d 'Create an image: create [-q] [-p] [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "info" -d 'Show information about an image'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "check" -d 'Check an image for consistency (qemu-img check compatible), and optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "repair" -d 'Repair everything that can be derived (check -r all plus the zoned repairs), printing what changes'

@@ -48,7 +48,7 @@ fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]
+    /// Create an image: create [-q] [-p] [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]
     Create {
         /// Image format (qcow2 or raw).
         #[arg(short = 'f', default_value = "qcow2")]
@@ -502,7 +502,8 @@ fn run(cli: Cli) -> Result<u8> {
                 repair,
                 output: output_arg("check", &output)?,
                 quiet,
-                progress,
+                // As qemu-img: -q turns -p off.
+                progress: progress && !quiet,
                 format,
                 display_name: Some(file.clone()),
             };
