@@ -140,7 +140,7 @@ fn million_zones(dir: &Path) -> (Duration, Duration, Duration) {
     assert_eq!(r.len(), 1 << 20);
     // The same through the CLI path (persistent view).
     let t = Instant::now();
-    let (_, z) = zcow::img::zone::report(&p, 0, None).unwrap();
+    let (_, z) = zcow::img::zone::report(&p, 0, None, &zcow::progress::Progress::hidden()).unwrap();
     let cli = t.elapsed();
     assert_eq!(z.len(), 1 << 20);
     (open, report, cli)

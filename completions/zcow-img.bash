@@ -244,7 +244,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__create)
-            opts="-f -o -b -F -q -h --help"
+            opts="-f -o -b -F -q -p -h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -570,7 +570,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__repair)
-            opts="-h --dry-run --backup --force --undo --output --help"
+            opts="-p -h --dry-run --backup --force --undo --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -710,7 +710,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__zone__subcmd__report)
-            opts="-U -h --offset --count --output --force-share --help"
+            opts="-U -p -h --offset --count --output --force-share --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

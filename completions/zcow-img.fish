@@ -26,7 +26,7 @@ end
 
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -s V -l version -d 'Print version'
-complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "create" -d 'Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
+complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "create" -d 'Create an image: create [-q] [-p] [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "info" -d 'Show information about an image'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "check" -d 'Check an image for consistency (qemu-img check compatible), and optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE'
 complete -c zcow-img -n "__fish_zcow_img_needs_command" -f -a "repair" -d 'Repair everything that can be derived (check -r all plus the zoned repairs), printing what changes'
@@ -42,6 +42,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s o -d 'Optio
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s b -d 'Backing file' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s F -d 'Backing file format' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s q -d 'Quiet: no Formatting line'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s p -d 'Show a progress bar while preallocating (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s f -d 'Image format (qcow2 or raw; probed when absent)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l output -d 'Output format: human or json' -r
@@ -60,6 +61,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l undo -d 'Un
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l output -d 'Output format: human or json' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l dry-run -d 'Print what would change, change nothing'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l force -d 'Replace an existing backup FILE (refused otherwise)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -s p -d 'Show a progress bar (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s f -d 'Source format (raw or qcow2; probed when absent)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s O -d 'Target format (raw or qcow2; default raw)' -r
@@ -105,6 +107,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l count -d 'At most this many zones' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -l output -d 'Output format: human or json' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s U -l force-share -d 'Take no locks that exclude others (the image may be in use; the report shows what is durable on disk now)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s p -d 'Show a progress bar while reading the zones (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -l output -d 'svg or text' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from map" -s o -d 'Write the map to FILE instead of standard output' -r -F
@@ -117,7 +120,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "map" -d 'Draw every zone, coloured by condition and filled to its write pointer: an SVG picture (default) or text for a terminal'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "set-cond" -d 'Set or clear a persistent fault condition: readonly, offline, clear'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand zone; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "create" -d 'Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "create" -d 'Create an image: create [-q] [-p] [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "info" -d 'Show information about an image'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "check" -d 'Check an image for consistency (qemu-img check compatible), and optionally repair it: check [-f qcow2] [-r leaks|all] [--output human|json] [-q] [-p] FILE'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand help; and not __fish_seen_subcommand_from create info check repair convert compare map measure amend zone help" -f -a "repair" -d 'Repair everything that can be derived (check -r all plus the zoned repairs), printing what changes'

@@ -46,6 +46,10 @@ pub enum Request {
         /// Zone index.
         zone: u32,
     },
+    /// Reset every written sequential zone, as `BLKRESETZONE` over the
+    /// whole device or NBD's reset-all do (READ_ONLY, OFFLINE, conventional
+    /// and EMPTY zones are left as they are).
+    ResetAll,
     /// Set READ_ONLY or OFFLINE on a zone, or clear it.
     SetCond {
         /// Zone index.
@@ -73,11 +77,12 @@ pub fn parse(line: &str) -> Result<Request, String> {
         .as_object()
         .ok_or_else(|| "a request is a JSON object".to_string())?;
     let op = o.get("op").and_then(Value::as_str).ok_or_else(|| {
-        "missing \"op\" (report, open, close, finish, reset, set-cond)".to_string()
+        "missing \"op\" (report, open, close, finish, reset, reset-all, set-cond)".to_string()
     })?;
     let allowed: &[&str] = match op {
         "report" => &["op", "zone", "count"],
         "set-cond" => &["op", "zone", "cond"],
+        "reset-all" => &["op"],
         _ => &["op", "zone"],
     };
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -100,6 +105,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
         "close" => mgmt(ZoneOp::Close),
         "finish" => mgmt(ZoneOp::Finish),
         "reset" => mgmt(ZoneOp::Reset),
+        "reset-all" => Ok(Request::ResetAll),
         "set-cond" => {
             let cond = match o.get("cond").and_then(Value::as_str) {
                 Some("readonly") | Some("read-only") => ZoneFault::ReadOnly,
@@ -113,7 +119,7 @@ pub fn parse(line: &str) -> Result<Request, String> {
             })
         }
         other => Err(format!(
-            "unknown op \"{other}\" (report, open, close, finish, reset, set-cond)"
+            "unknown op \"{other}\" (report, open, close, finish, reset, reset-all, set-cond)"
         )),
     }
 }
@@ -158,6 +164,15 @@ pub fn execute(dev: &dyn BlockDevice, req: &Request) -> Result<Value, DeviceErro
             // Durable before the answer: a restart shows the change.
             dev.flush()?;
             Ok(json!({"zone": zone_json(&zone_of(dev, zone)?)}))
+        }
+        Request::ResetAll => {
+            let g = dev
+                .zone_geometry()
+                .ok_or_else(|| DeviceError::Unsupported("the device is not zoned".into()))?;
+            // The whole device in one request is the device's reset-all.
+            dev.zone_mgmt(ZoneOp::Reset, 0, g.device_size)?;
+            dev.flush()?;
+            Ok(json!({}))
         }
         Request::SetCond { zone, cond } => {
             zone_of(dev, zone)?;
@@ -342,5 +357,9 @@ mod tests {
             .unwrap_err()
             .contains("unknown field"));
         assert!(parse("[").is_err());
+        assert_eq!(parse(r#"{"op":"reset-all"}"#), Ok(Request::ResetAll));
+        assert!(parse(r#"{"op":"reset-all","zone":1}"#)
+            .unwrap_err()
+            .contains("unknown field \"zone\""));
     }
 }

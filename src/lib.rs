@@ -24,6 +24,7 @@ pub mod overlay;
 pub mod personality;
 pub mod plain;
 pub mod probe;
+pub mod progress;
 pub mod qjson;
 pub mod raw;
 pub mod size;

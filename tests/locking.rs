@@ -122,13 +122,17 @@ impl Drop for QemuNbd {
     }
 }
 
-/// A zcow-io holding an image open (it waits for commands on stdin), so
-/// its locks stay; killed by PID on drop.
+/// A zcow-io (or qemu-io) holding an image open (it waits for commands on
+/// stdin), so its locks stay; killed by PID on drop.
 struct Holder(Child);
 
 impl Holder {
     fn start(args: &[&str], image: &str) -> Holder {
-        let mut child = Command::new(bin("zcow-io"))
+        Self::start_prog(&bin("zcow-io"), args, image)
+    }
+
+    fn start_prog(prog: &Path, args: &[&str], image: &str) -> Holder {
+        let mut child = Command::new(prog)
             .args(args)
             .arg(image)
             .stdin(Stdio::piped())
@@ -291,7 +295,10 @@ fn served_zoned_image_refuses_second_server_check_repair_and_set_cond() {
         .args(["-p", &common_nbd::free_port().to_string(), &img])
         .output()
         .unwrap();
-    refused(o, &format!("zcow-nbd: cannot open {img}: {w}\n"));
+    refused(
+        o,
+        &format!("zcow-nbd: Failed to blk_new_open '{img}': {w}\n"),
+    );
     refused(
         zrun("zcow-img", &["check", "-r", "all", &img]),
         &format!("zcow-img: Could not open '{img}': {w}\n"),
@@ -359,4 +366,45 @@ fn backing_files_are_locked_as_qemu_locks_them() {
             hint(&base)
         ),
     );
+}
+
+/// zcow-nbd refuses an image another process holds with qemu-nbd's words
+/// and exit code: both servers are started on an image qemu-io holds open,
+/// read-write and with -r, and on a missing image.
+#[test]
+fn zcow_nbd_open_refusals_read_like_qemu_nbd() {
+    if !have("qemu-io") || !have("qemu-nbd") || !have("qemu-img") {
+        return;
+    }
+    let dir = tmp();
+    let img = plain(dir.path(), "p.qcow2");
+    let serve = |prog: &Path, extra: &[&str], image: &str, sock: &str| {
+        let o = Command::new(prog)
+            .args(["-t", "-k", s(&dir.path().join(sock))])
+            .args(extra)
+            .arg(image)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", prog.display()));
+        let (out, err) = text(&o);
+        (o.status.code(), out, err)
+    };
+    let compare = |extra: &[&str], image: &str, what: &str| {
+        let q = serve(Path::new("qemu-nbd"), extra, image, "q.sock");
+        let z = serve(&bin("zcow-nbd"), extra, image, "z.sock");
+        assert_eq!(q.0, Some(1), "qemu-nbd {what}: {q:?}");
+        assert!(q.2.contains(what), "qemu-nbd {what}: {q:?}");
+        let expected = q.2.replacen("qemu-nbd: ", "zcow-nbd: ", 1);
+        assert_eq!(
+            (z.0, z.1.as_str(), z.2.as_str()),
+            (q.0, "", expected.as_str()),
+            "{what}"
+        );
+    };
+    {
+        let _holder = Holder::start_prog(Path::new("qemu-io"), &[], &img);
+        compare(&[], &img, "Failed to get \"write\" lock");
+        compare(&["-r"], &img, "Failed to get shared \"write\" lock");
+    }
+    let missing = s(&dir.path().join("missing.qcow2")).to_string();
+    compare(&[], &missing, "No such file or directory");
 }

@@ -193,3 +193,81 @@ fn control_socket_sets_conditions_live_and_durably() {
     assert_eq!(r["ok"], json!(true), "{r}");
     a.write(3 * MIB + 4096, &data, false).unwrap();
 }
+
+#[test]
+fn control_socket_resets_all_zones_live_and_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = zoned(dir.path());
+    let sock = dir.path().join("control");
+    let srv = ServerProc::start(
+        Path::new(&img),
+        &["-e", "2", "--control", sock.to_str().unwrap()],
+    );
+    let a = zcow::nbd::connect_uri(&srv.uri()).expect("client a");
+    let b = zcow::nbd::connect_uri(&srv.uri()).expect("client b");
+    let data = vec![0x5a; 4096];
+    // Conventional zone 0, sequential zones 2 and 3 (two clients), zone 4
+    // written then READ_ONLY, zone 5 finished.
+    a.write(0, &data, false).unwrap();
+    a.write(2 * MIB, &data, false).unwrap();
+    b.write(3 * MIB, &data, false).unwrap();
+    b.write(4 * MIB, &data, false).unwrap();
+    let mut c = Control::connect(&sock);
+    let r = c.send(r#"{"op":"set-cond","zone":4,"cond":"readonly"}"#);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = c.send(r#"{"op":"finish","zone":5}"#);
+    assert_eq!(r["zone"]["condition"], json!("FULL"), "{r}");
+
+    let r = c.send(r#"{"op":"reset-all"}"#);
+    assert_eq!(r, json!({"ok": true}));
+    let r = c.send(r#"{"op":"report"}"#);
+    let zones = r["zones"].as_array().expect("zones");
+    let cond = |i: usize| zones[i]["condition"].as_str().unwrap().to_string();
+    assert_eq!(
+        (0..8).map(cond).collect::<Vec<_>>(),
+        [
+            "NOT_WP",
+            "EMPTY",
+            "EMPTY",
+            "EMPTY",
+            "READ_ONLY",
+            "EMPTY",
+            "EMPTY",
+            "EMPTY"
+        ],
+        "{r}"
+    );
+    assert_eq!(zones[2]["wp"], json!(2 * MIB), "{r}");
+    assert_eq!(
+        zones[4]["wp"],
+        json!(4 * MIB + 4096),
+        "READ_ONLY keeps its wp: {r}"
+    );
+    // Every connection sees it at once: the reset zones read as zeroes and
+    // take a write at their start again; the conventional zone kept its data.
+    let mut buf = vec![0u8; 4096];
+    for dev in [&a, &b] {
+        dev.read(3 * MIB, &mut buf).unwrap();
+        assert_eq!(buf, vec![0; 4096]);
+        dev.read(0, &mut buf).unwrap();
+        assert_eq!(buf, data);
+    }
+    b.write(2 * MIB, &data, false).unwrap();
+    a.write(3 * MIB, &data, false).unwrap();
+    assert_eq!(
+        errno(a.write(4 * MIB + 4096, &data, false).unwrap_err()),
+        libc::EPERM
+    );
+    // Reset again and restart: the reset was durable before the reply.
+    let r = c.send(r#"{"op":"reset-all"}"#);
+    assert_eq!(r["ok"], json!(true), "{r}");
+    drop(c);
+    drop(a);
+    drop(b);
+    drop(srv);
+    let rep = report(&img);
+    for z in [2, 3, 5] {
+        assert!(cond_line(&rep, z).ends_with("EMPTY"), "zone {z}: {rep}");
+    }
+    assert!(cond_line(&rep, 4).ends_with("READ_ONLY"), "{rep}");
+}

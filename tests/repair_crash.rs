@@ -28,7 +28,14 @@ enum Run {
 }
 
 fn check(store: Arc<dyn Storage>, mode: Option<RepairMode>) -> Option<CheckReport> {
-    check_store(store, mode, false, &mut std::io::sink(), |_| {}).ok()
+    check_store(
+        store,
+        mode,
+        &zcow::progress::Progress::hidden(),
+        &mut std::io::sink(),
+        |_| {},
+    )
+    .ok()
 }
 
 fn repair(st: Arc<FaultStorage>, run: Run, cs: u64) -> Option<CheckReport> {

@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use zcow::check::{OutputFormat, RepairMode, RepairOptions};
-use zcow::format::create::create;
 use zcow::img;
 use zcow::storage::FileStorage;
 
@@ -49,7 +48,7 @@ fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create an image: create [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]
+    /// Create an image: create [-q] [-p] [-f qcow2] [-o opt=val,...] [-b BACKING [-F FMT]] FILE [SIZE]
     Create {
         /// Image format (qcow2 or raw).
         #[arg(short = 'f', default_value = "qcow2")]
@@ -70,6 +69,9 @@ enum Cmd {
         /// Quiet: no Formatting line.
         #[arg(short = 'q')]
         quiet: bool,
+        /// Show a progress bar while preallocating (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
         /// Image file.
         file: Option<PathBuf>,
         /// Virtual size, with optional suffix k, M, G, T, P, E.
@@ -136,6 +138,9 @@ enum Cmd {
         /// Output format: human or json.
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Show a progress bar (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
         /// Image file.
         file: PathBuf,
     },
@@ -284,6 +289,9 @@ enum ZoneCmd {
         /// report shows what is durable on disk now).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Show a progress bar while reading the zones (on a terminal only).
+        #[arg(short = 'p')]
+        progress: bool,
         /// Image file, nbd:// URI of a zoned export, or a host-managed zoned
         /// block device (zones from the kernel).
         file: PathBuf,
@@ -332,6 +340,7 @@ fn run(cli: Cli) -> Result<u8> {
             backing,
             backing_fmt,
             quiet,
+            progress,
             file,
             size,
         } => {
@@ -428,7 +437,10 @@ fn run(cli: Cli) -> Result<u8> {
                         file.display()
                     )),
                 })?;
-            create(&st, &o).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let bar = zcow::progress::Progress::new(progress && !quiet);
+            zcow::format::create::create_with_progress(&st, &o, &bar)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            bar.finish();
             Ok(0)
         }
         Cmd::Info {
@@ -493,7 +505,8 @@ fn run(cli: Cli) -> Result<u8> {
                 repair,
                 output: output_arg("check", &output)?,
                 quiet,
-                progress,
+                // As qemu-img: -q turns -p off.
+                progress: progress && !quiet,
                 format,
                 display_name: Some(file.clone()),
             };
@@ -511,6 +524,7 @@ fn run(cli: Cli) -> Result<u8> {
             force,
             undo,
             output,
+            progress,
             file,
         } => {
             if let Some(b) = undo {
@@ -530,6 +544,7 @@ fn run(cli: Cli) -> Result<u8> {
                 backup,
                 force,
                 output: output_arg("repair", &output)?,
+                progress,
             };
             let code = zcow::check::run_repair(&file, &opts, &mut stdout, &mut stderr)?;
             Ok(u8::try_from(code).unwrap_or(1))
@@ -670,6 +685,7 @@ fn run(cli: Cli) -> Result<u8> {
                 count,
                 output,
                 force_share,
+                progress,
                 file,
             } => {
                 // blkzone's layout is zone report's own third format.
@@ -681,21 +697,23 @@ fn run(cli: Cli) -> Result<u8> {
                 };
                 zcow::storage::lock::set_force_share(force_share);
                 let off = zcow::size::parse_size(&offset).map_err(anyhow::Error::msg)?;
+                let bar = zcow::progress::Progress::new(progress);
                 let zones = if img::is_device(&file.to_string_lossy()) {
-                    img::zone::report_device(&file.to_string_lossy(), off, count)
+                    img::zone::report_device(&file.to_string_lossy(), off, count, &bar)
                         .map_err(|e| img_err("zone report", e))?
                 } else {
-                    img::zone::report(&file, off, count)
+                    img::zone::report(&file, off, count, &bar)
                         .map_err(|e| {
                             anyhow::anyhow!("Could not open '{}': {}", file.display(), open_msg(&e))
                         })?
                         .1
                 };
                 let text = match output {
-                    _ if blkzone => img::zone::render_blkzone(&zones),
-                    OutputFormat::Human => img::zone::render_human(&zones),
-                    OutputFormat::Json => img::zone::render_json(&zones),
+                    _ if blkzone => img::zone::render_blkzone(&zones, &bar),
+                    OutputFormat::Human => img::zone::render_human(&zones, &bar),
+                    OutputFormat::Json => img::zone::render_json(&zones, &bar),
                 };
+                bar.finish();
                 stdout.write_all(text.as_bytes())?;
                 Ok(0)
             }

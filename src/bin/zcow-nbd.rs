@@ -165,12 +165,18 @@ fn run() -> Result<()> {
         },
     )
     .map_err(|e| {
-        // Open errors carry their own words (QEMU's, for lock conflicts).
+        // Open errors carry their own words (QEMU's, for lock conflicts);
+        // the line around them is qemu-nbd's, and so is the errno text
+        // (strerror's, without Rust's "(os error N)").
         let msg = match e {
             zcow::device::DeviceError::Invalid(m) => m,
             other => other.to_string(),
         };
-        anyhow::anyhow!("cannot open {}: {msg}", args.image.display())
+        let msg = match msg.rfind(" (os error ") {
+            Some(i) if msg.ends_with(')') => msg[..i].to_string(),
+            _ => msg,
+        };
+        anyhow::anyhow!("Failed to blk_new_open '{}': {msg}", args.image.display())
     })?;
 
     let tls = match &args.tls_creds {

@@ -26,6 +26,7 @@ pub use repair::{run_repair, undo_repair, RepairOptions};
 use crate::format::features::{
     AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_CORRUPT, INCOMPAT_DIRTY,
 };
+use crate::progress::Progress;
 use crate::storage::{FileStorage, Storage};
 use errno::{strerror, Errno, EIO};
 use image::{CheckImage, OpenError};
@@ -204,7 +205,10 @@ pub(crate) struct Ctx<'a> {
     pub prog: &'static str,
     pub snaps: snapshots::Snaps,
     pub zones: Option<zoned::ZoneMap>,
-    pub bar: Option<indicatif::ProgressBar>,
+    /// The `-p` bar (hidden when not drawn).
+    pub progress: &'a Progress,
+    /// The window of the bar this pass reports in (fractions of the job).
+    pub pass: (f64, f64),
     /// Guest ranges the repair dropped (accumulated over both passes).
     pub lost: Vec<Lost>,
     /// Write pointers the repair moved.
@@ -214,19 +218,23 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Name the phase shown by the progress bar.
+    /// Name the phase shown by the progress bar and move to its share of
+    /// the pass: the reference walk and the refcount comparison are the
+    /// long ones.
     pub fn phase(&self, what: &'static str) {
-        if let Some(b) = &self.bar {
-            b.set_message(what);
-        }
+        let (a, b) = match what {
+            "counting references" => (0.0, 0.6),
+            "comparing refcounts" => (0.6, 0.95),
+            _ => (0.95, 1.0),
+        };
+        let (lo, hi) = self.pass;
+        self.progress.window(lo + (hi - lo) * a, lo + (hi - lo) * b);
+        self.progress.phase(what);
     }
 
-    /// Update the progress bar, if any.
+    /// `done` of `total` units of the current phase are done.
     pub fn progress(&self, done: u64, total: u64) {
-        if let Some(b) = &self.bar {
-            b.set_length(total.max(1));
-            b.set_position(done);
-        }
+        self.progress.update(done, total);
     }
 }
 
@@ -380,6 +388,7 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
 fn check_pass(cx: &mut Ctx, fix: Fix) -> (Counts, Option<zoned::ZonedSummary>, Result<(), Errno>) {
     let mut result = Counts::default();
     let mut snap = Counts::default();
+    cx.progress.window(cx.pass.0, cx.pass.0);
     if let Err(e) = snapshots::read_table(cx, &mut snap, fix) {
         result.add(&snap, false);
         return (result, None, Err(e));
@@ -410,6 +419,7 @@ fn check_pass(cx: &mut Ctx, fix: Fix) -> (Counts, Option<zoned::ZonedSummary>, R
         result.compressed_clusters > 0,
     );
     result.add(&zres, false);
+    cx.progress.window(cx.pass.1, cx.pass.1);
     if fix.any() && result.check_errors == 0 && result.corruptions == 0 {
         let inc = cx.img.header.incompatible_features;
         if cx.img.header.version >= 3 && inc & (INCOMPAT_DIRTY | INCOMPAT_CORRUPT) != 0 {
@@ -437,10 +447,13 @@ fn check_pass(cx: &mut Ctx, fix: Fix) -> (Counts, Option<zoned::ZonedSummary>, R
 
 /// Run a whole check (both passes) on an opened store. Item messages go to
 /// `err`; nothing is printed to stdout. `prog` prefixes error lines.
+/// Progress is reported within the current window of `progress` (a repair
+/// spends the first 70 % on the repairing pass, the rest on the pass that
+/// checks the result); the caller finishes the bar.
 pub fn check_store(
     store: Arc<dyn Storage>,
     repair: Option<RepairMode>,
-    progress: bool,
+    progress: &Progress,
     err: &mut dyn Write,
     mut on_preamble: impl FnMut(&Counts),
 ) -> Result<CheckReport, CheckOpenError> {
@@ -460,24 +473,16 @@ pub fn check_store(
         Err(OpenError::NotSupported) => return Err(CheckOpenError::NotSupported),
         Err(OpenError::Refused(m)) => return Err(CheckOpenError::Refused(m)),
     };
-    let bar = if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let b = indicatif::ProgressBar::new(1);
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {percent:>3}%")
-        {
-            b.set_style(style.progress_chars("=> "));
-        }
-        Some(b)
-    } else {
-        None
-    };
+    let (lo, hi) = progress.current_window();
+    let split = if fix.any() { lo + (hi - lo) * 0.7 } else { hi };
     let mut cx = Ctx {
         img,
         err,
         prog: crate::personality::name(crate::personality::Tool::Img),
         snaps: Default::default(),
         zones: None,
-        bar,
+        progress,
+        pass: (lo, split),
         lost: Vec::new(),
         wp_changes: Vec::new(),
         lost_snapshots: Vec::new(),
@@ -502,9 +507,6 @@ pub fn check_store(
     let synced = cx.img.sync();
     let repaired = fix.any();
     if let Err(e) = r1.and(synced) {
-        if let Some(b) = &cx.bar {
-            b.finish_and_clear();
-        }
         return Ok(CheckReport {
             counts: Counts::default(),
             zoned: z1,
@@ -526,6 +528,7 @@ pub fn check_store(
     };
     if c1.corruptions_fixed != 0 || c1.leaks_fixed != 0 {
         on_preamble(&c1);
+        cx.pass = (split, hi);
         let (mut c2, z2, r2) = check_pass(&mut cx, Fix::default());
         c2.leaks_fixed = c1.leaks_fixed;
         c2.corruptions_fixed = c1.corruptions_fixed;
@@ -536,9 +539,7 @@ pub fn check_store(
     report.lost = std::mem::take(&mut cx.lost);
     report.wp_changes = std::mem::take(&mut cx.wp_changes);
     report.lost_snapshots = std::mem::take(&mut cx.lost_snapshots);
-    if let Some(b) = &cx.bar {
-        b.finish_and_clear();
-    }
+    progress.window(hi, hi);
     Ok(report)
 }
 
@@ -611,11 +612,21 @@ pub fn run_check(
         return Ok(CheckOpenError::NotSupported.report(err, &name)?);
     }
     let mut pre_out: Vec<u8> = Vec::new();
-    let r = check_store(store, opts.repair, opts.progress, err, |c| {
+    let progress = Progress::new(opts.progress);
+    let mut perr = progress.writer(err);
+    let r = check_store(store, opts.repair, &progress, &mut perr, |c| {
         if human && !quiet {
             report::write_preamble(&mut pre_out, c);
         }
     });
+    perr.flush()?;
+    drop(perr);
+    if matches!(&r, Ok(rep) if rep.failed.is_none()) {
+        progress.finish();
+    } else {
+        // Off the screen before the error is printed.
+        drop(progress);
+    }
     out.write_all(&pre_out)?;
     let rep = match r {
         Ok(r) => r,

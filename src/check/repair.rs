@@ -15,6 +15,7 @@
 
 use super::report;
 use super::{check_store, CheckOpenError, OutputFormat, RepairMode};
+use crate::progress::Progress;
 use crate::storage::{FileStorage, Op, Storage, StorageError};
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub struct RepairOptions {
     pub output: OutputFormat,
     /// Replace an existing backup file (refused otherwise).
     pub force: bool,
+    /// `-p`: progress bar (only when stderr is a terminal).
+    pub progress: bool,
 }
 
 const MAGIC: &[u8; 8] = b"ZCOWBAK2";
@@ -528,19 +531,23 @@ pub fn run_repair(
         .ok()
         .and_then(|c0| crate::format::Header::peek_cluster_size(&c0).ok())
         .unwrap_or(DEFAULT_CHUNK);
+    let progress = Progress::new(opts.progress);
     // Backups are written before anything changes: a dry run finds the
     // chunks the repair will touch.
     if let (Some(bk), false) = (&opts.backup, opts.dry_run) {
         let probe = Arc::new(JournalStorage::new(base.clone(), true, chunk)?);
         let mut sink = Vec::new();
+        // The rehearsal is the first half of the job.
+        progress.window(0.0, 0.5);
         let _ = check_store(
             probe.clone(),
             Some(RepairMode::All),
-            false,
+            &progress,
             &mut sink,
             |_| {},
         );
         write_backup(bk, &backup_of(&probe, None)?, chunk, !opts.force)?;
+        progress.window(0.5, 1.0);
     }
     let journal = Arc::new(JournalStorage::new(base.clone(), opts.dry_run, chunk)?);
     let mut pre = Vec::new();
@@ -551,11 +558,12 @@ pub fn run_repair(
         line: Vec::new(),
     };
     let item_err: &mut dyn Write = if dry { &mut would } else { would.inner };
+    let mut item_err = progress.writer(item_err);
     let r = check_store(
         journal.clone(),
         Some(RepairMode::All),
-        false,
-        item_err,
+        &progress,
+        &mut item_err,
         |c| {
             if human {
                 if dry {
@@ -567,10 +575,14 @@ pub fn run_repair(
         },
     );
     let _ = item_err.flush();
+    drop(item_err);
     let err = would.inner;
     let rep = match r {
         Ok(r) => r,
-        Err(e) => return Ok(e.report(err, &name)?),
+        Err(e) => {
+            drop(progress);
+            return Ok(e.report(err, &name)?);
+        }
     };
     if let (Some(bk), false) = (&opts.backup, opts.dry_run) {
         // Complete the backup (the real repair may have touched more than
@@ -578,6 +590,10 @@ pub fn run_repair(
         // --undo can tell the image has not changed since.
         write_backup(bk, &backup_of(&journal, Some(&*base))?, chunk, false)?;
     }
+    if rep.failed.is_none() {
+        progress.finish();
+    }
+    drop(progress);
     let written = journal.written();
     if human {
         if written.is_empty() {

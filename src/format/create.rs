@@ -7,6 +7,7 @@ use super::header::{required_l1_entries, Extension, Header, MAX_HOST_OFFSET, V3_
 use super::l2::COPIED;
 use super::refcount;
 use super::zoned::{encode_wp_entries, initial_entries, ZonedCreateOptions};
+use crate::progress::Progress;
 use crate::storage::Storage;
 
 /// Preallocation mode.
@@ -149,6 +150,17 @@ pub fn validate(o: &CreateOptions) -> Result<()> {
 
 /// Create an image on an empty store.
 pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
+    create_with_progress(store, o, &Progress::hidden())
+}
+
+/// [`create`], reporting on `progress` as the tables are written (a
+/// preallocated image writes an L2 table per `cluster_size / 8` clusters).
+/// The caller finishes the bar.
+pub fn create_with_progress(
+    store: &dyn Storage,
+    o: &CreateOptions,
+    progress: &Progress,
+) -> Result<()> {
     validate(o)?;
     let cs = o.cluster_size;
     let cb = cs.trailing_zeros();
@@ -271,7 +283,12 @@ pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
     }
     store.write_at(rt_off, &rt)?;
     // Refblocks: refcount 1 for clusters [0, total).
+    // Each table written is one step: the refblocks' share of the bar is
+    // their share of the tables.
+    let l2_share = l2_tables as f64 / (rbs + l2_tables).max(1) as f64;
+    progress.window(0.0, 0.95 * (1.0 - l2_share));
     for i in 0..rbs {
+        progress.update(i, rbs);
         let mut b = vec![0u8; cs as usize];
         let first = i * rbe;
         let last = ((i + 1) * rbe).min(total);
@@ -284,7 +301,9 @@ pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
     let mut l1 = vec![0u64; l1_size as usize];
     let mut next = prealloc_first;
     let mut remaining = data_clusters;
+    progress.window(0.95 * (1.0 - l2_share), 0.95);
     for t in 0..l2_tables {
+        progress.update(t, l2_tables);
         let l2c = next;
         next += 1;
         let n = remaining.min(l2_entries);
@@ -316,8 +335,10 @@ pub fn create(store: &dyn Storage, o: &CreateOptions) -> Result<()> {
         store.set_len(total * cs)?;
     }
     // Header last: until it is written the file is not a qcow2 image.
+    progress.window(0.95, 0.95);
     store.sync()?;
     store.write_at(0, &c0)?;
     store.sync()?;
+    progress.window(1.0, 1.0);
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 use super::{CappedStorage, MAX_IMAGE_INPUT, WRITE_STORE_CAP};
 use crate::check::{check_store, CheckReport, RepairMode};
+use crate::progress::Progress;
 use crate::storage::{MemStorage, Storage};
 use std::sync::Arc;
 
@@ -23,11 +24,12 @@ fn clean(r: &CheckReport) -> bool {
 pub fn fuzz_check(data: &[u8]) {
     let data = &data[..data.len().min(MAX_IMAGE_INPUT)];
     let mut sink = std::io::sink();
+    let hidden = Progress::hidden();
     let ro: Arc<dyn Storage> = Arc::new(MemStorage::read_only(data.to_vec()));
-    let _ = check_store(ro, None, false, &mut sink, |_| {});
+    let _ = check_store(ro, None, &hidden, &mut sink, |_| {});
     let store = Arc::new(CappedStorage::new(data.to_vec(), WRITE_STORE_CAP));
     let rw: Arc<dyn Storage> = store.clone();
-    let Ok(rep) = check_store(rw, Some(RepairMode::All), false, &mut sink, |_| {}) else {
+    let Ok(rep) = check_store(rw, Some(RepairMode::All), &hidden, &mut sink, |_| {}) else {
         return;
     };
     if !clean(&rep) {
@@ -36,7 +38,7 @@ pub fn fuzz_check(data: &[u8]) {
     let bytes = store.to_vec();
     let ro: Arc<dyn Storage> = Arc::new(MemStorage::read_only(bytes));
     let mut msgs = Vec::new();
-    match check_store(ro, None, false, &mut msgs, |_| {}) {
+    match check_store(ro, None, &hidden, &mut msgs, |_| {}) {
         Ok(r2) if clean(&r2) => {}
         other => panic!(
             "check: -r all reported a clean image, a second check does not agree:\n\

@@ -15,6 +15,7 @@ use crate::device::{BlockDevice, ZeroFlags};
 use crate::format::create::create;
 use crate::format::zoned::ZonedCreateOptions;
 use crate::img::create::parse_options;
+use crate::progress::Progress;
 use crate::storage::{FileStorage, Storage};
 use crate::zone::{ZoneCond, ZoneGeometry};
 use std::path::Path;
@@ -141,16 +142,16 @@ struct Copier<'a> {
     dst: Arc<dyn BlockDevice>,
     sparse: u64,
     target_zero: bool,
-    bar: Option<indicatif::ProgressBar>,
+    progress: Progress,
+    /// Bytes to copy (the bar's 100 %).
+    size: u64,
     done: AtomicU64,
 }
 
 impl Copier<'_> {
     fn tick(&self, n: u64) {
         let d = self.done.fetch_add(n, Ordering::Relaxed) + n;
-        if let Some(b) = &self.bar {
-            b.set_position(d);
-        }
+        self.progress.update(d, self.size);
     }
 
     fn write(&self, off: u64, data: &[u8]) -> ImgResult<()> {
@@ -597,19 +598,13 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
     if dst.size() < size {
         return Err(failed("output file is smaller than input file"));
     }
-    let bar = (o.progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-        let b = indicatif::ProgressBar::new(size);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("    [{bar:40}] {percent:>3}%") {
-            b.set_style(style.progress_chars("=> "));
-        }
-        b
-    });
     let c = Copier {
         src: &src,
         dst: dst.clone(),
         sparse: o.sparse_size,
         target_zero: !o.no_create || o.target_is_zero,
-        bar,
+        progress: Progress::new(o.progress),
+        size,
         done: AtomicU64::new(0),
     };
     let faults = match dst.zone_geometry() {
@@ -621,9 +616,7 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
     };
     dst.flush()
         .map_err(|e| failed(format!("error while flushing '{}': {e}", o.target)))?;
-    if let Some(b) = &c.bar {
-        b.finish_and_clear();
-    }
+    c.progress.finish();
     drop(c);
     drop(dst);
     if !faults.is_empty() {

@@ -4,6 +4,7 @@
 use super::info::cond_from_entry;
 use crate::format::wp::WpEntry;
 use crate::format::{BackingPolicy, FormatError, OpenOptions, Qcow2};
+use crate::progress::Progress;
 use crate::qjson::to_qemu_json;
 use crate::zone::{
     count_by_cond, summarize_counts, ZoneCond, ZoneDescriptor, ZoneGeometry, ZoneType,
@@ -43,11 +44,20 @@ fn open(path: &Path, read_only: bool) -> crate::format::Result<(Qcow2, ZoneGeome
     Ok((img, g))
 }
 
-/// Zone descriptors of zones from the one holding `offset`, at most `count`.
+/// Zones read (and rendered) between two progress updates.
+const STEP: usize = 65536;
+
+/// Share of a report's progress bar spent reading the zones; rendering
+/// them is the rest.
+pub const READ_SHARE: f64 = 0.4;
+
+/// Zone descriptors of zones from the one holding `offset`, at most `count`,
+/// reported on `progress` within the first [`READ_SHARE`] of the bar.
 pub fn report(
     path: &Path,
     offset: u64,
     count: Option<u32>,
+    progress: &Progress,
 ) -> crate::format::Result<(ZoneGeometry, Vec<ZoneDescriptor>)> {
     let (img, g) = open(path, true)?;
     let first = g.zone_index(offset).ok_or(FormatError::OutOfRange {
@@ -61,7 +71,12 @@ pub fn report(
     };
     // Only the entries reported are read.
     let mut raw = vec![0u64; (last - first) as usize];
-    img.read_wp_range(first, &mut raw)?;
+    progress.window(0.0, READ_SHARE);
+    let total = raw.len() as u64;
+    for (k, part) in raw.chunks_mut(STEP).enumerate() {
+        progress.update((k * STEP) as u64, total);
+        img.read_wp_range(first + (k * STEP) as u32, part)?;
+    }
     let v = (first..last)
         .map(|i| {
             let e = WpEntry(raw[(i - first) as usize]);
@@ -84,13 +99,31 @@ pub fn report(
     Ok((g, v))
 }
 
+/// Report rendering of `zones` on `progress`, from [`READ_SHARE`] to
+/// `upto` of the bar: `row(i)` is called before zone `i` is rendered.
+fn rendering<'a>(
+    zones: &[ZoneDescriptor],
+    progress: &'a Progress,
+    upto: f64,
+) -> impl Fn(usize) + 'a {
+    progress.window(READ_SHARE, upto);
+    let total = zones.len() as u64;
+    move |i: usize| {
+        if i % STEP == 0 {
+            progress.update(i as u64, total);
+        }
+    }
+}
+
 /// Render a report as a table with per-condition totals.
-pub fn render_human(zones: &[ZoneDescriptor]) -> String {
+pub fn render_human(zones: &[ZoneDescriptor], progress: &Progress) -> String {
+    let row = rendering(zones, progress, 1.0);
     let mut s = format!(
         "{:>8}  {:>18}  {:>12}  {:>12}  {:>18}  {:<18}  {}\n",
         "ZONE", "START", "LENGTH", "CAPACITY", "WP", "TYPE", "CONDITION"
     );
-    for z in zones {
+    for (i, z) in zones.iter().enumerate() {
+        row(i);
         s.push_str(&format!(
             "{:>8}  {:>#18x}  {:>#12x}  {:>#12x}  {:>#18x}  {:<18}  {}\n",
             z.index,
@@ -113,7 +146,10 @@ pub fn render_human(zones: &[ZoneDescriptor]) -> String {
 
 /// Render a report as JSON in the style of `info --output=json`: QEMU's
 /// key spelling (lower case, hyphens), key order and layout.
-pub fn render_json(zones: &[ZoneDescriptor]) -> String {
+/// Building the list is reported on `progress`; writing it out is not
+/// (one call) and takes the rest of the bar.
+pub fn render_json(zones: &[ZoneDescriptor], progress: &Progress) -> String {
+    let row = rendering(zones, progress, 0.7);
     let counts = count_by_cond(zones.iter().map(|z| z.cond));
     let mut by_cond = Map::new();
     for (c, n) in ZoneCond::ALL.iter().zip(counts) {
@@ -121,7 +157,9 @@ pub fn render_json(zones: &[ZoneDescriptor]) -> String {
     }
     let list: Vec<Value> = zones
         .iter()
-        .map(|z| {
+        .enumerate()
+        .map(|(i, z)| {
+            row(i);
             json!({
                 "index": z.index, "start": z.start, "length": z.len, "capacity": z.cap,
                 "write-pointer": z.wp, "type": z.zone_type.name(),
@@ -142,9 +180,11 @@ fn qemu_name(name: &str) -> String {
 /// zones of a block device (512-byte sectors, write pointer relative to the
 /// zone start and 0 for conventional zones), so scripts written for real
 /// devices read images unchanged.
-pub fn render_blkzone(zones: &[ZoneDescriptor]) -> String {
+pub fn render_blkzone(zones: &[ZoneDescriptor], progress: &Progress) -> String {
+    let row = rendering(zones, progress, 1.0);
     let mut s = String::new();
-    for z in zones {
+    for (i, z) in zones.iter().enumerate() {
+        row(i);
         let conventional = z.zone_type == ZoneType::Conventional;
         let wptr = if conventional {
             0
@@ -207,11 +247,12 @@ pub fn set_cond(path: &Path, index: u32, cond: FaultCond) -> crate::format::Resu
 
 /// Zone descriptors of a device opened by name (an NBD URI: the report
 /// comes from the server's zoned extension), from the zone holding
-/// `offset`, at most `count`.
+/// `offset`, at most `count`; reported on `progress` as [`report`] does.
 pub fn report_device(
     name: &str,
     offset: u64,
     count: Option<u32>,
+    progress: &Progress,
 ) -> Result<Vec<ZoneDescriptor>, super::ImgError> {
     let d = super::open_named(name, None, true)?;
     let g = d
@@ -223,7 +264,9 @@ pub fn report_device(
     let want = count.map_or(u64::from(g.nr_zones - first), u64::from);
     let mut out: Vec<ZoneDescriptor> = Vec::new();
     let mut off = g.zone_start(first);
+    progress.window(0.0, READ_SHARE);
     while (out.len() as u64) < want {
+        progress.update(out.len() as u64, want);
         let n = (want - out.len() as u64).min(65536) as u32;
         let z = d
             .zone_report(off, n)
