@@ -3,13 +3,13 @@
 # limit, prints a per-test PASS/FAIL/SKIP line and a final "N passed, N failed"
 # line, and exits non-zero when any test failed.
 #
-#   all.sh [TEST...]   default: smoke zone-report hostdev persist crash f2fs btrfs zonefs fio-zbd
+#   all.sh [TEST...]   default: smoke zone-report hostdev persist lifecycle qemu-io crash f2fs btrfs zonefs fio-zbd
 #
 #   ZCOW_VM_FIO_TESTS  test numbers given to fio-zbd.sh (default: all)
 #   ZCOW_VM_TEST_TIMEOUT  per-test limit in seconds (default 900; fio-zbd 2400)
 here=$(cd "$(dirname "$0")" && pwd)
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(smoke zone-report hostdev persist crash f2fs btrfs zonefs fio-zbd)
+[ ${#tests[@]} -gt 0 ] || tests=(smoke zone-report hostdev persist lifecycle qemu-io crash f2fs btrfs zonefs fio-zbd)
 out=${ZCOW_VM_OUT:-/tmp}
 summary=$out/summary
 : >"$summary"

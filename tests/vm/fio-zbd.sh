@@ -3,13 +3,28 @@
 # source) on the device, one test case at a time under its own timeout, so a
 # request that is never completed fails that case instead of the run.
 #
-#   fio-zbd.sh [TEST...]   default: every test case of the suite
+#   fio-zbd.sh [--target zcow|rublk|nullblk] [TEST...]
+#                          default: zcow-ublk, every test case of the suite
+#
+# --target (or ZCOW_VM_BACKEND) picks the device: zcow-ublk serving a zoned
+# qcow2 image, stock rublk 0.2.15's memory-backed zoned target (the ublk
+# anchor the suite table compares with), or the kernel's zoned null_blk;
+# all three get the same geometry.
 #
 # Not applicable, and not counted: 54 (fails on the kernel's own null_blk
 # with fio 3.33). Skipped by the suite itself on any ublk device: 09 10
 # (SCSI only), 42 43 49 56 (need a non-zoned disk).
-# Per-test results go to $ZCOW_VM_OUT/fio-zbd.results ("NN PASS|FAIL|SKIP|NA").
+# Per-test results go to $ZCOW_VM_OUT/fio-zbd.results ("NN PASS|FAIL|SKIP|NA
+# SECONDS [reason]"), a copy to fio-zbd.TARGET.results.
+if [ "${1:-}" = --target ]; then
+  export ZCOW_VM_BACKEND=${2:?--target needs zcow, rublk or nullblk}
+  shift 2
+fi
 . "$(dirname "$0")/lib.sh"
+case $BACKEND in
+  zcow | rublk | nullblk) ;;
+  *) fail "unknown target $BACKEND (zcow, rublk or nullblk)" ;;
+esac
 scratch
 modules
 suite=${ZCOW_VM_FIOSRC:?}/t/zbd/test-zbd-support
@@ -56,7 +71,7 @@ for t in "${tests[@]}"; do
         cat "/proc/$p/stack" 2>/dev/null
       done
       dmesg | tail -n 20
-      if [ "$BACKEND" = zcow ]; then dev_kill; else nullb_down; fi
+      if [ "$BACKEND" = nullblk ]; then nullb_down; else dev_kill; fi
       dev_up "$img"
     fi
   fi
@@ -65,5 +80,6 @@ for t in "${tests[@]}"; do
   say "test $n: $st (${secs}s)${reason:+ $reason}"
 done
 dev_down
-say "fio zbd: $pass passed, $failn failed, $skip skipped, $na not applicable"
+cp "$res" "${ZCOW_VM_OUT:-$SCRATCH}/fio-zbd.$BACKEND.results"
+say "fio zbd on $BACKEND: $pass passed, $failn failed, $skip skipped, $na not applicable"
 [ "$failn" = 0 ]

@@ -5,14 +5,20 @@
 # `guard SECONDS ...`: a request that is never completed must fail the test,
 # not hang the VM.
 #
-#   ZCOW_VM_BACKEND  zcow (default: zcow-ublk serving a qcow2 image) or
+#   ZCOW_VM_BACKEND  zcow (default: zcow-ublk serving a qcow2 image),
 #                    nullblk (the kernel's zoned null_blk: proves the scripts
-#                    and gives the reference behaviour; image checks skip)
+#                    and gives the reference behaviour; image checks skip) or
+#                    rublk (rublk's memory-backed zoned target, the ublk
+#                    anchor; image checks skip)
+#   ZCOW_VM_RUBLK    the rublk binary (default ~/.cache/zcow-vm/rublk/bin/rublk)
 #   ZCOW_BIN         folder with zcow-img/zcow-io/zcow-ublk (target/release)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${ZCOW_BIN:-$REPO/target/release}
 BACKEND=${ZCOW_VM_BACKEND:-zcow}
+RUBLK=${ZCOW_VM_RUBLK:-$HOME/.cache/zcow-vm/rublk/bin/rublk}
+# rublk's device number: fixed, so a hung device can be deleted by number.
+RUBLK_ID=${ZCOW_VM_RUBLK_ID:-9}
 SCRATCH=/var/tmp/zcow-vm
 SKIP=77
 MiB=$((1 << 20))
@@ -83,10 +89,10 @@ SERVER_LOG=
 dev_up() {
   local img=$1 i
   shift
-  if [ "$BACKEND" = nullblk ]; then
-    nullb_up "$img"
-    return
-  fi
+  case $BACKEND in
+    nullblk) nullb_up "$img"; return ;;
+    rublk) rublk_up "$img"; return ;;
+  esac
   SERVER_LOG=$img.server.log
   "$BIN/zcow-ublk" "$@" "$img" >"$SERVER_LOG" 2>&1 &
   SERVER=$!
@@ -106,10 +112,10 @@ dev_up() {
 
 # dev_down: SIGTERM, the device must go and the server exit 0.
 dev_down() {
-  if [ "$BACKEND" = nullblk ]; then
-    nullb_down
-    return
-  fi
+  case $BACKEND in
+    nullblk) nullb_down; return ;;
+    rublk) rublk_down; return ;;
+  esac
   local rc i
   kill -TERM "$SERVER" 2>/dev/null
   for i in $(seq 1 600); do
@@ -133,26 +139,35 @@ dev_down() {
   SERVER=
 }
 
-# dev_kill: SIGKILL, no clean-up by the server.
+# dev_kill: SIGKILL, no clean-up by the server. For rublk the dead device
+# is deleted too (rublk leaves it behind).
 dev_kill() {
   kill -KILL "$SERVER"
   wait "$SERVER" 2>/dev/null
-  say "zcow-ublk (pid $SERVER) killed with SIGKILL"
+  say "$BACKEND server (pid $SERVER) killed with SIGKILL"
   SERVER=
+  if [ "$BACKEND" = rublk ]; then
+    guard 60 "$RUBLK" del -n "$RUBLK_ID" >/dev/null 2>&1
+  fi
 }
 
-# Image geometry for null_blk (read back from the image, so both backends
-# test the same device).
-nullb_up() {
-  local img=$1 geo d
-  geo=$(python3 - "$BIN/zcow-img" "$img" <<'EOF'
+# image_geometry IMAGE: sets size zsize zcap conv (MiB, MiB, MiB, count),
+# read back from the image, so every backend tests the same device.
+image_geometry() {
+  local geo
+  geo=$(python3 - "$BIN/zcow-img" "$1" <<'EOF'
 import json, subprocess, sys
 z = json.loads(subprocess.check_output([sys.argv[1], "zone", "report", "--output", "json", sys.argv[2]]))["zones"]
 conv = sum(1 for x in z if x["type"] == "conventional")
 print(len(z) * z[0]["length"] >> 20, z[0]["length"] >> 20, z[-1]["capacity"] >> 20, conv)
 EOF
-  ) || fail "reading the geometry of $img"
+  ) || fail "reading the geometry of $1"
   read -r size zsize zcap conv <<<"$geo"
+}
+
+nullb_up() {
+  local d size zsize zcap conv
+  image_geometry "$1"
   d=/sys/kernel/config/nullb/zcowvm
   mkdir "$d" || fail "configfs null_blk"
   echo "$size" >"$d/size"
@@ -172,6 +187,37 @@ nullb_down() {
   echo 0 >/sys/kernel/config/nullb/zcowvm/power
   rmdir /sys/kernel/config/nullb/zcowvm
 }
+# rublk's memory-backed zoned target of the image's geometry (rublk has no
+# zone capacity option: the image must have none either), in the foreground
+# so that SERVER is its pid.
+rublk_up() {
+  local size zsize zcap conv i
+  [ -x "$RUBLK" ] || fail "$RUBLK missing (cargo install rublk --version 0.2.15 --no-default-features --root ~/.cache/zcow-vm/rublk)"
+  image_geometry "$1"
+  [ "$zcap" = "$zsize" ] || fail "rublk cannot serve a zone capacity below the zone size"
+  SERVER_LOG=$1.rublk.log
+  "$RUBLK" add zoned --foreground -n "$RUBLK_ID" --size "${size}MiB" --zone-size "${zsize}MiB" \
+    --conv-zones "$conv" >"$SERVER_LOG" 2>&1 &
+  SERVER=$!
+  DEV=/dev/ublkb$RUBLK_ID
+  for i in $(seq 1 600); do
+    [ -b "$DEV" ] && break
+    kill -0 "$SERVER" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -b "$DEV" ]; then
+    cat "$SERVER_LOG"
+    fail "rublk did not bring up $DEV"
+  fi
+  say "rublk (pid $SERVER) serves a ${size} MiB zoned device, ${zsize} MiB zones, $conv conventional, as $DEV"
+}
+rublk_down() {
+  guard 60 "$RUBLK" del -n "$RUBLK_ID" >/dev/null || say "rublk del -n $RUBLK_ID failed"
+  wait_for "$SERVER" 60 || { kill -KILL "$SERVER"; fail "rublk did not exit after del"; }
+  SERVER=
+  say "rublk stopped"
+}
+
 udev_settle() {
   local i
   for i in $(seq 1 100); do
@@ -206,6 +252,9 @@ need_zcow() {
 # Stops whatever is still up when a test exits early.
 cleanup() {
   if [ -n "$SERVER" ]; then kill -KILL "$SERVER" 2>/dev/null; fi
+  if [ "$BACKEND" = rublk ] && [ -e "/dev/ublkc$RUBLK_ID" ]; then
+    timeout 30 "$RUBLK" del -n "$RUBLK_ID" >/dev/null 2>&1
+  fi
   if [ "$BACKEND" = nullblk ] && [ -d /sys/kernel/config/nullb/zcowvm ]; then nullb_down 2>/dev/null; fi
 }
 trap cleanup EXIT

@@ -16,6 +16,8 @@
 #   ZCOW_VM_MEM      guest memory (default 4G); ZCOW_VM_SMP vCPUs (default 2)
 #   ZCOW_VM_ACCEL    tcg or kvm (default: detected, see below)
 #   ZCOW_VM_OUT      results folder (default: a new folder under /tmp, kept)
+#   ZCOW_VM_QEMU_ARGS  extra QEMU arguments, split on blanks (a disk for a
+#                    nested guest: tests/vm/nested.sh)
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 SCRIPT [ARGS...]" >&2; exit 2; }
@@ -56,7 +58,7 @@ case "${cmd[0]}" in /*) ;; *) [ -e "${cmd[0]}" ] && cmd[0]=$(cd "$(dirname "${cm
   printf 'export ZCOW_VM_ZONEFS=%q ZCOW_VM_FIOSRC=%q\n' "$ZCOW_VM_ZONEFS" "$ZCOW_VM_FIOSRC"
   printf 'export HOME=%q CI=%q\n' "$HOME" "${CI:-}"
   # Test knobs (ZCOW_*) travel into the guest.
-  env | grep -E '^ZCOW_[A-Z0-9_]*=' | grep -vE '^ZCOW_VM_(OUT|MODDIR|KVER|ZONEFS|FIOSRC)=' |
+  env | grep -E '^ZCOW_[A-Z0-9_]*=' | grep -vE '^ZCOW_VM_(OUT|MODDIR|KVER|ZONEFS|FIOSRC|QEMU_ARGS)=' |
     while IFS='=' read -r k v; do printf 'export %s=%q\n' "$k" "$v"; done || true
 } >"$OUT/job.env"
 
@@ -94,6 +96,7 @@ timeout -k 20 "$timeout_s" qemu-system-x86_64 \
   -device virtio-9p-pci,fsdev=zcowout,mount_tag=zcowout \
   -device virtio-serial-pci \
   -chardev "file,id=job,path=$OUT/console.log" -device virtconsole,chardev=job \
+  ${ZCOW_VM_QEMU_ARGS:-} \
   </dev/null >"$OUT/qemu.log" 2>&1 &
 qpid=$!
 # An interrupted run takes its VM with it.

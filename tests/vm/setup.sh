@@ -13,8 +13,8 @@
 #   fio-src/         Debian's fio source (t/zbd/test-zbd-support)
 #   env              shell fragment with the paths above (read by run.sh)
 # and installs on the host (Debian packages; the guest sees the host's /):
-#   qemu-system-x86 10.0.x from bookworm-backports, kmod, cpio, fio,
-#   f2fs-tools, btrfs-progs.
+#   qemu-system-x86 and qemu-utils 10.0.x from bookworm-backports, kmod,
+#   cpio, fio, f2fs-tools, btrfs-progs.
 set -euo pipefail
 
 CACHE=${ZCOW_VM_CACHE:-$HOME/.cache/zcow-vm}
@@ -101,6 +101,16 @@ if ! qemu_ok; then
   apt_ install -y -qq --no-install-recommends -t bookworm-backports \
     qemu-system-x86 >/dev/null
   qemu_ok || { log "qemu-system-x86_64 10.x not available"; exit 1; }
+fi
+# qemu-io for tests/vm/qemu-io.sh: QEMU's zoned host_device needs 8.0 or
+# later (bookworm's qemu-utils is 7.2), so the same backports 10.0.
+qemu_io_ok() {
+  command -v qemu-io >/dev/null 2>&1 && qemu-io --version | grep -q 'version 10\.'
+}
+if ! qemu_io_ok; then
+  log "installing qemu-utils from bookworm-backports"
+  apt_ install -y -qq --no-install-recommends -t bookworm-backports qemu-utils >/dev/null
+  qemu_io_ok || { log "qemu-io 10.x not available"; exit 1; }
 fi
 
 # ---- guest kernel: bookworm-backports linux-image-6.12.* ----
