@@ -219,6 +219,11 @@ pub enum Command {
     Map,
     /// `info`.
     Info,
+    /// `truncate [-m prealloc_mode] off`.
+    Truncate {
+        /// New size in bytes.
+        size: u64,
+    },
     /// `length`.
     Length,
     /// `zone_report off nr`.
@@ -689,6 +694,40 @@ fn parse_discard(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError>
     })
 }
 
+fn prog() -> &'static str {
+    crate::personality::name(crate::personality::Tool::Io)
+}
+
+fn parse_truncate(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
+    let typed = &argv[0];
+    let s = scan(argv, "m:");
+    let mut mode = String::from("off");
+    each_opt(&s, typed, spec, |_, arg| {
+        mode = arg.to_string();
+        Ok(None)
+    })?;
+    let [off] = s.operands.as_slice() else {
+        return Err(usage(typed, spec));
+    };
+    match mode.as_str() {
+        "off" => {}
+        // QEMU's other modes; zcow allocates nothing ahead of writes.
+        "metadata" | "falloc" | "full" => {
+            return Err(ParseError::err(
+                format!("{}: Unsupported preallocation mode '{mode}'", prog()),
+                libc::ENOTSUP,
+            ))
+        }
+        _ => {
+            return Err(ParseError::err(
+                format!("{}: Invalid preallocation mode '{mode}'", prog()),
+                libc::EINVAL,
+            ))
+        }
+    }
+    Ok(Command::Truncate { size: num(off)? })
+}
+
 fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
     let s = scan(argv, "p");
@@ -798,6 +837,7 @@ pub fn parse_args(spec: &CmdSpec, argv: &[String]) -> Result<Command, ParseError
         "map" => Ok(Command::Map),
         "info" => Ok(Command::Info),
         "length" => Ok(Command::Length),
+        "truncate" => parse_truncate(argv, spec),
         "zone_report" => {
             let offset = num(arg(1))?;
             let n = num(arg(2))?;

@@ -189,7 +189,6 @@ impl Qcow2 {
         let p = Params {
             cluster_bits: header.cluster_bits,
             cs,
-            size: header.size,
             l2_entries: header.l2_entries(),
             extended: header.extended_l2(),
             refcount_order: header.refcount_order,
@@ -312,6 +311,7 @@ impl Qcow2 {
             path: None,
             backing_chain: Vec::new(),
             unlocked_io: AtomicUsize::new(0),
+            size: AtomicU64::new(header.size),
             overlap_warning,
         };
         // A read-write open clears autoclear bits zcow does not maintain
