@@ -134,6 +134,45 @@ fn from_pairs(pairs: Vec<(String, String)>) -> Result<ImageOpts, String> {
     Ok(o)
 }
 
+/// Object types QEMU's tools accept with `--object`.
+const OBJECT_TYPES: &[&str] = &[
+    "secret",
+    "secret_keyring",
+    "throttle-group",
+    "iothread",
+    "tls-creds-anon",
+    "tls-creds-psk",
+    "tls-creds-x509",
+    "authz-simple",
+    "authz-list",
+    "authz-listfile",
+    "authz-pam",
+];
+
+/// Check an `--object` definition (`TYPE,id=ID,...` or `qom-type=TYPE,...`)
+/// as QEMU's tools do: a known type and an `id`. zcow uses no objects, so a
+/// valid one is only recorded.
+pub fn check_object(def: &str) -> Result<(), String> {
+    let (first, rest) = def.split_once(',').unwrap_or((def, ""));
+    let (ty, rest) = if first.contains('=') {
+        let ty = split_opts(def)?
+            .into_iter()
+            .find(|(k, _)| k == "qom-type")
+            .map(|(_, v)| v)
+            .ok_or_else(|| "Parameter 'qom-type' is missing".to_string())?;
+        (ty, def)
+    } else {
+        (first.to_string(), rest)
+    };
+    if !OBJECT_TYPES.contains(&ty.as_str()) {
+        return Err(format!("Parameter 'qom-type' does not accept value '{ty}'"));
+    }
+    if !split_opts(rest)?.iter().any(|(k, _)| k == "id") {
+        return Err("Parameter 'id' is missing".into());
+    }
+    Ok(())
+}
+
 /// Parse an `--image-opts` string.
 pub fn parse_image_opts(s: &str) -> Result<ImageOpts, String> {
     from_pairs(split_opts(s)?)
@@ -172,6 +211,20 @@ mod tests {
         );
         assert!(parse_image_opts("driver=qcow2,bogus=1,file.filename=x").is_err());
         assert!(parse_image_opts("driver=qcow2").is_err());
+    }
+
+    #[test]
+    fn objects() {
+        assert!(check_object("secret,id=s0,data=x").is_ok());
+        assert!(check_object("qom-type=secret,id=s0,data=x").is_ok());
+        assert_eq!(
+            check_object("foo,id=s0").unwrap_err(),
+            "Parameter 'qom-type' does not accept value 'foo'"
+        );
+        assert_eq!(
+            check_object("secret,data=x").unwrap_err(),
+            "Parameter 'id' is missing"
+        );
     }
 
     #[test]

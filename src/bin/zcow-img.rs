@@ -43,6 +43,40 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// The file and format an `--image-opts` string or a `json:` file name
+/// names (other keys are recorded; zcow-img acts on none of them).
+fn named_image(given: &str, image_opts: bool, format: &mut Option<String>) -> Result<String> {
+    let parsed = if image_opts {
+        if format.is_some() {
+            bail!("--image-opts and --format are mutually exclusive");
+        }
+        Some(zcow::image_opts::parse_image_opts(given))
+    } else {
+        zcow::image_opts::parse_json_filename(given)
+    };
+    match parsed {
+        None => Ok(given.to_string()),
+        Some(Err(m)) => bail!("Could not open '{given}': {m}"),
+        Some(Ok(o)) => {
+            if o.offset.is_some() || o.size.is_some() {
+                bail!("Could not open '{given}': the raw driver's offset and size options are supported by zcow-io only");
+            }
+            if format.is_none() {
+                *format = o.driver;
+            }
+            Ok(o.filename)
+        }
+    }
+}
+
+/// `--object` definitions: the type is checked, the object recorded.
+fn check_objects(objects: &[String]) -> Result<()> {
+    for o in objects {
+        zcow::image_opts::check_object(o).map_err(|m| anyhow::anyhow!(m))?;
+    }
+    Ok(())
+}
+
 fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
     OutputFormat::from_arg(s).map_err(|msg| Usage { cmd, msg }.into())
 }
@@ -70,6 +104,10 @@ enum Cmd {
         /// Quiet: no Formatting line.
         #[arg(short = 'q')]
         quiet: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file.
         file: Option<PathBuf>,
         /// Virtual size, with optional suffix k, M, G, T, P, E.
@@ -90,6 +128,15 @@ enum Cmd {
         /// change while it is read).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Treat FILE as an option string: driver=FMT,file.filename=PATH
+        /// (other keys of QEMU's block layer are recorded, see
+        /// docs/conformance.md).
+        #[arg(long = "image-opts")]
+        image_opts: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file.
         file: PathBuf,
     },
@@ -114,6 +161,15 @@ enum Cmd {
         /// Take no locks that exclude others (read-only checks only).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Treat FILE as an option string: driver=FMT,file.filename=PATH
+        /// (other keys of QEMU's block layer are recorded, see
+        /// docs/conformance.md).
+        #[arg(long = "image-opts")]
+        image_opts: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file.
         file: String,
     },
@@ -178,6 +234,15 @@ enum Cmd {
         /// Bytes to map at most.
         #[arg(long = "max-length")]
         max_len: Option<String>,
+        /// Treat FILE as an option string: driver=FMT,file.filename=PATH
+        /// (other keys of QEMU's block layer are recorded, see
+        /// docs/conformance.md).
+        #[arg(long = "image-opts")]
+        image_opts: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file or NBD URI.
         file: String,
     },
@@ -329,9 +394,11 @@ fn run(cli: Cli) -> Result<u8> {
             backing,
             backing_fmt,
             quiet,
+            object,
             file,
             size,
         } => {
+            check_objects(&object)?;
             if format != "qcow2" && format != "raw" {
                 bail!("Unknown file format '{format}' (zcow-img creates qcow2 and raw)");
             }
@@ -429,12 +496,20 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Cmd::Info {
-            format,
+            mut format,
             output,
             backing_chain,
             force_share,
+            image_opts,
+            object,
             file,
         } => {
+            check_objects(&object)?;
+            let file = PathBuf::from(named_image(
+                &file.to_string_lossy(),
+                image_opts,
+                &mut format,
+            )?);
             let output = output_arg("info", &output)?;
             zcow::storage::lock::set_force_share(force_share);
             let name = file.to_string_lossy().into_owned();
@@ -468,14 +543,18 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Cmd::Check {
-            format,
+            mut format,
             repair,
             output,
             quiet,
             progress,
             force_share,
+            image_opts,
+            object,
             file,
         } => {
+            check_objects(&object)?;
+            let file = named_image(&file, image_opts, &mut format)?;
             if force_share && repair.is_some() {
                 bail!("Could not open '{file}': force-share=on can only be used with read-only images");
             }
@@ -583,12 +662,16 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(img::compare::run(&o, &mut stdout, &mut stderr))
         }
         Cmd::Map {
-            format,
+            mut format,
             output,
             start,
             max_len,
+            image_opts,
+            object,
             file,
         } => {
+            check_objects(&object)?;
+            let file = named_image(&file, image_opts, &mut format)?;
             let output = output_arg("map", &output)?;
             let num = |what: &str, v: &str| {
                 zcow::size::parse_size(v)
