@@ -134,6 +134,22 @@ fn from_pairs(pairs: Vec<(String, String)>) -> Result<ImageOpts, String> {
     Ok(o)
 }
 
+/// The path a file name with QEMU's `file:` protocol prefix names
+/// (`file:a:b.img` is the file `a:b.img`), written as QEMU shows it: a
+/// relative path whose first component holds a colon gets `./` so it does
+/// not read as another protocol. Names without the prefix are unchanged.
+pub fn file_protocol_path(name: &str) -> String {
+    let Some(path) = name.strip_prefix("file:") else {
+        return name.to_string();
+    };
+    let first = path.split('/').next().unwrap_or("");
+    if !path.starts_with('/') && first.contains(':') {
+        format!("./{path}")
+    } else {
+        path.to_string()
+    }
+}
+
 /// Object types QEMU's tools accept with `--object`.
 const OBJECT_TYPES: &[&str] = &[
     "secret",
@@ -211,6 +227,14 @@ mod tests {
         );
         assert!(parse_image_opts("driver=qcow2,bogus=1,file.filename=x").is_err());
         assert!(parse_image_opts("driver=qcow2").is_err());
+    }
+
+    #[test]
+    fn file_protocol() {
+        assert_eq!(file_protocol_path("file:/t/a:b.img"), "/t/a:b.img");
+        assert_eq!(file_protocol_path("file:image:top.img"), "./image:top.img");
+        assert_eq!(file_protocol_path("file:base.img"), "base.img");
+        assert_eq!(file_protocol_path("a:b.img"), "a:b.img");
     }
 
     #[test]

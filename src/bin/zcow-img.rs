@@ -55,7 +55,7 @@ fn named_image(given: &str, image_opts: bool, format: &mut Option<String>) -> Re
         zcow::image_opts::parse_json_filename(given)
     };
     match parsed {
-        None => Ok(given.to_string()),
+        None => Ok(zcow::image_opts::file_protocol_path(given)),
         Some(Err(m)) => bail!("Could not open '{given}': {m}"),
         Some(Ok(o)) => {
             if o.offset.is_some() || o.size.is_some() {
@@ -406,10 +406,14 @@ fn run(cli: Cli) -> Result<u8> {
                 print!("{}", img::create::options_help());
                 return Ok(0);
             }
-            let file = file.ok_or_else(|| Usage {
+            let given = file.ok_or_else(|| Usage {
                 cmd: "create",
                 msg: "Expecting image file name".into(),
             })?;
+            // `file:NAME` is the file NAME (messages keep the name as given).
+            let file = PathBuf::from(zcow::image_opts::file_protocol_path(
+                &given.to_string_lossy(),
+            ));
             if format == "raw" {
                 return create_raw(&file, &options, size.as_deref(), quiet);
             }
@@ -478,7 +482,7 @@ fn run(cli: Cli) -> Result<u8> {
                 writeln!(
                     stdout,
                     "{}",
-                    img::create::formatting_line(&file.to_string_lossy(), &shown)
+                    img::create::formatting_line(&given.to_string_lossy(), &shown)
                 )?;
             }
             zcow::format::create::validate(&o)

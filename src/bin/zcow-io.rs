@@ -192,7 +192,7 @@ fn run(cli: Cli) -> Result<u8> {
         };
         let mut window = None;
         let file = match named {
-            None => given.clone(),
+            None => zcow::image_opts::file_protocol_path(given),
             Some(Ok(o)) => {
                 if o.offset.is_some() || o.size.is_some() {
                     window = Some((o.offset.unwrap_or(0), o.size));
