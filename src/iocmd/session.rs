@@ -1006,6 +1006,25 @@ impl Session {
                 }
             }
         }
+        // A qcow2 image keeps its options when new ones are invalid
+        // (QEMU's reopen is a transaction): check before closing.
+        if let Some(dev) = &self.dev {
+            if let Some(fi) = dev.format_info().filter(|f| f.name == "qcow2") {
+                let qcow2_opts: Vec<(String, String)> = options
+                    .iter()
+                    .filter(|(k, _)| k != "offset" && k != "size")
+                    .cloned()
+                    .collect();
+                if let Err(m) = crate::image_opts::check_qcow2_runtime_opts(
+                    &qcow2_opts,
+                    fi.cluster_size,
+                    dev.size(),
+                ) {
+                    line(err, format!("{}: {m}", self.prog))?;
+                    return Ok(-libc::EINVAL);
+                }
+            }
+        }
         self.close_device(out, err)?;
         match window {
             None => self.open(&path, opts, false, err),
