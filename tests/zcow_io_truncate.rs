@@ -214,7 +214,11 @@ fn vmstate_round_trips_with_qemu() {
     );
     assert_eq!(stdout(&zio(&["-c", "length", &img])), "6 GiB\n");
     // The disk itself is untouched.
-    reads_ok(s(&bin("zcow-io")), &img, &["read -P 0 0 1G", "read -P 0 5G 1G"]);
+    reads_ok(
+        s(&bin("zcow-io")),
+        &img,
+        &["read -P 0 0 1G", "read -P 0 5G 1G"],
+    );
     if have("qemu-io") {
         reads_ok(
             "qemu-io",

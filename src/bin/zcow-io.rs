@@ -58,6 +58,10 @@ struct Cli {
     /// memory, discarded at exit
     #[arg(short = 's', long = "snapshot")]
     snapshot: bool,
+    /// Copy-on-read: data read from the backing chain is written into the
+    /// image (whole clusters; all-zero data is left unallocated)
+    #[arg(short = 'C', long = "copy-on-read")]
+    copy_on_read: bool,
     /// Misalign buffers for O_DIRECT (accepted and recorded: no effect)
     #[arg(short = 'm', long = "misalign")]
     misalign: bool,
@@ -221,6 +225,13 @@ fn run(cli: Cli) -> Result<u8> {
         .and_then(|d| {
             if cli.snapshot {
                 Ok(std::sync::Arc::new(zcow::overlay::MemOverlay::new(d)?) as _)
+            } else {
+                Ok(d)
+            }
+        })
+        .and_then(|d| {
+            if cli.copy_on_read {
+                Ok(std::sync::Arc::new(zcow::copy_on_read::CopyOnRead::new(d)?) as _)
             } else {
                 Ok(d)
             }

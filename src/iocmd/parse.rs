@@ -250,6 +250,8 @@ pub enum Command {
         lens: Vec<u64>,
         /// `-p`: print the sector where the data landed.
         print_sector: bool,
+        /// `-P`: fill byte (default 0xcd, as `write`).
+        pattern: u8,
     },
     /// `open [-rU] [-f fmt] [-o opts] path`.
     Open {
@@ -730,10 +732,14 @@ fn parse_truncate(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError
 
 fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
-    let s = scan(argv, "p");
+    let s = scan(argv, "pP:");
     let mut print_sector = false;
-    each_opt(&s, typed, spec, |_, _| {
-        print_sector = true;
+    let mut pat = DEFAULT_WRITE_PATTERN;
+    each_opt(&s, typed, spec, |c, arg| {
+        match c {
+            'P' => pat = pattern(arg)?,
+            _ => print_sector = true,
+        }
         Ok(None)
     })?;
     if s.operands.len() < 2 {
@@ -743,6 +749,7 @@ fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseEr
         offset: num(&s.operands[0])?,
         lens: iovec(&s.operands[1..])?,
         print_sector,
+        pattern: pat,
     })
 }
 
@@ -961,7 +968,17 @@ mod tests {
             Command::ZoneAppend {
                 offset: 1 << 20,
                 lens: vec![4096, 4096],
-                print_sector: true
+                print_sector: true,
+                pattern: DEFAULT_WRITE_PATTERN,
+            }
+        );
+        assert_eq!(
+            ok("zap -P 0x5a 1M 4k"),
+            Command::ZoneAppend {
+                offset: 1 << 20,
+                lens: vec![4096],
+                print_sector: false,
+                pattern: 0x5a,
             }
         );
         assert_eq!(

@@ -629,6 +629,7 @@ impl Session {
                 offset,
                 lens,
                 print_sector,
+                pattern,
             } => {
                 let total: u64 = lens.iter().sum();
                 // qemu checks the byte range before the zone rules.
@@ -638,7 +639,7 @@ impl Session {
                 let Ok(n) = usize::try_from(total) else {
                     return Ok(-libc::ENOMEM);
                 };
-                let buf = vec![super::parse::DEFAULT_WRITE_PATTERN; n];
+                let buf = vec![pattern; n];
                 match dev.zone_append(offset, &buf, false) {
                     Ok(at) => {
                         if print_sector {

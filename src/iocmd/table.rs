@@ -200,6 +200,7 @@ const ZONE_APPEND_HELP: &str = "
  'offset'
 
  -p, -- print the sector where the data landed
+ -P, -- use a different pattern byte (zcow's addition, as in write)
 ";
 
 /// Every command, sorted by name (the order `help` lists them in).
@@ -351,7 +352,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("zap"),
         argmin: 2,
         argmax: -1,
-        args: Some("[-p] offset len [len..]"),
+        args: Some("[-p] [-P pattern] offset len [len..]"),
         help: Some(ZONE_APPEND_HELP),
         ..spec(
             "zone_append",
