@@ -158,7 +158,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__check)
-            opts="-f -r -q -p -U -h --repair --output --force-share --help"
+            opts="-f -r -q -p -U -h --repair --output --force-share --image-opts --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,6 +177,10 @@ _zcow__img() {
                     return 0
                     ;;
                 --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --object)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -244,7 +248,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__create)
-            opts="-f -o -b -F -q -p -h --help"
+            opts="-f -o -b -F -q -p -h --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -263,6 +267,10 @@ _zcow__img() {
                     return 0
                     ;;
                 -F)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --object)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -484,7 +492,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__info)
-            opts="-f -U -h --backing-chain --output --force-share --help"
+            opts="-f -U -h --backing-chain --output --force-share --image-opts --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -498,6 +506,10 @@ _zcow__img() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --object)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -506,7 +518,7 @@ _zcow__img() {
             return 0
             ;;
         zcow__subcmd__img__subcmd__map)
-            opts="-f -h --output --start-offset --max-length --help"
+            opts="-f -h --output --start-offset --max-length --image-opts --object --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -525,6 +537,10 @@ _zcow__img() {
                     return 0
                     ;;
                 --max-length)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --object)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

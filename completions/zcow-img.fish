@@ -41,20 +41,25 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s f -d 'Image
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s o -d 'Options: cluster_size, compat, refcount_bits, lazy_refcounts, preallocation, compression_type, extended_l2, backing_file, backing_fmt, zone.mode, zone.size, zone.capacity, zone.conventional_zones, zone.max_open_zones, zone.max_active_zones, zone.max_append_bytes' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s b -d 'Backing file' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s F -d 'Backing file format' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -l object -d 'Object definition, as qemu-img --object (validated and recorded: zcow has no secrets or throttle groups)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s q -d 'Quiet: no Formatting line'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s p -d 'Show a progress bar while preallocating (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand create" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s f -d 'Image format (qcow2 or raw; probed when absent)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l output -d 'Output format: human or json' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l object -d 'Object definition, as qemu-img --object (validated and recorded: zcow has no secrets or throttle groups)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l backing-chain -d 'Show every image of the backing chain'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s U -l force-share -d 'Take no locks that exclude others (the image may be in use and change while it is read)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -l image-opts -d 'Treat FILE as an option string: driver=FMT,file.filename=PATH (other keys of QEMU\'s block layer are recorded, see docs/conformance.md)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand info" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s f -d 'Image format (qcow2; raw images cannot be checked)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s r -l repair -d 'Repair: leaks, or all' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -l output -d 'Output format: human or json' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -l object -d 'Object definition, as qemu-img --object (validated and recorded: zcow has no secrets or throttle groups)' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s q -d 'Quiet: print nothing on stdout'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s p -d 'Show a progress bar (on a terminal only)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s U -l force-share -d 'Take no locks that exclude others (read-only checks only)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -l image-opts -d 'Treat FILE as an option string: driver=FMT,file.filename=PATH (other keys of QEMU\'s block layer are recorded, see docs/conformance.md)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand check" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l backup -d 'Save every metadata cluster the repair rewrites to FILE, so the repair can be undone with --undo' -r -F
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand repair" -l undo -d 'Undo an earlier repair from its backup FILE' -r -F
@@ -86,6 +91,8 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -s f -d 'Image fo
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -l output -d 'Output format: human or json' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -l start-offset -d 'First byte to map' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -l max-length -d 'Bytes to map at most' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -l object -d 'Object definition, as qemu-img --object (validated and recorded: zcow has no secrets or throttle groups)' -r
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -l image-opts -d 'Treat FILE as an option string: driver=FMT,file.filename=PATH (other keys of QEMU\'s block layer are recorded, see docs/conformance.md)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand map" -s h -l help -d 'Print help'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand measure" -l output -d 'Output format: human or json' -r
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand measure" -s O -d 'Target format (raw or qcow2; default raw)' -r

@@ -23,7 +23,7 @@ _zcow__io() {
 
     case "${cmd}" in
         zcow__io)
-            opts="-c -f -r -U -n -t -i -k -s -m -d -h -V --cmd --format --read-only --force-share --nocache --cache --aio --native-aio --snapshot --misalign --discard --image-opts --object --help --version"
+            opts="-c -f -r -U -n -t -i -k -s -C -m -d -h -V --cmd --format --read-only --force-share --nocache --cache --aio --native-aio --snapshot --copy-on-read --misalign --discard --image-opts --object --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

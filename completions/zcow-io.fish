@@ -9,6 +9,7 @@ complete -c zcow-io -s U -l force-share -d 'Open the image with no locks that ex
 complete -c zcow-io -s n -l nocache -d 'Disable the host cache, short for -t none (accepted and recorded: zcow has one cache mode)'
 complete -c zcow-io -s k -l native-aio -d 'Kernel AIO, short for -i native (accepted and recorded)'
 complete -c zcow-io -s s -l snapshot -d 'Snapshot mode: the image is opened read-only and writes are kept in memory, discarded at exit'
+complete -c zcow-io -s C -l copy-on-read -d 'Copy-on-read: data read from the backing chain is written into the image (whole clusters; all-zero data is left unallocated)'
 complete -c zcow-io -s m -l misalign -d 'Misalign buffers for O_DIRECT (accepted and recorded: no effect)'
 complete -c zcow-io -l image-opts -d 'Treat FILE as an option string: driver=FMT,file.filename=PATH[,...]'
 complete -c zcow-io -s h -l help -d 'Print help'

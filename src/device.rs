@@ -193,6 +193,29 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
             "zone conditions on a non-zoned device".into(),
         ))
     }
+    /// Change the size to `size` bytes (qemu-io `truncate`): the range
+    /// past the old end reads as zeroes; shrinking drops what lies past the
+    /// new end.
+    fn truncate(&self, size: u64) -> DevResult<()> {
+        let _ = size;
+        Err(DeviceError::Unsupported(
+            "this device cannot be resized".into(),
+        ))
+    }
+    /// Write `data` at `pos` of the VM-state area (qemu-io `write -b`).
+    fn write_vmstate(&self, pos: u64, data: &[u8]) -> DevResult<()> {
+        let _ = (pos, data);
+        Err(DeviceError::Unsupported(
+            "the device has no VM state area".into(),
+        ))
+    }
+    /// Read from `pos` of the VM-state area (qemu-io `read -b`).
+    fn read_vmstate(&self, pos: u64, buf: &mut [u8]) -> DevResult<()> {
+        let _ = (pos, buf);
+        Err(DeviceError::Unsupported(
+            "the device has no VM state area".into(),
+        ))
+    }
     /// Human description of what is behind the device (for `info`).
     fn describe(&self) -> String {
         String::new()

@@ -134,6 +134,192 @@ fn from_pairs(pairs: Vec<(String, String)>) -> Result<ImageOpts, String> {
     Ok(o)
 }
 
+/// The path a file name with QEMU's `file:` protocol prefix names
+/// (`file:a:b.img` is the file `a:b.img`), written as QEMU shows it: a
+/// relative path whose first component holds a colon gets `./` so it does
+/// not read as another protocol. Names without the prefix are unchanged.
+pub fn file_protocol_path(name: &str) -> String {
+    let Some(path) = name.strip_prefix("file:") else {
+        return name.to_string();
+    };
+    let first = path.split('/').next().unwrap_or("");
+    if !path.starts_with('/') && first.contains(':') {
+        format!("./{path}")
+    } else {
+        path.to_string()
+    }
+}
+
+/// Check qcow2 runtime options (`reopen -o`, `open -o`) as QEMU's qcow2
+/// driver does, with its messages: typed values first, then the cache
+/// sizes against each other and the image (`cluster_size`, `disk_size`),
+/// the cache-clean interval and the overlap-check mode. zcow records valid
+/// values (its caches and overlap checks have fixed settings).
+pub fn check_qcow2_runtime_opts(
+    opts: &[(String, String)],
+    cluster_size: u64,
+    disk_size: u64,
+) -> Result<(), String> {
+    const BOOLS: &[&str] = &[
+        "lazy-refcounts",
+        "pass-discard-request",
+        "pass-discard-snapshot",
+        "pass-discard-other",
+        "discard-no-unref",
+        "overlap-check.main-header",
+        "overlap-check.active-l1",
+        "overlap-check.active-l2",
+        "overlap-check.refcount-table",
+        "overlap-check.refcount-block",
+        "overlap-check.snapshot-table",
+        "overlap-check.inactive-l1",
+        "overlap-check.inactive-l2",
+        "overlap-check.bitmap-directory",
+    ];
+    const SIZES: &[&str] = &[
+        "cache-size",
+        "l2-cache-size",
+        "l2-cache-entry-size",
+        "refcount-cache-size",
+    ];
+    let get = |k: &str| {
+        opts.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut size = std::collections::HashMap::new();
+    for (k, v) in opts {
+        if BOOLS.contains(&k.as_str())
+            && !["on", "off", "yes", "no", "true", "false", "y", "n"].contains(&v.as_str())
+        {
+            return Err(format!("Parameter '{k}' expects 'on' or 'off'"));
+        }
+        if SIZES.contains(&k.as_str()) {
+            let n = crate::size::parse_size(v)
+                .map_err(|_| format!("Parameter '{k}' expects a non-negative number below 2^64"))?;
+            size.insert(k.as_str(), n);
+        }
+    }
+    // A number option: "-1" wraps as in QEMU's unsigned parser.
+    let interval = match get("cache-clean-interval") {
+        None => 0,
+        Some(v) => match v.strip_prefix('-') {
+            Some(n) => n
+                .parse::<u64>()
+                .map(|n| n.wrapping_neg())
+                .map_err(|_| "Parameter 'cache-clean-interval' expects a number".to_string())?,
+            None => v
+                .parse::<u64>()
+                .map_err(|_| "Parameter 'cache-clean-interval' expects a number".to_string())?,
+        },
+    };
+    let cs = cluster_size.max(512);
+    let max_l2_cache = disk_size
+        .div_ceil(cs)
+        .saturating_mul(8)
+        .next_multiple_of(cs);
+    let min_refcount_cache = 4 * cs;
+    let l2_set = size.get("l2-cache-size").copied();
+    let rc_set = size.get("refcount-cache-size").copied();
+    let l2_max_setting = l2_set.unwrap_or(32 << 20);
+    let mut l2 = max_l2_cache.min(l2_max_setting);
+    let mut rc = rc_set.unwrap_or(0);
+    let entry = size.get("l2-cache-entry-size").copied().unwrap_or(cs);
+    if let Some(&combined) = size.get("cache-size") {
+        if l2_set.is_some() && rc_set.is_some() {
+            return Err(
+                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+                    .into(),
+            );
+        } else if l2_set.is_some() && l2_max_setting > combined {
+            return Err("l2-cache-size may not exceed cache-size".into());
+        } else if rc > combined {
+            return Err("refcount-cache-size may not exceed cache-size".into());
+        }
+        if l2_set.is_some() {
+            rc = combined - l2;
+        } else if rc_set.is_some() {
+            l2 = combined - rc;
+        } else if combined >= max_l2_cache + min_refcount_cache {
+            l2 = max_l2_cache;
+            rc = combined - l2;
+        } else {
+            rc = combined.min(min_refcount_cache);
+            l2 = combined - rc;
+        }
+    }
+    if entry < 512 || entry > cs || !entry.is_power_of_two() {
+        return Err(format!(
+            "L2 cache entry size must be a power of two between 512 and the cluster size ({cs})"
+        ));
+    }
+    if l2 / entry > i32::MAX as u64 {
+        return Err("L2 cache size too big".into());
+    }
+    if rc / cs > i32::MAX as u64 {
+        return Err("Refcount cache size too big".into());
+    }
+    if interval > u32::MAX as u64 {
+        return Err("Cache clean interval too big".into());
+    }
+    let main = get("overlap-check");
+    let template = get("overlap-check.template");
+    if let (Some(m), Some(t)) = (main, template) {
+        if m != t {
+            return Err(format!(
+                "Conflicting values for qcow2 options 'overlap-check' ('{m}') and 'overlap-check.template' ('{t}')"
+            ));
+        }
+    }
+    let mode = main.or(template).unwrap_or("cached");
+    if !["none", "constant", "cached", "all"].contains(&mode) {
+        return Err(format!(
+            "Unsupported value '{mode}' for qcow2 option 'overlap-check'. Allowed are any of the following: none, constant, cached, all"
+        ));
+    }
+    Ok(())
+}
+
+/// Object types QEMU's tools accept with `--object`.
+const OBJECT_TYPES: &[&str] = &[
+    "secret",
+    "secret_keyring",
+    "throttle-group",
+    "iothread",
+    "tls-creds-anon",
+    "tls-creds-psk",
+    "tls-creds-x509",
+    "authz-simple",
+    "authz-list",
+    "authz-listfile",
+    "authz-pam",
+];
+
+/// Check an `--object` definition (`TYPE,id=ID,...` or `qom-type=TYPE,...`)
+/// as QEMU's tools do: a known type and an `id`. zcow uses no objects, so a
+/// valid one is only recorded.
+pub fn check_object(def: &str) -> Result<(), String> {
+    let (first, rest) = def.split_once(',').unwrap_or((def, ""));
+    let (ty, rest) = if first.contains('=') {
+        let ty = split_opts(def)?
+            .into_iter()
+            .find(|(k, _)| k == "qom-type")
+            .map(|(_, v)| v)
+            .ok_or_else(|| "Parameter 'qom-type' is missing".to_string())?;
+        (ty, def)
+    } else {
+        (first.to_string(), rest)
+    };
+    if !OBJECT_TYPES.contains(&ty.as_str()) {
+        return Err(format!("Parameter 'qom-type' does not accept value '{ty}'"));
+    }
+    if !split_opts(rest)?.iter().any(|(k, _)| k == "id") {
+        return Err("Parameter 'id' is missing".into());
+    }
+    Ok(())
+}
+
 /// Parse an `--image-opts` string.
 pub fn parse_image_opts(s: &str) -> Result<ImageOpts, String> {
     from_pairs(split_opts(s)?)
@@ -172,6 +358,59 @@ mod tests {
         );
         assert!(parse_image_opts("driver=qcow2,bogus=1,file.filename=x").is_err());
         assert!(parse_image_opts("driver=qcow2").is_err());
+    }
+
+    #[test]
+    fn file_protocol() {
+        assert_eq!(file_protocol_path("file:/t/a:b.img"), "/t/a:b.img");
+        assert_eq!(file_protocol_path("file:image:top.img"), "./image:top.img");
+        assert_eq!(file_protocol_path("file:base.img"), "base.img");
+        assert_eq!(file_protocol_path("a:b.img"), "a:b.img");
+    }
+
+    #[test]
+    fn qcow2_runtime_opts() {
+        let check =
+            |s: &str, disk: u64| check_qcow2_runtime_opts(&split_opts(s).unwrap(), 65536, disk);
+        let mib64 = 64 << 20;
+        assert!(check(
+            "lazy-refcounts=on,overlap-check.template=all,cache-size=1M",
+            mib64
+        )
+        .is_ok());
+        assert_eq!(
+            check("lazy-refcounts=42", mib64).unwrap_err(),
+            "Parameter 'lazy-refcounts' expects 'on' or 'off'"
+        );
+        assert_eq!(
+            check("cache-size=1M,l2-cache-size=2M", mib64).unwrap_err(),
+            "l2-cache-size may not exceed cache-size"
+        );
+        assert_eq!(
+            check("refcount-cache-size=256T", mib64).unwrap_err(),
+            "Refcount cache size too big"
+        );
+        assert_eq!(
+            check("cache-clean-interval=-1", mib64).unwrap_err(),
+            "Cache clean interval too big"
+        );
+        assert!(check("overlap-check.template=blubb", mib64)
+            .unwrap_err()
+            .starts_with("Unsupported value 'blubb' for qcow2 option 'overlap-check'"));
+    }
+
+    #[test]
+    fn objects() {
+        assert!(check_object("secret,id=s0,data=x").is_ok());
+        assert!(check_object("qom-type=secret,id=s0,data=x").is_ok());
+        assert_eq!(
+            check_object("foo,id=s0").unwrap_err(),
+            "Parameter 'qom-type' does not accept value 'foo'"
+        );
+        assert_eq!(
+            check_object("secret,data=x").unwrap_err(),
+            "Parameter 'id' is missing"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod cli_docs;
 pub mod control;
+pub mod copy_on_read;
 pub mod device;
 pub mod engine;
 pub mod format;

@@ -29,7 +29,12 @@ fn open_err(path: &Path, e: impl std::error::Error + 'static) -> DeviceError {
     if let Some(m) = crate::storage::open_refusal(&e) {
         return DeviceError::Invalid(m);
     }
-    DeviceError::Invalid(format!("Could not open '{}': {e}", path.display()))
+    let msg = e.to_string();
+    // QEMU names the failing backing file, not the image that named it.
+    if msg.starts_with("Could not open backing file:") {
+        return DeviceError::Invalid(msg);
+    }
+    DeviceError::Invalid(format!("Could not open '{}': {msg}", path.display()))
 }
 
 /// What the file's first bytes say it is.

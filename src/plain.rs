@@ -58,6 +58,15 @@ impl BlockDevice for Qcow2 {
             specific: Some(serde_json::Value::Object(format_specific(self))),
         })
     }
+    fn truncate(&self, size: u64) -> DevResult<()> {
+        Ok(Qcow2::resize(self, size)?)
+    }
+    fn write_vmstate(&self, pos: u64, data: &[u8]) -> DevResult<()> {
+        Ok(Qcow2::write_vmstate(self, pos, data)?)
+    }
+    fn read_vmstate(&self, pos: u64, buf: &mut [u8]) -> DevResult<()> {
+        Ok(Qcow2::read_vmstate(self, pos, buf)?)
+    }
     fn describe(&self) -> String {
         "qcow2".into()
     }

@@ -3,6 +3,7 @@
 use crate::device::{check_range, BlockDevice, DevResult, DeviceError, Extent, ZeroFlags};
 use crate::format::FormatError;
 use crate::storage::Storage;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Raw format: guest offset = byte offset in the store.
@@ -11,7 +12,10 @@ pub struct RawDevice {
     store: Arc<dyn Storage>,
     /// Where the device starts in the store (the raw driver's `offset`).
     base: u64,
-    size: u64,
+    /// Device size; changes only by `truncate`.
+    size: AtomicU64,
+    /// A window with an explicit `size` cannot be resized (QEMU's rule).
+    fixed: bool,
     read_only: bool,
     /// The format was guessed: refuse writes that would make block 0 look
     /// like another format (QEMU's rule for probed raw images).
@@ -31,7 +35,8 @@ impl RawDevice {
         Ok(Self {
             store,
             base: 0,
-            size,
+            size: AtomicU64::new(size),
+            fixed: false,
             read_only,
             guard_block0: false,
         })
@@ -94,7 +99,8 @@ impl RawDevice {
         }
         let mut d = Self::new(store, read_only)?;
         d.base = offset;
-        d.size = size;
+        d.size = AtomicU64::new(size);
+        d.fixed = offset != 0 || size != len;
         Ok(d)
     }
 
@@ -120,18 +126,18 @@ fn st<T>(r: crate::storage::Result<T>) -> DevResult<T> {
 
 impl BlockDevice for RawDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
     }
     fn is_read_only(&self) -> bool {
         self.read_only
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> DevResult<()> {
-        check_range(offset, buf.len() as u64, self.size)?;
+        check_range(offset, buf.len() as u64, self.size())?;
         st(self.store.read_at_zero_fill(self.base + offset, buf))
     }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
         self.writable()?;
-        check_range(offset, data.len() as u64, self.size)?;
+        check_range(offset, data.len() as u64, self.size())?;
         self.check_block0(offset, data)?;
         st(self.store.write_at(self.base + offset, data))?;
         if fua {
@@ -141,7 +147,7 @@ impl BlockDevice for RawDevice {
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()> {
         self.writable()?;
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         st(self.store.discard(self.base + offset, len))?;
         if flags.fua {
             st(self.store.sync())?;
@@ -150,19 +156,33 @@ impl BlockDevice for RawDevice {
     }
     fn discard(&self, offset: u64, len: u64) -> DevResult<()> {
         self.writable()?;
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         st(self.store.discard(self.base + offset, len))
     }
     fn flush(&self) -> DevResult<()> {
         st(self.store.sync())
     }
     fn block_status(&self, offset: u64, len: u64) -> DevResult<Vec<Extent>> {
-        check_range(offset, len, self.size)?;
+        check_range(offset, len, self.size())?;
         Ok(vec![Extent {
             len,
             hole: false,
             zero: false,
         }])
+    }
+    fn truncate(&self, size: u64) -> DevResult<()> {
+        self.writable()?;
+        if self.fixed {
+            return Err(DeviceError::Unsupported(
+                "Cannot resize fixed-size raw disks".into(),
+            ));
+        }
+        // The file is exactly the new size (QEMU's raw driver truncates the
+        // file to the byte); the new range reads as zeroes.
+        st(self.store.set_len(size))?;
+        st(self.store.sync())?;
+        self.size.store(size, Ordering::Release);
+        Ok(())
     }
     fn format_info(&self) -> Option<crate::device::FormatInfo> {
         Some(crate::device::FormatInfo {

@@ -42,6 +42,40 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// The file and format an `--image-opts` string or a `json:` file name
+/// names (other keys are recorded; zcow-img acts on none of them).
+fn named_image(given: &str, image_opts: bool, format: &mut Option<String>) -> Result<String> {
+    let parsed = if image_opts {
+        if format.is_some() {
+            bail!("--image-opts and --format are mutually exclusive");
+        }
+        Some(zcow::image_opts::parse_image_opts(given))
+    } else {
+        zcow::image_opts::parse_json_filename(given)
+    };
+    match parsed {
+        None => Ok(zcow::image_opts::file_protocol_path(given)),
+        Some(Err(m)) => bail!("Could not open '{given}': {m}"),
+        Some(Ok(o)) => {
+            if o.offset.is_some() || o.size.is_some() {
+                bail!("Could not open '{given}': the raw driver's offset and size options are supported by zcow-io only");
+            }
+            if format.is_none() {
+                *format = o.driver;
+            }
+            Ok(o.filename)
+        }
+    }
+}
+
+/// `--object` definitions: the type is checked, the object recorded.
+fn check_objects(objects: &[String]) -> Result<()> {
+    for o in objects {
+        zcow::image_opts::check_object(o).map_err(|m| anyhow::anyhow!(m))?;
+    }
+    Ok(())
+}
+
 fn output_arg(cmd: &'static str, s: &str) -> Result<OutputFormat> {
     OutputFormat::from_arg(s).map_err(|msg| Usage { cmd, msg }.into())
 }
@@ -72,6 +106,10 @@ enum Cmd {
         /// Show a progress bar while preallocating (on a terminal only).
         #[arg(short = 'p')]
         progress: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file.
         file: Option<PathBuf>,
         /// Virtual size, with optional suffix k, M, G, T, P, E.
@@ -92,6 +130,15 @@ enum Cmd {
         /// change while it is read).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Treat FILE as an option string: driver=FMT,file.filename=PATH
+        /// (other keys of QEMU's block layer are recorded, see
+        /// docs/conformance.md).
+        #[arg(long = "image-opts")]
+        image_opts: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file.
         file: PathBuf,
     },
@@ -116,6 +163,15 @@ enum Cmd {
         /// Take no locks that exclude others (read-only checks only).
         #[arg(short = 'U', long = "force-share")]
         force_share: bool,
+        /// Treat FILE as an option string: driver=FMT,file.filename=PATH
+        /// (other keys of QEMU's block layer are recorded, see
+        /// docs/conformance.md).
+        #[arg(long = "image-opts")]
+        image_opts: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file.
         file: String,
     },
@@ -183,6 +239,15 @@ enum Cmd {
         /// Bytes to map at most.
         #[arg(long = "max-length")]
         max_len: Option<String>,
+        /// Treat FILE as an option string: driver=FMT,file.filename=PATH
+        /// (other keys of QEMU's block layer are recorded, see
+        /// docs/conformance.md).
+        #[arg(long = "image-opts")]
+        image_opts: bool,
+        /// Object definition, as qemu-img --object (validated and recorded:
+        /// zcow has no secrets or throttle groups).
+        #[arg(long = "object", value_name = "OBJECTDEF")]
+        object: Vec<String>,
         /// Image file or NBD URI.
         file: String,
     },
@@ -341,9 +406,11 @@ fn run(cli: Cli) -> Result<u8> {
             backing_fmt,
             quiet,
             progress,
+            object,
             file,
             size,
         } => {
+            check_objects(&object)?;
             if format != "qcow2" && format != "raw" {
                 bail!("Unknown file format '{format}' (zcow-img creates qcow2 and raw)");
             }
@@ -351,10 +418,14 @@ fn run(cli: Cli) -> Result<u8> {
                 print!("{}", img::create::options_help());
                 return Ok(0);
             }
-            let file = file.ok_or_else(|| Usage {
+            let given = file.ok_or_else(|| Usage {
                 cmd: "create",
                 msg: "Expecting image file name".into(),
             })?;
+            // `file:NAME` is the file NAME (messages keep the name as given).
+            let file = PathBuf::from(zcow::image_opts::file_protocol_path(
+                &given.to_string_lossy(),
+            ));
             if format == "raw" {
                 return create_raw(&file, &options, size.as_deref(), quiet);
             }
@@ -423,7 +494,7 @@ fn run(cli: Cli) -> Result<u8> {
                 writeln!(
                     stdout,
                     "{}",
-                    img::create::formatting_line(&file.to_string_lossy(), &shown)
+                    img::create::formatting_line(&given.to_string_lossy(), &shown)
                 )?;
             }
             zcow::format::create::validate(&o)
@@ -444,12 +515,20 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Cmd::Info {
-            format,
+            mut format,
             output,
             backing_chain,
             force_share,
+            image_opts,
+            object,
             file,
         } => {
+            check_objects(&object)?;
+            let file = PathBuf::from(named_image(
+                &file.to_string_lossy(),
+                image_opts,
+                &mut format,
+            )?);
             let output = output_arg("info", &output)?;
             zcow::storage::lock::set_force_share(force_share);
             let name = file.to_string_lossy().into_owned();
@@ -483,14 +562,18 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Cmd::Check {
-            format,
+            mut format,
             repair,
             output,
             quiet,
             progress,
             force_share,
+            image_opts,
+            object,
             file,
         } => {
+            check_objects(&object)?;
+            let file = named_image(&file, image_opts, &mut format)?;
             if force_share && repair.is_some() {
                 bail!("Could not open '{file}': force-share=on can only be used with read-only images");
             }
@@ -601,12 +684,16 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(img::compare::run(&o, &mut stdout, &mut stderr))
         }
         Cmd::Map {
-            format,
+            mut format,
             output,
             start,
             max_len,
+            image_opts,
+            object,
             file,
         } => {
+            check_objects(&object)?;
+            let file = named_image(&file, image_opts, &mut format)?;
             let output = output_arg("map", &output)?;
             let num = |what: &str, v: &str| {
                 zcow::size::parse_size(v)

@@ -58,6 +58,10 @@ struct Cli {
     /// memory, discarded at exit
     #[arg(short = 's', long = "snapshot")]
     snapshot: bool,
+    /// Copy-on-read: data read from the backing chain is written into the
+    /// image (whole clusters; all-zero data is left unallocated)
+    #[arg(short = 'C', long = "copy-on-read")]
+    copy_on_read: bool,
     /// Misalign buffers for O_DIRECT (accepted and recorded: no effect)
     #[arg(short = 'm', long = "misalign")]
     misalign: bool,
@@ -192,7 +196,7 @@ fn run(cli: Cli) -> Result<u8> {
         };
         let mut window = None;
         let file = match named {
-            None => given.clone(),
+            None => zcow::image_opts::file_protocol_path(given),
             Some(Ok(o)) => {
                 if o.offset.is_some() || o.size.is_some() {
                     window = Some((o.offset.unwrap_or(0), o.size));
@@ -221,6 +225,13 @@ fn run(cli: Cli) -> Result<u8> {
         .and_then(|d| {
             if cli.snapshot {
                 Ok(std::sync::Arc::new(zcow::overlay::MemOverlay::new(d)?) as _)
+            } else {
+                Ok(d)
+            }
+        })
+        .and_then(|d| {
+            if cli.copy_on_read {
+                Ok(std::sync::Arc::new(zcow::copy_on_read::CopyOnRead::new(d)?) as _)
             } else {
                 Ok(d)
             }

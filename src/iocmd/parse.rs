@@ -219,6 +219,11 @@ pub enum Command {
     Map,
     /// `info`.
     Info,
+    /// `truncate [-m prealloc_mode] off`.
+    Truncate {
+        /// New size in bytes.
+        size: u64,
+    },
     /// `length`.
     Length,
     /// `zone_report off nr`.
@@ -245,6 +250,8 @@ pub enum Command {
         lens: Vec<u64>,
         /// `-p`: print the sector where the data landed.
         print_sector: bool,
+        /// `-P`: fill byte (default 0xcd, as `write`).
+        pattern: u8,
     },
     /// `open [-rU] [-f fmt] [-o opts] path`.
     Open {
@@ -689,12 +696,50 @@ fn parse_discard(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError>
     })
 }
 
+fn prog() -> &'static str {
+    crate::personality::name(crate::personality::Tool::Io)
+}
+
+fn parse_truncate(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
+    let typed = &argv[0];
+    let s = scan(argv, "m:");
+    let mut mode = String::from("off");
+    each_opt(&s, typed, spec, |_, arg| {
+        mode = arg.to_string();
+        Ok(None)
+    })?;
+    let [off] = s.operands.as_slice() else {
+        return Err(usage(typed, spec));
+    };
+    match mode.as_str() {
+        "off" => {}
+        // QEMU's other modes; zcow allocates nothing ahead of writes.
+        "metadata" | "falloc" | "full" => {
+            return Err(ParseError::err(
+                format!("{}: Unsupported preallocation mode '{mode}'", prog()),
+                libc::ENOTSUP,
+            ))
+        }
+        _ => {
+            return Err(ParseError::err(
+                format!("{}: Invalid preallocation mode '{mode}'", prog()),
+                libc::EINVAL,
+            ))
+        }
+    }
+    Ok(Command::Truncate { size: num(off)? })
+}
+
 fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseError> {
     let typed = &argv[0];
-    let s = scan(argv, "p");
+    let s = scan(argv, "pP:");
     let mut print_sector = false;
-    each_opt(&s, typed, spec, |_, _| {
-        print_sector = true;
+    let mut pat = DEFAULT_WRITE_PATTERN;
+    each_opt(&s, typed, spec, |c, arg| {
+        match c {
+            'P' => pat = pattern(arg)?,
+            _ => print_sector = true,
+        }
         Ok(None)
     })?;
     if s.operands.len() < 2 {
@@ -704,6 +749,7 @@ fn parse_zone_append(argv: &[String], spec: &CmdSpec) -> Result<Command, ParseEr
         offset: num(&s.operands[0])?,
         lens: iovec(&s.operands[1..])?,
         print_sector,
+        pattern: pat,
     })
 }
 
@@ -798,6 +844,7 @@ pub fn parse_args(spec: &CmdSpec, argv: &[String]) -> Result<Command, ParseError
         "map" => Ok(Command::Map),
         "info" => Ok(Command::Info),
         "length" => Ok(Command::Length),
+        "truncate" => parse_truncate(argv, spec),
         "zone_report" => {
             let offset = num(arg(1))?;
             let n = num(arg(2))?;
@@ -921,7 +968,17 @@ mod tests {
             Command::ZoneAppend {
                 offset: 1 << 20,
                 lens: vec![4096, 4096],
-                print_sector: true
+                print_sector: true,
+                pattern: DEFAULT_WRITE_PATTERN,
+            }
+        );
+        assert_eq!(
+            ok("zap -P 0x5a 1M 4k"),
+            Command::ZoneAppend {
+                offset: 1 << 20,
+                lens: vec![4096],
+                print_sector: false,
+                pattern: 0x5a,
             }
         );
         assert_eq!(

@@ -5,11 +5,21 @@ use super::format::{cvtstr, error_errno, report, strerror, write_dump};
 use super::parse::{breakline, parse_args, Command, ReportOpts, Verify, WriteSource, WriteTarget};
 use super::table::{check_arg_count, find, help_all, usage_line};
 use crate::device::{check_range, BlockDevice, DevResult, DeviceError, ZeroFlags};
+use crate::format::FormatError;
 use crate::open::OpenOptions;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Which address space a read or write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Area {
+    /// The virtual disk.
+    Disk,
+    /// The VM-state area past it (`-b`).
+    VmState,
+}
 
 /// How a session opens images for the `open` command.
 pub type Opener = Box<dyn FnMut(&str, &OpenOptions) -> DevResult<Arc<dyn BlockDevice>> + Send>;
@@ -310,18 +320,28 @@ impl Session {
         };
         let dev = dev.as_ref();
         match cmd {
-            Command::Read { vmstate: true, .. } => {
-                let e = DeviceError::Unsupported("the device has no VM state area".into());
-                self.fail(out, err, "read", &e)
-            }
             Command::Read {
                 offset,
                 count,
                 verify,
                 dump,
+                vmstate,
                 report: r,
-                ..
-            } => self.read(dev, "read", offset, &[count], verify, dump, r, out, err),
+            } => {
+                let area = if vmstate { Area::VmState } else { Area::Disk };
+                self.read(
+                    dev,
+                    area,
+                    "read",
+                    offset,
+                    &[count],
+                    verify,
+                    dump,
+                    r,
+                    out,
+                    err,
+                )
+            }
             Command::Readv {
                 offset,
                 lens,
@@ -335,7 +355,18 @@ impl Session {
                     offset: 0,
                     count: total,
                 });
-                self.read(dev, "readv", offset, &lens, verify, dump, r, out, err)
+                self.read(
+                    dev,
+                    Area::Disk,
+                    "readv",
+                    offset,
+                    &lens,
+                    verify,
+                    dump,
+                    r,
+                    out,
+                    err,
+                )
             }
             Command::Write {
                 offset,
@@ -345,6 +376,22 @@ impl Session {
                 fua,
                 report: r,
             } => {
+                if target == WriteTarget::VmState {
+                    if let WriteSource::Pattern(p) = source {
+                        return self.write_buf(
+                            dev,
+                            Area::VmState,
+                            "write",
+                            offset,
+                            count,
+                            p,
+                            fua,
+                            r,
+                            out,
+                            err,
+                        );
+                    }
+                }
                 if target != WriteTarget::Disk {
                     if let WriteSource::File(path) = &source {
                         if let Err(msg) = open_pattern_file(path)
@@ -370,7 +417,18 @@ impl Session {
                 report: r,
             } => {
                 let total = lens.iter().sum();
-                self.write_buf(dev, "writev", offset, total, pattern, fua, r, out, err)
+                self.write_buf(
+                    dev,
+                    Area::Disk,
+                    "writev",
+                    offset,
+                    total,
+                    pattern,
+                    fua,
+                    r,
+                    out,
+                    err,
+                )
             }
             Command::AioRead {
                 offset,
@@ -526,6 +584,19 @@ impl Session {
                 Ok(0)
             }
             Command::Info => self.info(dev, out),
+            Command::Truncate { size } => match dev.truncate(size) {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    let msg = match &e {
+                        DeviceError::Format(FormatError::BadOption(m))
+                        | DeviceError::Format(FormatError::Unsupported(m))
+                        | DeviceError::Unsupported(m) => m.clone(),
+                        other => other.to_string(),
+                    };
+                    line(err, format!("{}: {msg}", self.prog))?;
+                    Ok(-error_errno(&e))
+                }
+            },
             Command::Length => {
                 line(out, cvtstr(dev.size() as f64))?;
                 Ok(0)
@@ -558,6 +629,7 @@ impl Session {
                 offset,
                 lens,
                 print_sector,
+                pattern,
             } => {
                 let total: u64 = lens.iter().sum();
                 // qemu checks the byte range before the zone rules.
@@ -567,7 +639,7 @@ impl Session {
                 let Ok(n) = usize::try_from(total) else {
                     return Ok(-libc::ENOMEM);
                 };
-                let buf = vec![super::parse::DEFAULT_WRITE_PATTERN; n];
+                let buf = vec![pattern; n];
                 match dev.zone_append(offset, &buf, false) {
                     Ok(at) => {
                         if print_sector {
@@ -597,6 +669,7 @@ impl Session {
     fn read(
         &self,
         dev: &dyn BlockDevice,
+        area: Area,
         what: &str,
         offset: u64,
         lens: &[u64],
@@ -608,15 +681,22 @@ impl Session {
     ) -> io::Result<i32> {
         let count: u64 = lens.iter().sum();
         // Check the range before allocating: a bad request costs nothing.
-        if let Err(e) = check_range(offset, count, dev.size()) {
-            return self.fail(out, err, what, &e);
+        // (The VM-state area lies past the disk; the device checks it, and
+        // the parser bounds the length.)
+        if area == Area::Disk {
+            if let Err(e) = check_range(offset, count, dev.size()) {
+                return self.fail(out, err, what, &e);
+            }
         }
         let Ok(n) = usize::try_from(count) else {
             return Ok(-libc::ENOMEM);
         };
         let mut buf = vec![0xabu8; n];
         let t = Instant::now();
-        let res = dev.read(offset, &mut buf);
+        let res = match area {
+            Area::Disk => dev.read(offset, &mut buf),
+            Area::VmState => dev.read_vmstate(offset, &mut buf),
+        };
         let el = t.elapsed();
         if let Err(e) = res {
             return self.fail(out, err, what, &e);
@@ -661,7 +741,7 @@ impl Session {
     ) -> io::Result<i32> {
         match source {
             WriteSource::Pattern(p) => {
-                self.write_buf(dev, "write", offset, count, p, fua, r, out, err)
+                self.write_buf(dev, Area::Disk, "write", offset, count, p, fua, r, out, err)
             }
             WriteSource::Zeroes {
                 may_unmap,
@@ -710,6 +790,7 @@ impl Session {
     fn write_buf(
         &self,
         dev: &dyn BlockDevice,
+        area: Area,
         what: &str,
         offset: u64,
         count: u64,
@@ -719,15 +800,20 @@ impl Session {
         out: &mut dyn Write,
         err: &mut dyn Write,
     ) -> io::Result<i32> {
-        if let Err(e) = check_range(offset, count, dev.size()) {
-            return self.fail(out, err, what, &e);
+        if area == Area::Disk {
+            if let Err(e) = check_range(offset, count, dev.size()) {
+                return self.fail(out, err, what, &e);
+            }
         }
         let Ok(n) = usize::try_from(count) else {
             return Ok(-libc::ENOMEM);
         };
         let buf = vec![pattern; n];
         let t = Instant::now();
-        let res = dev.write(offset, &buf, fua);
+        let res = match area {
+            Area::Disk => dev.write(offset, &buf, fua),
+            Area::VmState => dev.write_vmstate(offset, &buf),
+        };
         let el = t.elapsed();
         match res {
             Err(e) => self.fail(out, err, what, &e),
@@ -918,6 +1004,25 @@ impl Session {
                     w.0 = n;
                 } else {
                     w.1 = Some(n);
+                }
+            }
+        }
+        // A qcow2 image keeps its options when new ones are invalid
+        // (QEMU's reopen is a transaction): check before closing.
+        if let Some(dev) = &self.dev {
+            if let Some(fi) = dev.format_info().filter(|f| f.name == "qcow2") {
+                let qcow2_opts: Vec<(String, String)> = options
+                    .iter()
+                    .filter(|(k, _)| k != "offset" && k != "size")
+                    .cloned()
+                    .collect();
+                if let Err(m) = crate::image_opts::check_qcow2_runtime_opts(
+                    &qcow2_opts,
+                    fi.cluster_size,
+                    dev.size(),
+                ) {
+                    line(err, format!("{}: {m}", self.prog))?;
+                    return Ok(-libc::EINVAL);
                 }
             }
         }

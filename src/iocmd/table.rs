@@ -45,7 +45,7 @@ const READ_HELP: &str = "
  'read -v 512 1k' - dumps 1 kilobyte read from 512 bytes into the file
 
  Reads part of the open device; -v dumps the data in hex on standard output.
- -b, -- read from the VM state (not supported: fails)
+ -b, -- read from the VM state rather than the virtual disk (qcow2)
  -C, -- print statistics in a machine parsable format
  -l, -- length for pattern verification (only with -P)
  -p, -- ignored (accepted for compatibility)
@@ -54,6 +54,18 @@ const READ_HELP: &str = "
  -r, -- ignored (accepted for compatibility)
  -s, -- start offset for pattern verification (only with -P)
  -v, -- dump buffer to standard output
+";
+
+const TRUNCATE_HELP: &str = "
+ grows or shrinks the open image to the given size in bytes
+
+ Example:
+ 'truncate 1G' - makes the virtual disk 1 gigabyte long
+
+ The new range reads as zeroes (a longer backing file does not show
+ through); shrinking drops the data past the new end. qcow2 images with
+ internal snapshots and zoned images cannot be resized.
+ -m, -- preallocation mode: only 'off' (other modes of QEMU are refused)
 ";
 
 const READV_HELP: &str = "
@@ -76,7 +88,7 @@ const WRITE_HELP: &str = "
  'write 512 1k' - writes 1 kilobyte at 512 bytes into the open file
 
  Writes a buffer filled with a byte pattern (default 0xcd).
- -b, -- write to the VM state (not supported: fails)
+ -b, -- write to the VM state rather than the virtual disk (qcow2)
  -c, -- write compressed data (not supported: fails)
  -C, -- print statistics in a machine parsable format
  -f, -- use Force Unit Access semantics
@@ -188,6 +200,7 @@ const ZONE_APPEND_HELP: &str = "
  'offset'
 
  -p, -- print the sector where the data landed
+ -P, -- use a different pattern byte (zcow's addition, as in write)
 ";
 
 /// Every command, sorted by name (the order `help` lists them in).
@@ -310,6 +323,15 @@ pub const COMMANDS: &[CmdSpec] = &[
         ..spec("sleep", "waits for the given value in milliseconds")
     },
     CmdSpec {
+        altname: Some("t"),
+        argmin: 1,
+        argmax: 3,
+        args: Some("[-m prealloc_mode] off"),
+        help: Some(TRUNCATE_HELP),
+        writes: true,
+        ..spec("truncate", "truncates the current file at the given offset")
+    },
+    CmdSpec {
         altname: Some("w"),
         argmin: 2,
         argmax: -1,
@@ -330,7 +352,7 @@ pub const COMMANDS: &[CmdSpec] = &[
         altname: Some("zap"),
         argmin: 2,
         argmax: -1,
-        args: Some("[-p] offset len [len..]"),
+        args: Some("[-p] [-P pattern] offset len [len..]"),
         help: Some(ZONE_APPEND_HELP),
         ..spec(
             "zone_append",

@@ -7,9 +7,21 @@ impl Qcow2 {
     /// Allocate one cluster with refcount 1: the lowest free one, so a
     /// sequential stream gets consecutive clusters at the end of the file.
     pub(super) fn alloc(&self, m: &mut Meta) -> Result<u64> {
+        self.alloc_for(m, None)
+    }
+
+    /// [`Qcow2::alloc`] for a metadata `table`: refcounts that offer
+    /// cluster 0 (the header) get QEMU's own message for that lie.
+    pub(super) fn alloc_for(&self, m: &mut Meta, table: Option<&str>) -> Result<u64> {
         let mut c = m.free_hint;
         while c < m.alloc_end && !self.is_free(m, c)? {
             c += 1;
+        }
+        if let (0, Some(t)) = (c, table) {
+            return Err(self.mark_corrupt(
+                m,
+                format!("Preventing invalid allocation of {t} at offset 0"),
+            ));
         }
         if (c + 1) << self.p.cluster_bits > MAX_HOST_OFFSET {
             return Err(FormatError::NoSpace(

@@ -17,7 +17,7 @@ impl Qcow2 {
         let e = m.l1[l1i];
         let off = self.l2_offset(m, gc)?;
         if off.0 == 0 {
-            let c = self.alloc(m)?;
+            let c = self.alloc_for(m, Some("L2 table"))?;
             let new = HostCluster(c).offset(self.p.cluster_bits);
             self.add_region(m, Region::ActiveL2(l1i as u64), new.0, self.p.cs)?;
             self.make_room_l2(m)?;

@@ -39,7 +39,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod allocation;
@@ -52,6 +52,7 @@ mod mapping;
 mod open;
 mod read;
 mod refcounts;
+mod resize;
 mod wp_array;
 mod write;
 
@@ -178,7 +179,6 @@ struct Meta {
 struct Params {
     cluster_bits: u32,
     cs: u64,
-    size: u64,
     l2_entries: u64,
     extended: bool,
     refcount_order: u32,
@@ -205,6 +205,8 @@ pub struct Qcow2 {
     /// it. Freeing clusters waits for it to drain, so such I/O never lands
     /// in (or reads from) a cluster that was freed and reused meanwhile.
     unlocked_io: AtomicUsize,
+    /// Virtual size; changes only by [`Qcow2::resize`].
+    size: AtomicU64,
     /// Metadata overlap found at a read-only open (a read-write open is
     /// refused instead).
     overlap_warning: Option<String>,
@@ -231,7 +233,7 @@ impl fmt::Debug for Qcow2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Qcow2")
             .field("path", &self.path)
-            .field("size", &self.p.size)
+            .field("size", &self.size())
             .field("cluster_bits", &self.p.cluster_bits)
             .field("read_only", &self.read_only)
             .finish()
@@ -250,7 +252,7 @@ impl Qcow2 {
 
     /// Virtual size.
     pub fn size(&self) -> u64 {
-        self.p.size
+        self.size.load(Ordering::Acquire)
     }
 
     /// Cluster size.
@@ -329,11 +331,11 @@ impl Qcow2 {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(e) if e <= self.p.size => Ok(()),
+            Some(e) if e <= self.size() => Ok(()),
             _ => Err(FormatError::OutOfRange {
                 offset,
                 len,
-                size: self.p.size,
+                size: self.size(),
             }),
         }
     }

@@ -43,9 +43,44 @@ pub(super) fn read_u64_table(
     Ok(raw.chunks_exact(8).map(|c| be64(c, 0)).collect())
 }
 
+/// An OS error as strerror says it (without Rust's "(os error N)").
+fn os_msg(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// QEMU's wording of a backing file that cannot be opened: "Could not
+/// open backing file: " and the inner reason, itself "Could not open
+/// 'PATH': REASON" when the file itself failed to open (nested for deeper
+/// layers, as QEMU nests them).
+fn backing_err(p: &Path, e: FormatError) -> FormatError {
+    let inner = match &e {
+        FormatError::Storage(StorageError::Io {
+            offset: 0,
+            len: 0,
+            source,
+            ..
+        }) => format!("Could not open '{}': {}", p.display(), os_msg(source)),
+        other => other.to_string(),
+    };
+    invalid!("Could not open backing file: {inner}")
+}
+
+fn open_backing_file(p: &Path) -> Result<FileStorage> {
+    FileStorage::open(p, true).map_err(|e| {
+        invalid!(
+            "Could not open backing file: Could not open '{}': {}",
+            p.display(),
+            os_msg(&e)
+        )
+    })
+}
+
 pub(super) fn probe_is_qcow2(p: &Path) -> Result<bool> {
-    let s = FileStorage::open(p, true)
-        .map_err(|e| invalid!("Could not open backing file '{}': {e}", p.display()))?;
+    let s = open_backing_file(p)?;
     let mut m = [0u8; 4];
     if s.len()? < 4 {
         return Ok(false);
@@ -125,16 +160,13 @@ impl Qcow2 {
                     ..opts.clone()
                 };
                 if is_qcow2 {
-                    let b = Self::open_path_depth(&p, &bopts, depth + 1, visited).map_err(|e| {
-                        invalid!("Could not open backing file '{}': {e}", p.display())
-                    })?;
+                    let b = Self::open_path_depth(&p, &bopts, depth + 1, visited)
+                        .map_err(|e| backing_err(&p, e))?;
                     chain.push(name.clone());
                     chain.extend(b.backing_chain.iter().cloned());
                     Some(Arc::new(b))
                 } else {
-                    let s = FileStorage::open(&p, true).map_err(|e| {
-                        invalid!("Could not open backing file '{}': {e}", p.display())
-                    })?;
+                    let s = open_backing_file(&p)?;
                     chain.push(name.clone());
                     Some(Arc::new(RawBacking::new(Arc::new(s))?))
                 }
@@ -189,7 +221,6 @@ impl Qcow2 {
         let p = Params {
             cluster_bits: header.cluster_bits,
             cs,
-            size: header.size,
             l2_entries: header.l2_entries(),
             extended: header.extended_l2(),
             refcount_order: header.refcount_order,
@@ -312,6 +343,7 @@ impl Qcow2 {
             path: None,
             backing_chain: Vec::new(),
             unlocked_io: AtomicUsize::new(0),
+            size: AtomicU64::new(header.size),
             overlap_warning,
         };
         // A read-write open clears autoclear bits zcow does not maintain

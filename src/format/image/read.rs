@@ -6,10 +6,10 @@ use super::*;
 
 impl GuestRead for Qcow2 {
     fn guest_size(&self) -> u64 {
-        self.p.size
+        self.size()
     }
     fn read_guest(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let size = self.p.size;
+        let size = self.size();
         let n = size.saturating_sub(offset).min(buf.len() as u64) as usize;
         if n > 0 {
             self.read(offset, &mut buf[..n])?;
@@ -75,6 +75,14 @@ impl Qcow2 {
     /// Read guest bytes.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        self.read_mapped(offset, buf, false)
+    }
+
+    /// Read through the mapping at any offset the L1 table may cover (the
+    /// caller checked the range). `own_only`: unallocated clusters read as
+    /// zeroes instead of from the backing image (the VM-state area, which
+    /// is this image's alone).
+    pub(super) fn read_mapped(&self, offset: u64, buf: &mut [u8], own_only: bool) -> Result<()> {
         self.encryption_check()?;
         let (pieces, _io) = {
             let mut m = lock(&self.meta);
@@ -87,6 +95,10 @@ impl Qcow2 {
                 Piece::Zero(l) => {
                     buf[at..at + l as usize].fill(0);
                     at += l as usize;
+                }
+                Piece::Unalloc { len, .. } if own_only => {
+                    buf[at..at + len as usize].fill(0);
+                    at += len as usize;
                 }
                 Piece::Unalloc { guest, len } => {
                     self.read_unalloc(guest, &mut buf[at..at + len as usize])?;

@@ -12,7 +12,7 @@ impl Qcow2 {
             .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
         // A check-mode open keeps an extension that failed validation: its
         // size may be anything and its geometry overflows the decoder.
-        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        z.ext.validate(self.size(), self.p.cs, self.store.len()?)?;
         if z.ext.zonedmeta_size > crate::format::zoned::WP_WHOLE_LIMIT {
             return Err(FormatError::Unsupported(format!(
                 "the write-pointer array of {} zones ({} MiB) is too large to read whole (limit {} MiB); it is read in pages instead",
@@ -35,7 +35,7 @@ impl Qcow2 {
             .zoned
             .as_ref()
             .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
-        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        z.ext.validate(self.size(), self.p.cs, self.store.len()?)?;
         if u64::from(first) + out.len() as u64 > u64::from(z.ext.nr_zones) {
             return Err(FormatError::OutOfRange {
                 offset: u64::from(first),
@@ -68,7 +68,7 @@ impl Qcow2 {
             .as_ref()
             .ok_or_else(|| FormatError::Unsupported("the image is not zoned".into()))?;
         // Never write through an extension that failed validation.
-        z.ext.validate(self.p.size, self.p.cs, self.store.len()?)?;
+        z.ext.validate(self.size(), self.p.cs, self.store.len()?)?;
         if first as u64 + entries.len() as u64 > z.ext.nr_zones as u64 {
             return Err(FormatError::OutOfRange {
                 offset: first as u64,

@@ -8,6 +8,12 @@ impl Qcow2 {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.writable()?;
         self.check_range(offset, data.len() as u64)?;
+        self.write_mapped(offset, data)
+    }
+
+    /// Write through the mapping at any offset the L1 table covers (the
+    /// caller checked writability and the range).
+    pub(super) fn write_mapped(&self, offset: u64, data: &[u8]) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
