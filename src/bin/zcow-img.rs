@@ -252,7 +252,8 @@ struct ConvertArgs {
     /// Parallel requests (1-16).
     #[arg(short = 'm', default_value = "8")]
     coroutines: String,
-    /// Compressed output (not supported: refused).
+    /// Compressed output: each cluster of a qcow2 target compressed with
+    /// its compression_type (zlib or zstd; set with -o compression_type=...).
     #[arg(short = 'c')]
     compressed: bool,
     /// Show a progress bar (on a terminal).
