@@ -245,6 +245,21 @@ fn convert_c_options_like_qemu_img() {
     let m = map_json(&full);
     assert!(m.iter().all(|e| e["data"] == true), "{m:?}");
     assert!(m.iter().any(|e| e["compressed"] == true), "{m:?}");
+    // zcow-img map shows it as qemu-img does (the human form stops at the
+    // first compressed run, exit 1).
+    for json in [true, false] {
+        let mut a = vec!["map"];
+        if json {
+            a.push("--output=json");
+        }
+        a.push(s(&full));
+        let (z, q) = (zimg(&a), run("qemu-img", &a));
+        assert_eq!(
+            String::from_utf8_lossy(&z.stdout),
+            String::from_utf8_lossy(&q.stdout)
+        );
+        assert_eq!(z.status.code(), q.status.code(), "{a:?}");
+    }
     // -n onto an existing qcow2 image that has data: zcow replaces the
     // clusters (qemu-img fails with EIO on allocated clusters).
     let raw3 = d.path().join("src3.raw");

@@ -606,7 +606,14 @@ fn run(cli: Cli) -> Result<u8> {
             let text = match output {
                 OutputFormat::Json => img::map::render_json(&entries),
                 OutputFormat::Human => {
-                    img::map::render_human(&entries, &zones).map_err(|e| img_err("map", e))?
+                    // What comes before a refused run is printed, as by qemu-img.
+                    let mut s = String::new();
+                    let r = img::map::render_human_into(&entries, &zones, &mut s);
+                    if r.is_err() {
+                        print!("{s}");
+                    }
+                    r.map_err(|e| img_err("map", e))?;
+                    s
                 }
             };
             print!("{text}");
