@@ -551,3 +551,50 @@ fn shared_host_clusters_keep_exact_refcounts() {
         }
     }
 }
+
+/// A host cluster that compressed streams were packed into is freed when
+/// its last stream goes, and then reused for normal data: later streams
+/// must not be packed into it any more (they would overwrite that data).
+#[test]
+fn freed_packing_cluster_gets_no_more_streams() {
+    use std::sync::Arc;
+    use zcow::format::create::{create, CreateOptions};
+    use zcow::format::{OpenOptions, Qcow2};
+    use zcow::storage::MemStorage;
+    let cs = 4096u64;
+    let st = Arc::new(MemStorage::new());
+    create(
+        st.as_ref(),
+        &CreateOptions {
+            size: 1 << 20,
+            cluster_size: cs,
+            refcount_bits: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let img = Qcow2::open(st.clone(), &OpenOptions::default()).unwrap();
+    let c = |p: u8| vec![p; cs as usize];
+    // A stream packed into a fresh host cluster H, which stays the packing target.
+    img.write_compressed(0, &c(1)).unwrap();
+    img.flush().unwrap();
+    // Its only stream is overwritten: H is freed at the flush...
+    img.write(0, &c(2)).unwrap();
+    img.flush().unwrap();
+    // ...and is the lowest free cluster, so normal data takes it.
+    img.write(cs, &c(3)).unwrap();
+    img.write_compressed(2 * cs, &c(4)).unwrap();
+    img.flush().unwrap();
+    for (k, p) in [(0u64, 2u8), (1, 3), (2, 4)] {
+        let mut b = vec![0u8; cs as usize];
+        img.read(k * cs, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == p), "cluster {k} should hold {p}");
+    }
+    drop(img);
+    if have("qemu-img") {
+        let d = tmp();
+        let p = d.path().join("f.qcow2");
+        std::fs::write(&p, st.to_vec()).unwrap();
+        check_clean(&p);
+    }
+}
