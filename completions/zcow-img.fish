@@ -76,7 +76,7 @@ complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s m -d 'Para
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s n -d 'The target exists: do not create it'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -l target-is-zero -d 'The target reads as zeroes already (needs -n)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s W -d 'Allow out-of-order writes (parallel copy onto non-zoned targets)'
-complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s c -d 'Compressed output (not supported: refused)'
+complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s c -d 'Compressed output: each cluster of a qcow2 target compressed with its compression_type (zlib or zstd; set with -o compression_type=...)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s p -d 'Show a progress bar (on a terminal)'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s q -d 'Quiet'
 complete -c zcow-img -n "__fish_zcow_img_using_subcommand convert" -s h -l help -d 'Print help'

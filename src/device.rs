@@ -147,6 +147,15 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// most `len` bytes (the answer may stop early).
     fn block_status(&self, offset: u64, len: u64) -> DevResult<Vec<Extent>>;
 
+    /// Write whole clusters compressed (qemu-io's `write -c`, `convert -c`):
+    /// only non-zoned qcow2 images can.
+    fn write_compressed(&self, offset: u64, data: &[u8]) -> DevResult<()> {
+        let _ = (offset, data);
+        Err(DeviceError::Unsupported(
+            "compressed writes need a non-zoned qcow2 image".into(),
+        ))
+    }
+
     /// Zone geometry, for zoned devices.
     fn zone_geometry(&self) -> Option<ZoneGeometry> {
         None

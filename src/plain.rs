@@ -22,6 +22,9 @@ impl BlockDevice for Qcow2 {
         }
         Ok(())
     }
+    fn write_compressed(&self, offset: u64, data: &[u8]) -> DevResult<()> {
+        Ok(Qcow2::write_compressed(self, offset, data)?)
+    }
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()> {
         Qcow2::write_zeroes(self, offset, len)?;
         if flags.fua {

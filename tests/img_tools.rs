@@ -278,17 +278,29 @@ fn convert_onto_zones_leaves_states_the_data_implies() {
     assert!(json.contains(
         "{ \"start\": 65536, \"length\": 983040, \"depth\": 0, \"present\": false, \"zero\": true, \"data\": false, \"compressed\": false, \"zone\": 0}"
     ), "{json}");
-    // -c is refused, not silently ignored.
+    // -c onto a zoned target is refused before anything is created (zoned
+    // images hold no compressed clusters), not silently ignored.
+    let c = d.path().join("c.qcow2");
     let o = zimg(&[
         "convert",
         "-c",
         "-O",
         "qcow2",
+        "-o",
+        "zone.mode=host-managed,zone.size=1M",
         s(&raw),
-        s(&d.path().join("c.qcow2")),
+        s(&c),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("compressed"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Compression not supported for zoned images"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!c.exists());
+    let o = zimg(&["convert", "-c", "-n", "-O", "qcow2", s(&raw), s(&z)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("zoned"));
 }
 
 /// The zones of [`sample_raw`] converted with 1 MiB zones.

@@ -322,7 +322,8 @@ struct ConvertArgs {
     /// Parallel requests (1-16).
     #[arg(short = 'm', default_value = "8")]
     coroutines: String,
-    /// Compressed output (not supported: refused).
+    /// Compressed output: each cluster of a qcow2 target compressed with
+    /// its compression_type (zlib or zstd; set with -o compression_type=...).
     #[arg(short = 'c')]
     compressed: bool,
     /// Show a progress bar (on a terminal).
@@ -710,7 +711,14 @@ fn run(cli: Cli) -> Result<u8> {
             let text = match output {
                 OutputFormat::Json => img::map::render_json(&entries),
                 OutputFormat::Human => {
-                    img::map::render_human(&entries, &zones).map_err(|e| img_err("map", e))?
+                    // What comes before a refused run is printed, as by qemu-img.
+                    let mut s = String::new();
+                    let r = img::map::render_human_into(&entries, &zones, &mut s);
+                    if r.is_err() {
+                        print!("{s}");
+                    }
+                    r.map_err(|e| img_err("map", e))?;
+                    s
                 }
             };
             print!("{text}");

@@ -1,4 +1,10 @@
-//! Decompression of compressed clusters: raw deflate (type 0) and zstd (type 1).
+//! Compression and decompression of compressed clusters: raw deflate
+//! (type 0, `compression_type=zlib`) and zstd (type 1).
+//!
+//! Deflate uses a 4 KiB window (12 bits), as QEMU does on both sides:
+//! QEMU inflates with that window, so a stream with longer back-references
+//! (a 32 KiB-window deflater makes them in 64 KiB clusters) would not read
+//! back in QEMU.
 
 use super::error::{invalid, Result};
 use std::io::Read;
@@ -41,5 +47,97 @@ pub fn decompress(compression_type: u8, src: &[u8], out: &mut [u8]) -> Result<()
             Ok(())
         }
         t => Err(invalid!("unknown compression type {t}")),
+    }
+}
+
+/// Deflate window QEMU compresses and decompresses with (2^12 bytes).
+const DEFLATE_WINDOW_BITS: u8 = 12;
+
+/// Compress one cluster. Returns the compressed stream when it is at most
+/// `limit` bytes, or `None` when it would be larger (the caller then
+/// writes the cluster uncompressed, as QEMU does).
+pub fn compress(compression_type: u8, src: &[u8], limit: usize) -> Result<Option<Vec<u8>>> {
+    match compression_type {
+        0 => {
+            // Level 6 (zlib's default), raw stream, QEMU's window.
+            let mut c = flate2::Compress::new_with_window_bits(
+                flate2::Compression::new(6),
+                false,
+                DEFLATE_WINDOW_BITS,
+            );
+            let mut out = Vec::with_capacity(limit);
+            match c.compress_vec(src, &mut out, flate2::FlushCompress::Finish) {
+                Ok(flate2::Status::StreamEnd) if out.len() <= limit => Ok(Some(out)),
+                // Output space ran out: not compressible enough.
+                Ok(_) => Ok(None),
+                Err(e) => Err(invalid!("deflate compression failed: {e}")),
+            }
+        }
+        1 => {
+            let out =
+                ruzstd::encoding::compress_to_vec(src, ruzstd::encoding::CompressionLevel::Fastest);
+            Ok((out.len() <= limit).then_some(out))
+        }
+        t => Err(invalid!("unknown compression type {t}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random letters repeating every `period` bytes (plus 10).
+    fn sample(n: usize, period: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n);
+        let mut x = 12345u32;
+        let block: Vec<u8> = (0..period)
+            .map(|_| {
+                x = x.wrapping_mul(1103515245).wrapping_add(12345);
+                b'a' + (x >> 16) as u8 % 26
+            })
+            .collect();
+        while v.len() < n {
+            v.extend_from_slice(&block);
+            v.extend_from_slice(b"0123456789");
+        }
+        v.truncate(n);
+        v
+    }
+
+    #[test]
+    fn round_trips_both_types() {
+        for t in [0u8, 1] {
+            for n in [512usize, 4096, 65536] {
+                let src = sample(n, 100);
+                let c = compress(t, &src, n - 1).unwrap().expect("compressible");
+                assert!(c.len() < n);
+                let mut out = vec![0u8; n];
+                decompress(t, &c, &mut out).unwrap();
+                assert_eq!(out, src, "type {t} size {n}");
+                // Trailing bytes of a neighbour's stream do not matter.
+                let mut padded = c.clone();
+                padded.extend_from_slice(&[0xa5; 700]);
+                let mut out2 = vec![0u8; n];
+                decompress(t, &padded, &mut out2).unwrap();
+                assert_eq!(out2, src);
+            }
+        }
+    }
+
+    #[test]
+    fn incompressible_data_is_refused() {
+        let mut x = 1u64;
+        let src: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for t in [0u8, 1] {
+            assert_eq!(compress(t, &src, 4095).unwrap(), None, "type {t}");
+        }
+        assert!(compress(2, &src, 4095).is_err());
     }
 }

@@ -70,6 +70,22 @@ pub fn compressed_range(entry: u64, cluster_bits: u32) -> (u64, u64) {
     (offset, sectors * 512 - (offset & 511))
 }
 
+/// The L2 entry of a compressed stream of `len` bytes (1 ≤ len < cluster
+/// size) at host byte `offset`: the offset in the low `x = 62 - (cluster_bits
+/// - 8)` bits, the number of 512-byte sectors it touches minus one above it.
+/// `None` when the offset does not fit in `x` bits.
+pub fn compressed_entry(offset: u64, len: u64, cluster_bits: u32) -> Option<u64> {
+    let x = 62 - (cluster_bits - 8);
+    if len == 0 || offset >= 1u64 << x {
+        return None;
+    }
+    let extra = ((offset + len - 1) >> 9) - (offset >> 9);
+    if extra >= 1u64 << (cluster_bits - 8) {
+        return None;
+    }
+    Some(COMPRESSED | extra << x | offset)
+}
+
 /// State of one subcluster of an extended L2 entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubclusterState {
@@ -130,6 +146,26 @@ mod tests {
         let (o, s) = compressed_range(e, 16);
         assert_eq!(o, 0x12345);
         assert_eq!(s, 4 * 512 - 0x145);
+    }
+
+    #[test]
+    fn compressed_entry_round_trips() {
+        for cb in [9u32, 12, 16, 21] {
+            for (off, len) in [(0x10000u64, 1u64), (0x12345, 1000), (0x401ff, 2)] {
+                let len = len.min((1 << cb) - 1);
+                let e = compressed_entry(off, len, cb).unwrap();
+                let (o, s) = compressed_range(e, cb);
+                assert_eq!(o, off);
+                // The range covers the stream, up to the end of its last sector.
+                assert!(s >= len && (o + s) % 512 == 0, "cb {cb} off {off:#x}");
+                assert_eq!(
+                    decode_l2(e, cb, false, false),
+                    ClusterType::Compressed { offset: o, size: s }
+                );
+            }
+        }
+        // 2 MiB clusters leave 49 offset bits.
+        assert!(compressed_entry(1 << 49, 100, 21).is_none());
     }
 
     #[test]

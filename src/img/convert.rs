@@ -530,12 +530,46 @@ pub fn validate(o: &ConvertOptions) -> ImgResult<()> {
             return Err(failed(format!("Unknown file format '{f}'")));
         }
     }
-    if o.compressed {
+    if o.compressed && !o.no_create && o.out_format.as_deref().unwrap_or("raw") == "raw" {
+        return Err(failed(COMPRESSION_UNSUPPORTED));
+    }
+    Ok(())
+}
+
+/// qemu-img's words for `-c` onto a target that cannot compress.
+const COMPRESSION_UNSUPPORTED: &str = "Compression not supported for this file format";
+
+/// `-c` refusals that the create options decide, before anything is created.
+fn check_compressed_create(o: &ConvertOptions, size: u64) -> ImgResult<()> {
+    // Bad options are reported by create itself.
+    let Ok(co) = parse_options(&o.create_opts, Some(size)) else {
+        return Ok(());
+    };
+    if co.zoned.is_some() {
         return Err(failed(
-            "compressed output (-c) is not supported: zcow's format layer cannot write compressed clusters",
+            "Compression not supported for zoned images: a zoned qcow2 image cannot contain compressed clusters",
+        ));
+    }
+    if co.preallocation != crate::format::create::Preallocation::Off {
+        return Err(failed(
+            "Compression and preallocation not supported at the same time",
         ));
     }
     Ok(())
+}
+
+/// `-c` onto an opened target: only a non-zoned qcow2 image takes
+/// compressed clusters.
+fn check_compressed_target(dst: &dyn BlockDevice) -> ImgResult<()> {
+    if dst.zone_geometry().is_some() {
+        return Err(failed(
+            "Compression not supported for zoned images: a zoned qcow2 image cannot contain compressed clusters",
+        ));
+    }
+    match dst.format_info() {
+        Some(f) if f.name == "qcow2" && f.cluster_size > 0 => Ok(()),
+        _ => Err(failed(COMPRESSION_UNSUPPORTED)),
+    }
 }
 
 /// Create the target image of `size` bytes; returns its format.
@@ -589,6 +623,9 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
         size += s;
     }
     let src = Sources { devs };
+    if o.compressed && !o.no_create {
+        check_compressed_create(o, size)?;
+    }
     let fmt = if o.no_create {
         o.out_format.clone()
     } else {
@@ -598,6 +635,12 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
     if dst.size() < size {
         return Err(failed("output file is smaller than input file"));
     }
+    let cluster = if o.compressed {
+        check_compressed_target(dst.as_ref())?;
+        dst.format_info().map_or(0, |f| f.cluster_size)
+    } else {
+        0
+    };
     let c = Copier {
         src: &src,
         dst: dst.clone(),
@@ -608,6 +651,10 @@ pub fn run(o: &ConvertOptions) -> ImgResult<()> {
         done: AtomicU64::new(0),
     };
     let faults = match dst.zone_geometry() {
+        _ if cluster > 0 => {
+            copy_compressed(&c, size, cluster, !o.no_create || o.target_is_zero)?;
+            Vec::new()
+        }
         Some(g) => copy_zoned(&c, &g, size, o.sparse_size)?,
         None => {
             copy_unzoned(&c, size, if o.out_of_order { o.coroutines } else { 1 })?;
@@ -687,6 +734,81 @@ fn copy_unzoned(c: &Copier<'_>, size: u64, threads: usize) -> ImgResult<()> {
         Ok(None) => Ok(()),
         Err(_) => Err(failed("a copy thread panicked")),
     }
+}
+
+/// `-c`: copy in whole target clusters, each written compressed (the
+/// format layer stores a cluster that does not compress as it is). As in
+/// qemu-img, with sparse detection on, a cluster of zeroes is not written
+/// (or is zeroed on a target not known to read as zeroes); with `-S 0`
+/// every cluster is written compressed. The last cluster of a source whose
+/// size is not a cluster multiple is padded with zeroes up to the end of
+/// the target, so the target must end there or read as zeroes past it.
+fn copy_compressed(c: &Copier<'_>, size: u64, cs: u64, fresh: bool) -> ImgResult<()> {
+    let dst_size = c.dst.size();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        // CHUNK is a multiple of every cluster size, so chunks start on
+        // cluster boundaries.
+        let n = (size - pos).min(CHUNK);
+        let status = c.src.status(pos, n);
+        if c.sparse > 0 && status.iter().all(|&(_, z)| z) {
+            if !c.target_zero {
+                c.zeroes(pos, n)?;
+            }
+            c.tick(n);
+            pos += n;
+            continue;
+        }
+        // Read the data runs; known-zero runs are just zero bytes.
+        let mut at = 0usize;
+        for (l, zero) in status {
+            let piece = &mut buf[at..at + l as usize];
+            if zero {
+                piece.fill(0);
+            } else {
+                c.src.read(pos + at as u64, piece)?;
+            }
+            at += l as usize;
+        }
+        let mut k = 0u64;
+        while k < n {
+            let off = pos + k;
+            let data_len = cs.min(n - k);
+            // A short last cluster covers the target up to its end.
+            let write_len = if data_len < cs {
+                let to = (off + cs).min(dst_size) - off;
+                if to > data_len && !fresh {
+                    return Err(failed(format!(
+                        "error while writing at byte {off}: the source ends inside a cluster of the larger target, which a compressed write would overwrite with zeroes"
+                    )));
+                }
+                to
+            } else {
+                cs
+            };
+            let data = &buf[k as usize..(k + data_len) as usize];
+            if c.sparse > 0 && is_zero(data) {
+                if !c.target_zero {
+                    c.zeroes(off, data_len)?;
+                }
+            } else if write_len == data_len {
+                c.dst
+                    .write_compressed(off, data)
+                    .map_err(|e| failed(format!("error while writing at byte {off}: {e}")))?;
+            } else {
+                let mut padded = data.to_vec();
+                padded.resize(write_len as usize, 0);
+                c.dst
+                    .write_compressed(off, &padded)
+                    .map_err(|e| failed(format!("error while writing at byte {off}: {e}")))?;
+            }
+            k += data_len;
+        }
+        c.tick(n);
+        pos += n;
+    }
+    Ok(())
 }
 
 fn copy_zoned(c: &Copier<'_>, g: &ZoneGeometry, size: u64, sparse: u64) -> ImgResult<Faults> {

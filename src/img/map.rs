@@ -421,7 +421,19 @@ fn zone_line(z: &ZoneDescriptor) -> String {
 /// qemu-img's human form: data runs with their host offsets (zoned images:
 /// each zone's line before its runs).
 pub fn render_human(entries: &[Entry], zones: &[ZoneDescriptor]) -> ImgResult<String> {
-    let mut s = String::from("Offset          Length          Mapped to       File\n");
+    let mut s = String::new();
+    render_human_into(entries, zones, &mut s)?;
+    Ok(s)
+}
+
+/// [`render_human`] into `s`; on an error `s` holds what qemu-img prints
+/// before it (the header and the runs before a compressed one).
+pub fn render_human_into(
+    entries: &[Entry],
+    zones: &[ZoneDescriptor],
+    s: &mut String,
+) -> ImgResult<()> {
+    s.push_str("Offset          Length          Mapped to       File\n");
     let mut zi = 0;
     for e in entries {
         if e.data && e.offset.is_none() {
@@ -450,7 +462,7 @@ pub fn render_human(entries: &[Entry], zones: &[ZoneDescriptor]) -> ImgResult<St
     for z in &zones[zi..] {
         s.push_str(&zone_line(z));
     }
-    Ok(s)
+    Ok(())
 }
 
 /// C's `%#x`: `0` for zero, else `0x...`.

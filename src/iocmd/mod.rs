@@ -16,9 +16,10 @@
 //! - `open` takes `-r`, `-f FMT` and `-o` with the driver, read-only and
 //!   file-name keys (qemu-io: more); `reopen -c`/`-o` options other than the
 //!   raw window are recorded, not applied.
-//! - `write -c`/`-b` and `read -b` are parsed and checked as in qemu-io
-//!   but fail with "Operation not supported" (no compressed or VM-state
-//!   writes in the device interface).
+//! - `write -b` and `read -b` are parsed and checked as in qemu-io but
+//!   fail with "Operation not supported" (no VM-state area in the device
+//!   interface). `write -c` writes compressed clusters as qemu-io does;
+//!   over an allocated cluster it replaces it (qemu-io fails with EIO).
 //! - A failed request also prints the full error (zone, condition, write
 //!   pointer) on stderr; stdout has only qemu-io's `... failed: strerror`.
 //!   Errnos are the device's ([`crate::device::DeviceError::errno`]), except

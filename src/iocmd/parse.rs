@@ -99,7 +99,7 @@ pub enum WriteTarget {
     Disk,
     /// The VM state area (`-b`): no zcow device has one, so it fails.
     VmState,
-    /// A compressed write (`-c`): not part of the device interface, fails.
+    /// A compressed write (`-c`): whole clusters of a non-zoned qcow2 image.
     Compressed,
 }
 

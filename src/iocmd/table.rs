@@ -89,7 +89,7 @@ const WRITE_HELP: &str = "
 
  Writes a buffer filled with a byte pattern (default 0xcd).
  -b, -- write to the VM state rather than the virtual disk (qcow2)
- -c, -- write compressed data (not supported: fails)
+ -c, -- write compressed data (whole clusters of a qcow2 image)
  -C, -- print statistics in a machine parsable format
  -f, -- use Force Unit Access semantics
  -n, -- with -z, fail instead of writing zeroes slowly

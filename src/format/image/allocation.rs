@@ -78,6 +78,11 @@ impl Qcow2 {
                 match step {
                     Ok(1) => {
                         m.free_hint = m.free_hint.min(c);
+                        // Freed: compressed data must not be packed into it
+                        // any more (it may be reused for anything).
+                        if m.compressed_tail.is_some_and(|t| t / cs == c) {
+                            m.compressed_tail = None;
+                        }
                         match punch.last_mut() {
                             Some((s, l)) if *s + *l == c => *l += 1,
                             _ => punch.push((c, 1)),

@@ -16,7 +16,8 @@
 //! cache), `refcounts` (refblock cache, refcount table growth), `allocation`
 //! (allocation, deferred frees), `flush`, `mapping` (guest to host pieces,
 //! block status), `read`, `cow` (L2 copy-on-write, old cluster contents),
-//! `write`, `discard` (write-zeroes, discard, deallocate) and `wp_array`
+//! `write`, `compressed_write` (whole clusters compressed and packed into
+//! shared host clusters), `discard` (write-zeroes, discard, deallocate) and `wp_array`
 //! (zoned write pointers). This file holds the types they share and the
 //! accessors; its imports are the prelude of the files (`use super::*`).
 
@@ -43,6 +44,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod allocation;
+mod compressed_write;
 mod cow;
 mod discard;
 mod flush;
@@ -167,6 +169,10 @@ struct Meta {
     file_len: u64,
     /// Refcount decrements waiting for the reference removal to be durable.
     pending_decrements: Vec<(u64, u64)>,
+    /// Where the next compressed stream may go: the first free byte in the
+    /// host cluster compressed data was last packed into (None: start a
+    /// new cluster). Forgotten when that cluster is freed.
+    compressed_tail: Option<u64>,
     /// Where the metadata lives; every write is checked against it.
     overlap: MetadataMap,
     /// A write was refused as a metadata overwrite and the image marked

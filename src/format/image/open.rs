@@ -334,6 +334,7 @@ impl Qcow2 {
                 alloc_end,
                 file_len,
                 pending_decrements: Vec::new(),
+                compressed_tail: None,
                 overlap,
                 corrupt: false,
             }),
