@@ -184,6 +184,9 @@ pub struct Lost {
     pub len: u64,
     /// Why the data could not be kept.
     pub why: String,
+    /// The snapshot whose view lost the range (`snapshot ID (NAME)`);
+    /// `None` for the active image.
+    pub snapshot: Option<String>,
 }
 
 /// A zone whose write pointer a repair moved.
