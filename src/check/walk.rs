@@ -172,6 +172,16 @@ impl Walk {
         self.data.get(i) && (self.single.get(i) || self.refc.get(i) || self.l2.get(i))
     }
 
+    /// Whether cluster `i` is used as an L2 table and nothing else.
+    pub fn l2_only(&self, i: u64) -> bool {
+        self.l2.get(i) && !self.single.get(i) && !self.refc.get(i) && !self.data.get(i)
+    }
+
+    /// Whether cluster `i` is used as guest data and nothing else.
+    pub fn data_only(&self, i: u64) -> bool {
+        self.data.get(i) && !self.single.get(i) && !self.refc.get(i) && !self.l2.get(i)
+    }
+
     /// Whether cluster `i`'s count overflowed the refcount width (more
     /// owners than the image can count).
     pub fn overflowed(&self, i: u64) -> bool {
