@@ -1,5 +1,5 @@
 //! `-r all` when the header's L1 table offset is wrong (the table it names
-//! overlaps the header or the refcount structure, e.g. offset 0): find the
+//! overlaps the header: offset 0): find the
 //! real active L1 table among the clusters nothing else owns, or, when it
 //! cannot be told apart, give the image a new empty L1 table and keep every
 //! old cluster allocated (leaks a later `-r leaks` may free) rather than
@@ -34,30 +34,14 @@ pub(crate) enum Relocated {
 /// must not make repair read all of them as tables).
 const MAX_CANDIDATES: u64 = 1 << 20;
 
-/// Whether the active L1 table overlaps the header, the refcount table or
-/// a refcount block: structures located without the L1, so the L1 offset
-/// is the wrong one.
+/// Whether the active L1 table overlaps the header (cluster 0, which is
+/// the header whatever else is corrupt): then the L1 offset is wrong.
+/// Overlaps with structures found through other header fields (the
+/// refcount table) are not taken as proof: that field may be the wrong one.
 fn suspect(cx: &Ctx) -> bool {
     let cs = cx.img.cs;
     let (off, n) = (cx.img.header.l1_table_offset, cx.img.header.l1_size as u64);
-    if n == 0 || off & (cs - 1) != 0 {
-        return false;
-    }
-    let (a, b) = (off / cs, (off + n * 8).div_ceil(cs));
-    let hits = |c: u64| c >= a && c < b;
-    if hits(0) {
-        return true;
-    }
-    let rt = cx.img.reftable_offset / cs;
-    let rtn = (cx.img.reftable.len() as u64 * 8).div_ceil(cs);
-    if (rt..rt + rtn).any(hits) {
-        return true;
-    }
-    cx.img
-        .reftable
-        .iter()
-        .map(|e| e & super::image::REFT_OFFSET_MASK)
-        .any(|o| o != 0 && o & (cs - 1) == 0 && hits(o / cs))
+    n > 0 && off & (cs - 1) == 0 && off < cs
 }
 
 /// Find the active L1 table when the header's offset is wrong (see the
@@ -91,7 +75,7 @@ pub(crate) fn relocate(cx: &mut Ctx) -> Result<Relocated, Errno> {
         let at = found[0];
         let _ = writeln!(
             cx.err,
-            "Repairing L1 table offset: 0x{old:x} overlaps the image header or the refcount structure; the active L1 table was found at 0x{at:x}"
+            "Repairing L1 table offset: 0x{old:x} overlaps the image header; the active L1 table was found at 0x{at:x}"
         );
         set_l1_offset(cx, at, l1_size)?;
         cx.img.l1 = super::image::read_u64s(&*cx.img.store, at, l1_size as u64)?;
@@ -116,7 +100,7 @@ pub(crate) fn relocate(cx: &mut Ctx) -> Result<Relocated, Errno> {
     cx.img.sync()?;
     let _ = writeln!(
         cx.err,
-        "Repairing L1 table offset: 0x{old:x} overlaps the image header or the refcount structure and the real table cannot be told apart ({} candidates); a new empty L1 table is at 0x{at:x}, the old clusters are kept allocated",
+        "Repairing L1 table offset: 0x{old:x} overlaps the image header and the real table cannot be told apart ({} candidates); a new empty L1 table is at 0x{at:x}, the old clusters are kept allocated",
         found.len()
     );
     set_l1_offset(cx, at, needed as u32)?;

@@ -162,8 +162,9 @@ impl Walk {
         if self.taint.contains_key(&i) || self.l2.get(i) || self.refc.get(i) {
             return false;
         }
-        let data = self.data.get(i) as u64;
-        self.imrt.get(i) <= 1 + data
+        // Guest data aliasing it may be counted once per L1 table that
+        // reaches it (a shared L2 table): any count is the table plus data.
+        self.data.get(i) || self.imrt.get(i) <= 1
     }
 
     /// Whether cluster `i` holds guest data and is also used as metadata
