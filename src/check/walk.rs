@@ -489,6 +489,10 @@ fn check_l2(
                     continue;
                 }
                 let (coff, csize) = compressed_range(entry, cb);
+                let fl = cx.img.file_len();
+                if coff >= fl || (coff + csize).saturating_sub(fl) >= cs {
+                    lost_data(w, coff);
+                }
                 inc_refcounts(cx, res, w, coff, csize, Class::Data)?;
                 if frag {
                     res.allocated_clusters += 1;
@@ -567,6 +571,12 @@ fn check_l2(
                         });
                     }
                 }
+                if !data_file
+                    && matches!(ty, ClusterType::Normal(_))
+                    && (unaligned || offset >= cx.img.file_len())
+                {
+                    lost_data(w, offset);
+                }
                 if !data_file {
                     let saved = w.taint_mode.clone();
                     if unaligned {
@@ -592,6 +602,18 @@ fn check_l2(
         }
     }
     Ok(())
+}
+
+/// An L2 entry whose data cannot be located: the cluster it should name
+/// may be one that now looks leaked, so the walk is incomplete for leak
+/// repair (recorded once; `-r all` drops the entry first).
+fn lost_data(w: &mut Walk, offset: u64) {
+    const WHY: &str = "an L2 entry names data that cannot be located";
+    if !w.incomplete.iter().any(|x| x.starts_with(WHY)) {
+        w.incomplete.push(format!(
+            "{WHY} (offset 0x{offset:x}: unaligned or past the end of the file)"
+        ));
+    }
 }
 
 fn be64(b: &[u8]) -> u64 {
