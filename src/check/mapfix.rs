@@ -1,6 +1,9 @@
-//! Repairs of the active mapping (`-r all`): the least destructive fix of
-//! each L1/L2 entry the walk could not trust, so that the image can end
-//! consistent.
+//! Repairs of the mapping (`-r all`), the active image's and every
+//! snapshot's: the least destructive fix of each L1/L2 entry the walk could
+//! not trust, so that the image can end consistent. An L2 table mapped by
+//! several L1 tables (shared with snapshots) is fixed once, only when those
+//! mappings are all the references it has; each loss is reported in every
+//! view that maps it.
 //!
 //! * reserved bits set in an entry whose offset is valid: cleared;
 //! * an L1 entry whose L2 table cannot be located (unaligned, past EOF), an
@@ -9,7 +12,11 @@
 //!   backing file), and the range is reported as lost;
 //! * a data cluster that is also metadata (aliasing): the guest's view is
 //!   copied to a new cluster at the end of the file and the entry points
-//!   there, so each owner keeps what it holds (never a raised refcount).
+//!   there, so each owner keeps what it holds (never a raised refcount);
+//! * a compressed entry with COPIED set: cleared; one whose range runs past
+//!   the end of the file, over metadata, or longer than compressed data can
+//!   be: its sector count is shortened to the stream when the stream still
+//!   decompresses, else the mapping is dropped.
 //!
 //! Crash safety: entries are single 8-byte (or 16-byte) writes; a copy is
 //! written and synced, its refcount set and synced, and only then is the
