@@ -313,8 +313,8 @@ const SAFER: &[(&str, &[Mode], &str)] = &[
      "qemu-img -r leaks lowers the shared compressed cluster's refcount and -r all leaves the entry pointing past the end of the file; zcow -r leaks frees nothing while an entry's data cannot be located, -r all drops it (reported lost) and ends clean"),
     ("c-to-refblock", &[Mode::All, Mode::AllJson],
      "qemu-img counts the refblock as compressed data and hides the aliasing; zcow drops the entry, whose data does not decompress there (reported lost)"),
-    ("c-sector-count-impossible", &[Mode::All, Mode::AllJson],
-     "qemu-img leaves the range running past the end of the file; zcow shortens the sector count to the stream, which decompresses (nothing lost)"),
+    ("c-sector-count-impossible", &[Mode::Leaks, Mode::All, Mode::AllJson],
+     "qemu-img -r leaks lowers the refcount of the cluster the entry still uses, and -r all leaves the range running past the end of the file; zcow -r leaks frees nothing, -r all shortens the sector count to the stream, which decompresses (nothing lost)"),
     ("s-too-many", &[Mode::All, Mode::AllJson],
      "qemu-img tries to repair 65534 garbage entries and marks the image corrupt; zcow's result differs"),
 ];
