@@ -207,10 +207,10 @@ fn is_l2(cx: &mut Ctx, w: &Walk, l2: u64) -> Result<bool, Errno> {
         a.copy_from_slice(&e[..8]);
         let le = u64::from_be_bytes(a);
         match decode_l2(le, cb, ext, data_file) {
-            ClusterType::Compressed { offset, size } => {
-                if data_file || offset.saturating_add(size) > file_len + 511 {
-                    return Ok(false);
-                }
+            ClusterType::Compressed { offset, size }
+                if data_file || offset.saturating_add(size) > file_len + 511 =>
+            {
+                return Ok(false);
             }
             ClusterType::Normal(_) | ClusterType::ZeroAlloc(_) if !data_file => {
                 let d = le & OFFSET_MASK;
