@@ -34,6 +34,10 @@ pub(crate) enum Relocated {
 /// must not make repair read all of them as tables).
 const MAX_CANDIDATES: u64 = 1 << 20;
 
+/// Bytes the search reads at most; past it the table counts as not found
+/// (the image then gets an empty table, its clusters kept).
+const MAX_READ: u64 = 1 << 30;
+
 /// Whether the active L1 table overlaps the header (cluster 0, which is
 /// the header whatever else is corrupt): then the L1 offset is wrong.
 /// Overlaps with structures found through other header fields (the
@@ -145,8 +149,9 @@ fn candidates(cx: &mut Ctx, w: &Walk, l1_size: u64) -> Result<Vec<u64>, Errno> {
     let tbl = (l1_size * 8).div_ceil(cs);
     let mut out = Vec::new();
     let mut seen = 0u64;
+    let mut budget = MAX_READ;
     let mut c = 1;
-    while c + tbl <= nb && out.len() < 2 && seen < MAX_CANDIDATES {
+    while c + tbl <= nb && out.len() < 2 && seen < MAX_CANDIDATES && budget > 0 {
         let orphan =
             (c..c + tbl).all(|k| w.imrt.get(k) == 0) && (c..c + tbl).all(|k| rc(cx, k) > 0);
         if !orphan {
@@ -154,7 +159,7 @@ fn candidates(cx: &mut Ctx, w: &Walk, l1_size: u64) -> Result<Vec<u64>, Errno> {
             continue;
         }
         seen += 1;
-        if is_l1(cx, w, c * cs, l1_size)? {
+        if is_l1(cx, w, c * cs, l1_size, &mut budget)? {
             out.push(c * cs);
         }
         c += 1;
@@ -163,13 +168,25 @@ fn candidates(cx: &mut Ctx, w: &Walk, l1_size: u64) -> Result<Vec<u64>, Errno> {
 }
 
 /// Whether the table at `at` reads as a valid active L1 table of orphans.
-fn is_l1(cx: &mut Ctx, w: &Walk, at: u64, n: u64) -> Result<bool, Errno> {
+fn is_l1(cx: &mut Ctx, w: &Walk, at: u64, n: u64, budget: &mut u64) -> Result<bool, Errno> {
     let cs = cx.img.cs;
     let cb = cx.img.cb;
     let file_len = cx.img.file_len();
-    let entries = super::image::read_u64s(&*cx.img.store, at, n)?;
     let mut tables = std::collections::HashSet::new();
-    for &e in &entries {
+    // Read a chunk at a time: most candidates (guest data) fail on their
+    // first entries.
+    const CHUNK: u64 = 512;
+    let mut entries = Vec::new();
+    for i in 0..n {
+        if i % CHUNK == 0 {
+            if *budget == 0 {
+                return Ok(false);
+            }
+            let len = CHUNK.min(n - i);
+            *budget = budget.saturating_sub(len * 8);
+            entries = super::image::read_u64s(&*cx.img.store, at + i * 8, len)?;
+        }
+        let e = entries[(i % CHUNK) as usize];
         if e == 0 {
             continue;
         }
@@ -184,6 +201,7 @@ fn is_l1(cx: &mut Ctx, w: &Walk, at: u64, n: u64) -> Result<bool, Errno> {
         if l2 == at || !tables.insert(k) || rc(cx, k) <= refs || (refs > 0 && !w.l2_only(k)) {
             return Ok(false);
         }
+        *budget = budget.saturating_sub(cs);
         if !is_l2(cx, w, l2)? {
             return Ok(false);
         }

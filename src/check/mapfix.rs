@@ -30,6 +30,7 @@ use crate::format::l2::{
     decode_l2, ClusterType, COMPRESSED, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO,
 };
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// Write the unaligned preallocated-zero entries the walk found, where the
 /// table can be trusted. Returns (written, refused).
@@ -161,7 +162,7 @@ pub(crate) fn fix_mappings(cx: &mut Ctx, w: &Walk) -> Result<i64, Errno> {
 /// One L1 entry's view of an L2 table.
 struct Owner {
     /// `None` for the active image.
-    snap: Option<String>,
+    snap: Option<Rc<str>>,
     /// Guest offset of the table's first entry.
     guest: u64,
     /// Virtual disk size of that view.
@@ -182,6 +183,7 @@ fn fix_l1(
     let cs = cx.img.cs;
     let span = cs / cx.img.header.l2_entry_size() * cs;
     let mut fixed = 0;
+    let label: Option<Rc<str>> = snap.as_deref().map(Rc::from);
     for (i, &e) in entries.iter().enumerate() {
         if e == 0 {
             continue;
@@ -218,7 +220,7 @@ fn fix_l1(
             fixed += 1;
         }
         owners.entry(l2).or_default().push(Owner {
-            snap: snap.clone(),
+            snap: label.clone(),
             guest,
             disk,
         });
@@ -477,7 +479,7 @@ fn lose_all(cx: &mut Ctx, who: &[Owner], rel: u64, why: &str) {
                 cs.min(o.disk - g),
                 why.to_string(),
                 false,
-                o.snap.clone(),
+                o.snap.as_deref().map(String::from),
             );
         }
     }
