@@ -163,7 +163,73 @@ fn snap_cases() -> Vec<(&'static str, Setup)> {
             // Shared data cluster 6 (active + snapshot) refcount 2 → 1.
             patch(p, 0x2000c, &[0, 1]);
         }),
+        // The snapshot's own L2 table (the active one was copied on the
+        // write after the snapshot): entry 0 maps snapshot-only data,
+        // entries 1 and 16 data shared with the active image.
+        ("s-l2-reserved", |_, p| {
+            let l2 = snap_l2(p);
+            patch(p, l2 + 8, &be(read64(p, l2 + 8) | 1 << 56));
+        }),
+        ("s-l2-unaligned", |_, p| {
+            let l2 = snap_l2(p);
+            patch(p, l2, &be(read64(p, l2) + 0x200));
+        }),
+        ("s-l2-beyond-eof", |_, p| {
+            let l2 = snap_l2(p);
+            patch(p, l2 + 128, &be(1 << 63 | 0x100_0000));
+        }),
+        ("s-l2-to-refblock", |_, p| {
+            let l2 = snap_l2(p);
+            patch(p, l2, &be(1 << 63 | refblock_of(p)));
+        }),
+        ("s-l1-entry-reserved", |_, p| {
+            let l1 = snap_l1(p);
+            patch(p, l1, &be(read64(p, l1) | 1));
+        }),
+        ("s-l1-entry-beyond-eof", |_, p| {
+            patch(p, snap_l1(p), &be(1 << 63 | 0x100_0000))
+        }),
     ]
+}
+
+/// The first snapshot's L1 table.
+fn snap_l1(p: &Path) -> u64 {
+    read64(p, read64(p, 64))
+}
+
+/// The first snapshot's first L2 table.
+fn snap_l2(p: &Path) -> u64 {
+    read64(p, snap_l1(p)) & MASK
+}
+
+/// Snapshot taken with no write after it: active and snapshot share every
+/// L2 table (refcount 2).
+fn shared_base(dir: &Path) {
+    base(dir);
+    must(dir, "qemu-img", &["snapshot", "-c", "snap1", "t.qcow2"]);
+}
+
+/// A corrupt entry in an L2 table the active image and a snapshot share:
+/// repaired once, lost in both views.
+#[test]
+fn check_matches_qemu_img_on_shared_l2_cases() {
+    run_cases(
+        shared_base,
+        vec![
+            ("sh-l2-beyond-eof", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 16, &be(0x100_0000));
+            }),
+            ("sh-l2-reserved", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 8, &be(read64(p, l2 + 8) | 1 << 56));
+            }),
+            ("sh-l2-to-l1", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 16, &be(read64(p, 40)));
+            }),
+        ],
+    );
 }
 
 fn snap_base(dir: &Path) {
@@ -216,19 +282,45 @@ const SAFER: &[(&str, &[Mode], &str)] = &[
     ("33-reftable-offset-0", &[Mode::All, Mode::AllJson],
      "qemu-img grows the file to 4 GiB for garbage refblock pointers read from the header; zcow rebuilds the refcount structure elsewhere"),
     ("33-l1-offset-0", &[Mode::Leaks, Mode::All, Mode::AllJson],
-     "qemu-img frees the real L1, L2 and data clusters (all guest data lost); zcow keeps them"),
+     "qemu-img frees the real L1, L2 and data clusters (all guest data lost); zcow -r leaks keeps them, -r all finds the real L1 table among the unreferenced clusters and names it (nothing lost)"),
     ("44-overflow-1bit", &[Mode::All, Mode::AllJson],
      "qemu-img sets COPIED on both entries sharing the overflowed cluster (a guest write then overwrites shared data in place); zcow gives the second entry a copy"),
     ("s-l1-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "qemu-img frees every cluster only the broken snapshot uses; zcow -r leaks keeps them, -r all drops the unlocatable snapshot (reported lost)"),
     ("s-l1-too-large", &[Mode::Leaks, Mode::All, Mode::AllJson],
      "qemu-img frees the snapshot's clusters then trips its overlap check (corrupt bit); zcow -r all sets the snapshot's l1_size to what its disk needs, keeping it"),
+    ("s-l2-reserved", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the reserved bit in the snapshot's L2 table (not clean); zcow clears it and ends clean"),
+    ("s-l2-unaligned", &[Mode::Leaks, Mode::All, Mode::AllJson],
+     "qemu-img raises a neighbouring cluster's refcount; zcow -r leaks frees nothing while an entry's data cannot be located, -r all drops the snapshot's mapping (reported lost in the snapshot) and ends clean"),
+    ("s-l2-beyond-eof", &[Mode::Leaks, Mode::All, Mode::AllJson],
+     "qemu-img -r leaks lowers the refcount of the data the snapshot shared (its entry now points past the end of the file) and -r all leaves the entry; zcow -r leaks frees nothing while an entry's data cannot be located, -r all drops it (reported lost in the snapshot) and ends clean"),
+    ("s-l2-to-refblock", &[Mode::All, Mode::AllJson],
+     "qemu-img rebuilds and leaves the snapshot's data aliasing the old refblock; zcow gives the snapshot a copy of the cluster and ends clean"),
+    ("s-l1-entry-reserved", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the reserved bit in the snapshot's L1 table; zcow clears it and ends clean"),
+    ("s-l1-entry-beyond-eof", &[Mode::Leaks, Mode::All, Mode::AllJson],
+     "qemu-img frees the clusters only the snapshot's lost L2 table used; zcow -r leaks keeps them, -r all drops the snapshot's L1 entry (reported lost in the snapshot) and ends clean"),
+    ("sh-l2-beyond-eof", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the shared entry pointing past the end of the file; zcow drops it once (lost in the active image and the snapshot) and ends clean"),
+    ("sh-l2-reserved", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves the reserved bit in the shared L2 table; zcow clears it and ends clean"),
+    ("sh-l2-to-l1", &[Mode::All, Mode::AllJson],
+     "qemu-img raises the refcount of the active L1 to hide the aliasing; zcow gives the shared entry a copy with both references"),
+    ("40-compressed-copied", &[Mode::All, Mode::AllJson],
+     "qemu-img leaves COPIED set on the compressed entry (not clean); zcow clears it and ends clean"),
+    ("c-past-eof", &[Mode::Leaks, Mode::All, Mode::AllJson],
+     "qemu-img -r leaks lowers the shared compressed cluster's refcount and -r all leaves the entry pointing past the end of the file; zcow -r leaks frees nothing while an entry's data cannot be located, -r all drops it (reported lost) and ends clean"),
+    ("c-to-refblock", &[Mode::All, Mode::AllJson],
+     "qemu-img counts the refblock as compressed data and hides the aliasing; zcow drops the entry, whose data does not decompress there (reported lost)"),
+    ("c-sector-count-impossible", &[Mode::Leaks, Mode::All, Mode::AllJson],
+     "qemu-img -r leaks lowers the refcount of the cluster the entry still uses, and -r all leaves the range running past the end of the file; zcow -r leaks frees nothing, -r all shortens the sector count to the stream, which decompresses (nothing lost)"),
     ("s-too-many", &[Mode::All, Mode::AllJson],
      "qemu-img tries to repair 65534 garbage entries and marks the image corrupt; zcow's result differs"),
 ];
 
 /// Cases zcow must refuse to repair: the image stays byte-identical.
-const REFUSED: &[&str] = &["33-l1-offset-0"];
+const REFUSED: &[&str] = &[];
 
 /// The corrupted image before any repair (a fresh copy of `src` with the
 /// case's patch).
@@ -239,12 +331,20 @@ fn qp_before(src: &Path, setup: Setup) -> Vec<u8> {
 }
 
 /// Guest ranges zcow reported lost (`zcow: Lost guest bytes A-B: why`).
-fn lost_ranges(extra: &[String]) -> Vec<(u64, u64)> {
+fn lost_ranges(extra: &[String], snap: Option<&str>) -> Vec<(u64, u64)> {
     extra
         .iter()
         .filter_map(|l| l.strip_prefix("zcow: Lost guest bytes "))
         .filter_map(|l| {
             let r = l.split(':').next()?;
+            // `A-B of snapshot ID (NAME)` for a snapshot's view.
+            let (r, of) = match r.split_once(" of ") {
+                Some((r, s)) => (r, Some(s)),
+                None => (r, None),
+            };
+            if of != snap {
+                return None;
+            }
             let (a, b) = r.split_once('-')?;
             let p = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
             Some((p(a)?, p(b)? + 1))
@@ -303,34 +403,69 @@ fn assert_outcome(
     if after.code != 0 && after.code != 3 {
         return Ok(());
     }
-    // Consistent: compare the guest view with the uncorrupted image.
-    let lost = lost_ranges(extra);
-    let raw = |p: &Path, out: &Path| {
-        must(
-            p.parent().unwrap(),
-            "qemu-img",
-            &[
-                "convert",
-                "-O",
-                "raw",
-                p.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ],
-        );
+    // Consistent: compare the guest view with the uncorrupted image, the
+    // active image's and every snapshot's (`convert -l`).
+    let raw = |p: &Path, out: &Path, snap: Option<&str>| {
+        let mut args = vec!["convert".to_string()];
+        if let Some(s) = snap {
+            args.push("-l".into());
+            args.push(format!("snapshot.name={s}"));
+        }
+        args.extend([
+            "-O".into(),
+            "raw".into(),
+            p.to_str().unwrap().into(),
+            out.to_str().unwrap().into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        must(p.parent().unwrap(), "qemu-img", &args);
         std::fs::read(out).unwrap()
     };
-    let want = raw(src, &dir.join("want.raw"));
-    let got = raw(&img, &dir.join("got.raw"));
-    if want.len() != got.len() {
-        return Err(format!("virtual size {} != {}", got.len(), want.len()));
+    let mut views: Vec<(Option<String>, Option<String>)> = vec![(None, None)];
+    let (_, list, _) = sh(dir, "qemu-img", &["snapshot", "-l", src.to_str().unwrap()]);
+    let (_, now_list, _) = sh(dir, "qemu-img", &["snapshot", "-l", img.to_str().unwrap()]);
+    for l in list.lines().skip(2) {
+        let mut f = l.split_whitespace();
+        let (Some(id), Some(name)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let label = format!("snapshot {id} ({name})");
+        if !now_list
+            .lines()
+            .skip(2)
+            .any(|x| x.split_whitespace().nth(1) == Some(name))
+        {
+            // Dropped: only allowed when reported.
+            if !extra
+                .iter()
+                .any(|x| x.starts_with("zcow: Lost ") && x.contains(&label))
+            {
+                return Err(format!("{label} is gone and not reported lost"));
+            }
+            continue;
+        }
+        views.push((Some(name.to_string()), Some(label)));
     }
-    const CS: usize = 512;
-    for (i, (a, b)) in got.chunks(CS).zip(want.chunks(CS)).enumerate() {
-        let off = (i * CS) as u64;
-        if a != b && !lost.iter().any(|&(s, e)| off >= s && off < e) {
+    for (snap, label) in views {
+        let lost = lost_ranges(extra, label.as_deref());
+        let want = raw(src, &dir.join("want.raw"), snap.as_deref());
+        let got = raw(&img, &dir.join("got.raw"), snap.as_deref());
+        let view = label.as_deref().unwrap_or("the active image");
+        if want.len() != got.len() {
             return Err(format!(
-                "guest bytes at 0x{off:x} differ from the uncorrupted image and are not reported lost (lost: {lost:x?})"
+                "{view}: virtual size {} != {}",
+                got.len(),
+                want.len()
             ));
+        }
+        const CS: usize = 512;
+        for (i, (a, b)) in got.chunks(CS).zip(want.chunks(CS)).enumerate() {
+            let off = (i * CS) as u64;
+            if a != b && !lost.iter().any(|&(s, e)| off >= s && off < e) {
+                return Err(format!(
+                    "{view}: guest bytes at 0x{off:x} differ from the uncorrupted image and are not reported lost (lost: {lost:x?})"
+                ));
+            }
         }
     }
     Ok(())
@@ -632,6 +767,20 @@ fn check_matches_qemu_img_on_compressed_cases() {
                 let host = (e & ((1u64 << 54) - 1)) >> 16;
                 let rb = refblock_of(p);
                 patch(p, rb + 2 * host, &[0, 1]);
+            }),
+            ("c-past-eof", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 8, &be(1 << 62 | 0x100_0000));
+            }),
+            ("c-to-refblock", |_, p| {
+                let l2 = l2_of(p);
+                patch(p, l2 + 8, &be(1 << 62 | refblock_of(p)));
+            }),
+            ("c-sector-count-impossible", |_, p| {
+                // The stream is intact; its sector count runs a cluster
+                // past the end of the file.
+                let l2 = l2_of(p);
+                patch(p, l2, &be(read64(p, l2) | 0xff << 54));
             }),
             ("c-compressed-leak", |_, p| {
                 let l2 = l2_of(p);

@@ -13,6 +13,7 @@ mod compare;
 pub mod errno;
 mod image;
 mod imrt;
+mod l1locate;
 mod mapfix;
 mod rebuild;
 pub mod repair;
@@ -185,6 +186,9 @@ pub struct Lost {
     pub len: u64,
     /// Why the data could not be kept.
     pub why: String,
+    /// The snapshot whose view lost the range (`snapshot ID (NAME)`);
+    /// `None` for the active image.
+    pub snapshot: Option<String>,
 }
 
 /// A zone whose write pointer a repair moved.
@@ -256,18 +260,33 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         walk::Walk::new(cx.img.order, cs, nb, track).inspect_err(|_| res.check_errors += 1)?;
     walk::calculate_refcounts(cx, res, fix, &mut rebuild, &mut w)?;
     let mut rounds = 0;
+    // A new empty L1 table leaves the old tables and data as leaks: kept,
+    // not freed (they are what is left of the guest's data).
+    let mut keep_leaks = false;
     while fix.errors && rounds < 3 {
         rounds += 1;
-        let (_applied, refused) =
-            mapfix::apply_prealloc(cx, &w).inspect_err(|_| res.check_errors += 1)?;
+        let moved = if rounds == 1 {
+            l1locate::relocate(cx).inspect_err(|_| res.check_errors += 1)?
+        } else {
+            l1locate::Relocated::No
+        };
+        keep_leaks |= moved == l1locate::Relocated::Empty;
+        let (_applied, refused) = if moved == l1locate::Relocated::No {
+            mapfix::apply_prealloc(cx, &w).inspect_err(|_| res.check_errors += 1)?
+        } else {
+            (0, 0)
+        };
+        mapfix::apply_prealloc(cx, &w).inspect_err(|_| res.check_errors += 1)?;
         res.corruptions_fixed -= refused;
         res.corruptions += refused;
-        let mut n = if res.corruptions > 0 || w.any_distrust().is_some() {
+        let mut n = if moved != l1locate::Relocated::No {
+            1
+        } else if res.corruptions > 0 || w.any_distrust().is_some() {
             mapfix::fix_mappings(cx, &w).inspect_err(|_| res.check_errors += 1)?
         } else {
             0
         };
-        if !w.incomplete.is_empty() {
+        if !w.incomplete.is_empty() && moved == l1locate::Relocated::No {
             n += snapshots::fix_l1_refs(cx).inspect_err(|_| res.check_errors += 1)?;
         }
         if n == 0 {
@@ -292,6 +311,16 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
         r?;
         res.corruptions_fixed += fixed;
     }
+    let fix = Fix {
+        leaks: fix.leaks && !keep_leaks,
+        ..fix
+    };
+    if keep_leaks {
+        let _ = writeln!(
+            cx.err,
+            "zcow: Not freeing leaked clusters: they hold the old L1 table, its L2 tables and data; `check -r leaks` frees them once they are not needed"
+        );
+    }
     // References a repair removed are durable before any refcount drops.
     if fix.any() {
         cx.img.sync().inspect_err(|_| res.check_errors += 1)?;
@@ -300,7 +329,9 @@ fn check_refcounts(cx: &mut Ctx, res: &mut Counts, fix: Fix) -> Result<walk::Wal
     let (mut highest, mut same) =
         compare::compare_refcounts(cx, res, Fix::default(), &mut rebuild, &w);
 
-    let refusal = if rebuild && fix.errors {
+    let refusal = if rebuild && fix.errors && keep_leaks {
+        Some("the old L1 table's clusters would lose their refcounts".to_string())
+    } else if rebuild && fix.errors {
         w.incomplete
             .first()
             .map(|why| {

@@ -156,11 +156,15 @@ pub fn lost_json(rep: &CheckReport) -> JVal {
         rep.lost
             .iter()
             .map(|l| {
-                JVal::Obj(vec![
+                let mut k = vec![
                     ("offset".into(), JVal::Int(l.guest as i64)),
                     ("length".into(), JVal::Int(l.len as i64)),
                     ("reason".into(), JVal::Str(l.why.clone())),
-                ])
+                ];
+                if let Some(s) = &l.snapshot {
+                    k.push(("snapshot".into(), JVal::Str(s.clone())));
+                }
+                JVal::Obj(k)
             })
             .collect(),
     )
@@ -193,9 +197,14 @@ pub fn write_losses(out: &mut dyn Write, rep: &CheckReport, would: bool) -> io::
         ("Lost", "moved", "Nothing lost.")
     };
     for l in &rep.lost {
+        let of = l
+            .snapshot
+            .as_ref()
+            .map(|s| format!(" of {s}"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "{prefix}{lose} guest bytes 0x{:x}-0x{:x}: {}",
+            "{prefix}{lose} guest bytes 0x{:x}-0x{:x}{of}: {}",
             l.guest,
             l.guest + l.len - 1,
             l.why

@@ -37,6 +37,23 @@ pub(crate) struct Snaps {
     pub counted: bool,
 }
 
+impl SnapEntry {
+    /// The size of the snapshot's virtual disk (from its extra data, or
+    /// the image's when the entry has none).
+    pub fn disk_size(&self, image_size: u64) -> u64 {
+        if self.extra_data_size >= 16 && self.extra.len() >= 16 {
+            be64(&self.extra, 8)
+        } else {
+            image_size
+        }
+    }
+
+    /// How messages name it: `snapshot ID (NAME)`.
+    pub fn label(&self) -> String {
+        format!("snapshot {} ({})", self.id, self.name)
+    }
+}
+
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()

@@ -162,14 +162,25 @@ impl Walk {
         if self.taint.contains_key(&i) || self.l2.get(i) || self.refc.get(i) {
             return false;
         }
-        let data = self.data.get(i) as u64;
-        self.imrt.get(i) <= 1 + data
+        // Guest data aliasing it may be counted once per L1 table that
+        // reaches it (a shared L2 table): any count is the table plus data.
+        self.data.get(i) || self.imrt.get(i) <= 1
     }
 
     /// Whether cluster `i` holds guest data and is also used as metadata
     /// or as an L2 table (the data owner is the one that can move).
     pub fn aliased_data(&self, i: u64) -> bool {
         self.data.get(i) && (self.single.get(i) || self.refc.get(i) || self.l2.get(i))
+    }
+
+    /// Whether cluster `i` is used as an L2 table and nothing else.
+    pub fn l2_only(&self, i: u64) -> bool {
+        self.l2.get(i) && !self.single.get(i) && !self.refc.get(i) && !self.data.get(i)
+    }
+
+    /// Whether cluster `i` is used as guest data and nothing else.
+    pub fn data_only(&self, i: u64) -> bool {
+        self.data.get(i) && !self.single.get(i) && !self.refc.get(i) && !self.l2.get(i)
     }
 
     /// Whether cluster `i`'s count overflowed the refcount width (more
@@ -478,6 +489,10 @@ fn check_l2(
                     continue;
                 }
                 let (coff, csize) = compressed_range(entry, cb);
+                let fl = cx.img.file_len();
+                if coff >= fl || (coff + csize).saturating_sub(fl) >= cs {
+                    lost_data(w, coff);
+                }
                 inc_refcounts(cx, res, w, coff, csize, Class::Data)?;
                 if frag {
                     res.allocated_clusters += 1;
@@ -556,6 +571,12 @@ fn check_l2(
                         });
                     }
                 }
+                if !data_file
+                    && matches!(ty, ClusterType::Normal(_))
+                    && (unaligned || offset >= cx.img.file_len())
+                {
+                    lost_data(w, offset);
+                }
                 if !data_file {
                     let saved = w.taint_mode.clone();
                     if unaligned {
@@ -581,6 +602,18 @@ fn check_l2(
         }
     }
     Ok(())
+}
+
+/// An L2 entry whose data cannot be located: the cluster it should name
+/// may be one that now looks leaked, so the walk is incomplete for leak
+/// repair (recorded once; `-r all` drops the entry first).
+fn lost_data(w: &mut Walk, offset: u64) {
+    const WHY: &str = "an L2 entry names data that cannot be located";
+    if !w.incomplete.iter().any(|x| x.starts_with(WHY)) {
+        w.incomplete.push(format!(
+            "{WHY} (offset 0x{offset:x}: unaligned or past the end of the file)"
+        ));
+    }
 }
 
 fn be64(b: &[u8]) -> u64 {

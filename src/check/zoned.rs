@@ -1004,6 +1004,7 @@ fn check_entries(
             guest: s.guest,
             len: cs,
             why: format!("stale data of zone {} past its write pointer", s.zone),
+            snapshot: None,
         });
         if free_range(cx, s.host, cs).is_ok() {
             res.leaks_fixed += 1;
