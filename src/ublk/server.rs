@@ -265,6 +265,7 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
         }
         let mut buf = vec![0u8; lay.max_io_bytes as usize];
         let mut finished = Vec::new();
+        let mut in_workers = 0usize;
         queue.wait_and_handle_io(|q: &UblkQueue, tag: u16, ctx: &UblkIOCtx| {
             if ctx.is_tgt_io() {
                 // The workers' eventfd: complete what they finished, then
@@ -272,6 +273,7 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                 if let Some(d) = &dispatch {
                     if ctx.user_data() == poll_user_data() {
                         d.take_done(&mut finished);
+                        in_workers = in_workers.saturating_sub(finished.len());
                         for (tag, c) in finished.drain(..) {
                             complete(q, tag, c);
                         }
@@ -290,9 +292,16 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                 start_sector: iod.start_sector,
                 nr_sectors: iod.nr_sectors,
             };
+            // Nothing else in flight (no job at the workers, no request
+            // behind this one in the batch): a flush runs here, saving the
+            // two thread wake-ups of a hand-over (fsync at QD1).
+            let alone = in_workers == 0 && ctx.is_last_cqe();
             let req = match &dispatch {
-                Some(d) if !runs_inline(&req) => match d.send(Job { tag, req }) {
-                    Ok(()) => return,
+                Some(d) if !runs_inline(&req, alone) => match d.send(Job { tag, req }) {
+                    Ok(()) => {
+                        in_workers += 1;
+                        return;
+                    }
                     Err(job) => job.req,
                 },
                 _ => req,
@@ -309,11 +318,16 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
     });
 }
 
-/// Whether the queue thread runs `req` itself: small reads and writes.
-/// Flushes, zone management and large transfers go to a worker, so the
-/// queue keeps taking requests meanwhile.
-fn runs_inline(req: &Request) -> bool {
-    matches!(req.op(), Some(Op::Read | Op::Write | Op::ZoneAppend)) && req.bytes() <= INLINE_BYTES
+/// Whether the queue thread runs `req` itself: small reads and writes, and
+/// a flush when nothing else is in flight (`alone`). Other flushes, zone
+/// management and large transfers go to a worker, so the queue keeps
+/// taking requests meanwhile.
+fn runs_inline(req: &Request, alone: bool) -> bool {
+    match req.op() {
+        Some(Op::Read | Op::Write | Op::ZoneAppend) => req.bytes() <= INLINE_BYTES,
+        Some(Op::Flush) => alone,
+        _ => false,
+    }
 }
 
 /// [`handle`], with a panic turned into an `EIO` completion: every request
