@@ -259,10 +259,19 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                     eprintln!("zcow-ublk: queue {qid}: cannot start worker {w}: {e}");
                 }
             }
-            if let Err(e) = arm(&queue, d.event_fd()) {
-                eprintln!("zcow-ublk: queue {qid}: cannot poll the workers' eventfd: {e}");
-            }
         }
+        // Without the poll the queue thread would never see the workers'
+        // completions: then it runs every request itself.
+        let mut use_workers = match &dispatch {
+            Some(d) => match arm(&queue, d.event_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("zcow-ublk: queue {qid}: cannot poll the workers' eventfd ({e}); one request at a time");
+                    false
+                }
+            },
+            None => false,
+        };
         let mut buf = vec![0u8; lay.max_io_bytes as usize];
         let mut finished = Vec::new();
         let mut in_workers = 0usize;
@@ -279,8 +288,20 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                         }
                         if let Err(e) = arm(q, d.event_fd()) {
                             eprintln!(
-                                "zcow-ublk: queue {qid}: cannot poll the workers' eventfd: {e}"
+                                "zcow-ublk: queue {qid}: cannot poll the workers' eventfd ({e}); one request at a time"
                             );
+                            // Collect what the workers still hold by
+                            // waiting on the eventfd directly, then stop
+                            // handing requests over.
+                            while in_workers > 0 {
+                                wait_readable(d.event_fd());
+                                d.take_done(&mut finished);
+                                in_workers = in_workers.saturating_sub(finished.len());
+                                for (tag, c) in finished.drain(..) {
+                                    complete(q, tag, c);
+                                }
+                            }
+                            use_workers = false;
                         }
                     }
                 }
@@ -297,7 +318,7 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
             // two thread wake-ups of a hand-over (fsync at QD1).
             let alone = in_workers == 0 && ctx.is_last_cqe();
             let req = match &dispatch {
-                Some(d) if !runs_inline(&req, alone) => match d.send(Job { tag, req }) {
+                Some(d) if use_workers && !runs_inline(&req, alone) => match d.send(Job { tag, req }) {
                     Ok(()) => {
                         in_workers += 1;
                         return;
@@ -316,6 +337,19 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
             d.close();
         }
     });
+}
+
+/// Block until `fd` is readable (EINTR retried).
+fn wait_readable(fd: RawFd) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    while unsafe { libc::poll(&mut p, 1, -1) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
 }
 
 /// Whether the queue thread runs `req` itself: small reads and writes, and
