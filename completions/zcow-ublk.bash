@@ -23,7 +23,7 @@ _zcow__ublk() {
 
     case "${cmd}" in
         zcow__ublk)
-            opts="-f -r -q -d -h -V --format --read-only --queues --depth --id --help --version"
+            opts="-f -r -q -d -w -h -V --format --read-only --queues --depth --workers --id --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -50,6 +50,14 @@ _zcow__ublk() {
                     return 0
                     ;;
                 -d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -w)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

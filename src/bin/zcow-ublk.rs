@@ -33,6 +33,10 @@ struct Args {
     /// Requests in flight per queue.
     #[arg(short = 'd', long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
     depth: u16,
+    /// Worker threads per queue for flushes, zone management and large
+    /// transfers (0: the queue thread runs every request, one at a time).
+    #[arg(short = 'w', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=64))]
+    workers: u16,
     /// Device number N of /dev/ublkbN (default: the driver picks).
     #[arg(long)]
     id: Option<u16>,
@@ -77,6 +81,7 @@ fn run() -> Result<()> {
         id: args.id.map_or(-1, i32::from),
         queues: args.queues,
         depth: args.depth,
+        workers: args.workers,
         ..ServeOptions::default()
     };
     let lay = layout(device.as_ref(), opts.max_io_bytes)

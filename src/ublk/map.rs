@@ -126,7 +126,8 @@ impl Request {
         }
     }
 
-    fn bytes(&self) -> u64 {
+    /// Length in bytes (for REPORT_ZONES: zones × 512, meaningless).
+    pub fn bytes(&self) -> u64 {
         u64::from(self.nr_sectors) * SECTOR
     }
 

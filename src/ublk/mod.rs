@@ -5,7 +5,9 @@
 //! * [`layout`]: what the kernel is told (size, zone geometry, limits).
 //! * [`map`]: request → device call → completion, pure and host-testable.
 //! * [`server`]: the libublk control and queue loops.
+//! * [`dispatch`]: worker threads behind a queue.
 
+pub mod dispatch;
 pub mod layout;
 pub mod map;
 pub mod server;

@@ -1,14 +1,19 @@
 //! The ublk control and queue loops over `libublk`: add the device, serve
 //! each queue on its own thread, remove the device when asked to stop.
 //!
-//! Each queue thread handles one request at a time to the end (fetch the
-//! payload, run [`execute`](super::map::execute), hand data back, complete),
-//! so every request the driver hands out is completed, with a negative
-//! errno if need be, and a single buffer per queue is enough.
+//! Each queue thread takes the driver's requests. Small reads and writes it
+//! runs itself to the end (fetch the payload, run
+//! [`execute`](super::map::execute), hand data back, complete); flushes,
+//! zone management and large transfers go to the queue's worker threads
+//! ([`dispatch`](super::dispatch)), so several are in flight at once and a
+//! slow sync does not stall the queue. Every request the driver hands out
+//! is completed, with a negative errno if need be.
 
+use super::dispatch::{Dispatcher, Job};
 use super::layout::{layout, Layout, LayoutError};
 use super::map::{execute, Completion, Op, Request};
 use crate::device::BlockDevice;
+use io_uring::{opcode, types};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
@@ -34,6 +39,9 @@ pub struct ServeOptions {
     pub depth: u16,
     /// Largest request in bytes.
     pub max_io_bytes: u32,
+    /// Worker threads per queue running requests beside the queue thread
+    /// (0: the queue thread runs every request itself, one at a time).
+    pub workers: u16,
 }
 
 impl Default for ServeOptions {
@@ -43,6 +51,7 @@ impl Default for ServeOptions {
             queues: 1,
             depth: 64,
             max_io_bytes: 512 << 10,
+            workers: 4,
         }
     }
 }
@@ -141,13 +150,14 @@ where
     let params = lay.params();
     let size = lay.size;
     let qdev = dev.clone();
+    let workers = opts.workers;
     let result = ctrl.run_target(
         move |udev: &mut UblkDev| {
             udev.set_default_params(size);
             udev.tgt.params = params;
             Ok(())
         },
-        move |qid: u16, udev: &UblkDev| queue_loop(qid, udev, qdev.as_ref(), &lay),
+        move |qid: u16, udev: &UblkDev| queue_loop(qid, udev, qdev.as_ref(), &lay, workers),
         move |c: &UblkCtrl| on_live(&c.get_bdev_path()),
     );
     done.store(true, Ordering::SeqCst);
@@ -182,7 +192,17 @@ fn remove_stale(id: i32) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
+/// Requests at most this large run on the queue thread itself: for them a
+/// hand-over to a worker costs more than it saves.
+const INLINE_BYTES: u64 = 32 << 10;
+
+/// `user_data` of the eventfd poll on the queue's ring (a target I/O to
+/// libublk, tag 0).
+fn poll_user_data() -> u64 {
+    UblkIOCtx::build_user_data(0, u32::from(opcode::PollAdd::CODE), 1, true)
+}
+
+fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, workers: u16) {
     let cdev = udev.tgt.fds[0];
     let queue = match UblkQueue::new(qid, udev)
         .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(None)))
@@ -193,21 +213,19 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
             return;
         }
     };
-    // One buffer per queue: requests are handled one after the other.
-    let mut buf = vec![0u8; lay.max_io_bytes as usize];
+    let mut dispatch = if workers == 0 {
+        None
+    } else {
+        match Dispatcher::new() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("zcow-ublk: queue {qid}: no eventfd ({e}); one request at a time");
+                None
+            }
+        }
+    };
     let zoned = lay.zoned.is_some();
-    queue.wait_and_handle_io(move |q: &UblkQueue, tag: u16, _: &UblkIOCtx| {
-        let iod = q.get_iod(tag);
-        let req = Request {
-            op_flags: iod.op_flags,
-            start_sector: iod.start_sector,
-            nr_sectors: iod.nr_sectors,
-        };
-        let pos = UblkIOCtx::ublk_user_copy_pos(q.get_qid(), tag, 0);
-        let c = catch_unwind(AssertUnwindSafe(|| {
-            handle(cdev, pos, dev, lay, &req, &mut buf)
-        }))
-        .unwrap_or_else(|_| Completion::error(libc::EIO));
+    let complete = |q: &UblkQueue, tag: u16, c: Completion| {
         let desc = match c.append_sector {
             Some(s) if zoned && c.result >= 0 => BufDesc::ZonedAppendLba(s),
             _ => BufDesc::Slice(&[]),
@@ -215,7 +233,149 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout) {
         if let Err(e) = q.complete_io_cmd_unified(tag, desc, Ok(UblkIORes::Result(c.result))) {
             eprintln!("zcow-ublk: queue {qid} tag {tag}: cannot complete: {e}");
         }
+    };
+    let arm = |q: &UblkQueue, fd: RawFd| {
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(poll_user_data());
+        q.ublk_submit_sqe_sync(sqe)
+    };
+    std::thread::scope(|s| {
+        if let Some(d) = &dispatch {
+            for w in 0..workers {
+                let end = d.worker_end();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("zcow-ublk-q{qid}w{w}"))
+                    .spawn_scoped(s, move || {
+                        // One buffer per worker, reused for every request.
+                        let mut buf = vec![0u8; lay.max_io_bytes as usize];
+                        while let Some(job) = end.next() {
+                            let pos = UblkIOCtx::ublk_user_copy_pos(qid, job.tag, 0);
+                            let c = run_guarded(cdev, pos, dev, lay, &job.req, &mut buf);
+                            end.done(job.tag, c);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    eprintln!("zcow-ublk: queue {qid}: cannot start worker {w}: {e}");
+                }
+            }
+        }
+        // Without the poll the queue thread would never see the workers'
+        // completions: then it runs every request itself.
+        let mut use_workers = match &dispatch {
+            Some(d) => match arm(&queue, d.event_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("zcow-ublk: queue {qid}: cannot poll the workers' eventfd ({e}); one request at a time");
+                    false
+                }
+            },
+            None => false,
+        };
+        let mut buf = vec![0u8; lay.max_io_bytes as usize];
+        let mut finished = Vec::new();
+        let mut in_workers = 0usize;
+        queue.wait_and_handle_io(|q: &UblkQueue, tag: u16, ctx: &UblkIOCtx| {
+            if ctx.is_tgt_io() {
+                // The workers' eventfd: complete what they finished, then
+                // poll again (a completion pushed since fires it at once).
+                if let Some(d) = &dispatch {
+                    if ctx.user_data() == poll_user_data() {
+                        d.take_done(&mut finished);
+                        in_workers = in_workers.saturating_sub(finished.len());
+                        for (tag, c) in finished.drain(..) {
+                            complete(q, tag, c);
+                        }
+                        if let Err(e) = arm(q, d.event_fd()) {
+                            eprintln!(
+                                "zcow-ublk: queue {qid}: cannot poll the workers' eventfd ({e}); one request at a time"
+                            );
+                            // Collect what the workers still hold by
+                            // waiting on the eventfd directly, then stop
+                            // handing requests over.
+                            while in_workers > 0 {
+                                wait_readable(d.event_fd());
+                                d.take_done(&mut finished);
+                                in_workers = in_workers.saturating_sub(finished.len());
+                                for (tag, c) in finished.drain(..) {
+                                    complete(q, tag, c);
+                                }
+                            }
+                            use_workers = false;
+                        }
+                    }
+                }
+                return;
+            }
+            let iod = q.get_iod(tag);
+            let req = Request {
+                op_flags: iod.op_flags,
+                start_sector: iod.start_sector,
+                nr_sectors: iod.nr_sectors,
+            };
+            // Nothing else in flight (no job at the workers, no request
+            // behind this one in the batch): a flush runs here, saving the
+            // two thread wake-ups of a hand-over (fsync at QD1).
+            let alone = in_workers == 0 && ctx.is_last_cqe();
+            let req = match &dispatch {
+                Some(d) if use_workers && !runs_inline(&req, alone) => match d.send(Job { tag, req }) {
+                    Ok(()) => {
+                        in_workers += 1;
+                        return;
+                    }
+                    Err(job) => job.req,
+                },
+                _ => req,
+            };
+            let pos = UblkIOCtx::ublk_user_copy_pos(qid, tag, 0);
+            let c = run_guarded(cdev, pos, dev, lay, &req, &mut buf);
+            complete(q, tag, c);
+        });
+        // The queue is down (the kernel got every completion first: it
+        // drains a disk before aborting its queues). Let the workers go.
+        if let Some(d) = &mut dispatch {
+            d.close();
+        }
     });
+}
+
+/// Block until `fd` is readable (EINTR retried).
+fn wait_readable(fd: RawFd) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    while unsafe { libc::poll(&mut p, 1, -1) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+}
+
+/// Whether the queue thread runs `req` itself: small reads and writes, and
+/// a flush when nothing else is in flight (`alone`). Other flushes, zone
+/// management and large transfers go to a worker, so the queue keeps
+/// taking requests meanwhile.
+fn runs_inline(req: &Request, alone: bool) -> bool {
+    match req.op() {
+        Some(Op::Read | Op::Write | Op::ZoneAppend) => req.bytes() <= INLINE_BYTES,
+        Some(Op::Flush) => alone,
+        _ => false,
+    }
+}
+
+/// [`handle`], with a panic turned into an `EIO` completion: every request
+/// the driver hands out must complete.
+fn run_guarded(
+    cdev: RawFd,
+    pos: u64,
+    dev: &dyn BlockDevice,
+    lay: &Layout,
+    req: &Request,
+    buf: &mut [u8],
+) -> Completion {
+    catch_unwind(AssertUnwindSafe(|| handle(cdev, pos, dev, lay, req, buf)))
+        .unwrap_or_else(|_| Completion::error(libc::EIO))
 }
 
 /// One request: payload in, device call, data out.
