@@ -96,6 +96,9 @@ impl Budget {
 
 /// Per-zone FIFO: each modifying request takes a ticket for its zone range
 /// in arrival order and runs once no earlier ticket shares a zone with it.
+/// Zone appends do not wait for each other (the device picks where each
+/// lands and keeps any number in flight per zone), only for the writes
+/// that arrived before them, and writes wait for earlier appends.
 /// At most [`MAX_INFLIGHT`] tickets are outstanding, so the scans are short.
 #[derive(Default)]
 struct ZoneSeq {
@@ -106,16 +109,17 @@ struct ZoneSeq {
 #[derive(Default)]
 struct Tickets {
     next: u64,
-    /// Outstanding tickets with their zones (first, last).
-    open: BTreeMap<u64, (u32, u32)>,
+    /// Outstanding tickets with their zones (first, last) and whether the
+    /// request is a zone append.
+    open: BTreeMap<u64, (u32, u32, bool)>,
 }
 
 impl ZoneSeq {
-    fn issue(&self, first: u32, last: u32) -> u64 {
+    fn issue(&self, first: u32, last: u32, append: bool) -> u64 {
         let Ok(mut g) = self.m.lock() else { return 0 };
         let t = g.next;
         g.next += 1;
-        g.open.insert(t, (first, last));
+        g.open.insert(t, (first, last, append));
         t
     }
     /// Wait until no earlier ticket overlaps ticket `t` (every earlier one
@@ -123,13 +127,13 @@ impl ZoneSeq {
     fn wait(&self, t: u64, all: bool) {
         let Ok(mut g) = self.m.lock() else { return };
         loop {
-            let Some(&(a, b)) = g.open.get(&t) else {
+            let Some(&(a, b, app)) = g.open.get(&t) else {
                 return;
             };
             let blocked = g
                 .open
                 .range(..t)
-                .any(|(_, &(x, y))| all || (x <= b && a <= y));
+                .any(|(_, &(x, y, xapp))| all || (x <= b && a <= y && !(app && xapp)));
             if !blocked {
                 return;
             }
@@ -374,7 +378,8 @@ impl Conn<'_> {
                         if let Some(first) = g.zone_index(req.offset) {
                             let end = req.offset.saturating_add(req.length.max(1)) - 1;
                             let last = g.zone_index(end).unwrap_or(g.nr_zones - 1);
-                            ticket = Some(self.seq.issue(first, last.max(first)));
+                            let append = req.typ == CMD_X_ZONE_APPEND;
+                            ticket = Some(self.seq.issue(first, last.max(first), append));
                         }
                     }
                 }
