@@ -251,7 +251,10 @@ fn bench_zone_append_vs_sequential_write() {
             }
         });
         let mib = (4 * ZONE) as f64 / (1 << 20) as f64;
-        (mib / t.elapsed().as_secs_f64(), mib / (cpu() - c0).max(1e-3))
+        (
+            mib / t.elapsed().as_secs_f64(),
+            mib / (cpu() - c0).max(1e-3),
+        )
     };
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let image = |zoned: bool| -> Arc<dyn zcow::device::BlockDevice> {

@@ -379,7 +379,12 @@ impl Conn<'_> {
                             let end = req.offset.saturating_add(req.length.max(1)) - 1;
                             let last = g.zone_index(end).unwrap_or(g.nr_zones - 1);
                             let append = req.typ == CMD_X_ZONE_APPEND;
-                            ticket = Some(self.seq.issue(first, last.max(first), append));
+                            // Conventional zones (a prefix of the device)
+                            // take writes anywhere in any order: no ticket,
+                            // so random writes there run in parallel.
+                            if !g.is_conventional(last.max(first)) {
+                                ticket = Some(self.seq.issue(first, last.max(first), append));
+                            }
                         }
                     }
                 }
