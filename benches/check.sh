@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# zcow-img check vs qemu-img check, same images, one run: wall time (median
-# of 3) and peak RSS (GNU time). Prints a Markdown table.
+# zcow-img check vs qemu-img check, same images, one run: wall time and
+# CPU time (user + sys; medians of 3) and peak RSS (GNU time). Prints a
+# Markdown table. Both checks run on one thread: on an idle machine wall
+# time is the CPU time, on a loaded one the CPU time is the fair figure.
 # Usage: benches/check.sh   (needs qemu-utils and /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,25 +11,28 @@ Z=$PWD/target/release
 dir=$(mktemp -d /var/tmp/zcow-check-bench.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 
-measure() { # cmd... -> "seconds maxrss_kib" (median time, max RSS of the runs)
-  local ts=() rss=0 out
+measure() { # cmd... -> "seconds cpu_seconds maxrss_kib" (medians, max RSS of the runs)
+  local ts=() cs=() rss=0 e u s r
   for _ in 1 2 3; do
-    /usr/bin/time -o "$dir/time" -f '%e %M' "$@" >/dev/null 2>&1 || true
-    out=$(tail -1 "$dir/time")
-    ts+=("${out%% *}"); r=${out##* }; [ "$r" -gt "$rss" ] && rss=$r
+    /usr/bin/time -o "$dir/time" -f '%e %U %S %M' "$@" >/dev/null 2>&1 || true
+    read -r e u s r < <(tail -1 "$dir/time")
+    ts+=("$e"); cs+=("$(echo "$u + $s" | bc)"); [ "$r" -gt "$rss" ] && rss=$r
   done
-  echo "$(printf '%s\n' "${ts[@]}" | sort -g | sed -n 2p) $rss"
+  echo "$(printf '%s\n' "${ts[@]}" | sort -g | sed -n 2p) $(printf '%s\n' "${cs[@]}" | sort -g | sed -n 2p) $rss"
 }
 
 row() { # name image [qemu-image]
   local q=${3:-$2}
-  read -r zt zm < <(measure "$Z/zcow-img" check "$2")
-  read -r qt qm < <(measure qemu-img check "$q")
-  printf '| %s | %s s | %s s | %.2f | %d MiB | %d MiB |\n' "$1" "$zt" "$qt" "$(echo "$zt / $qt" | bc -l)" $((zm / 1024)) $((qm / 1024))
+  read -r zt zc zm < <(measure "$Z/zcow-img" check "$2")
+  read -r qt qc qm < <(measure qemu-img check "$q")
+  printf '| %s | %s s | %s s | %.2f | %.2f s | %.2f s | %.2f | %d MiB | %d MiB |\n' "$1" "$zt" "$qt" "$(echo "$zt / $qt" | bc -l)" \
+    "$zc" "$qc" "$(echo "$zc / $qc" | bc -l)" $((zm / 1024)) $((qm / 1024))
 }
 
-echo "| image | zcow-img check | qemu-img check | time ratio | zcow peak RSS | qemu peak RSS |"
-echo "|---|---|---|---|---|---|"
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| image | zcow-img check | qemu-img check | time ratio | zcow CPU | qemu CPU | CPU ratio | zcow peak RSS | qemu peak RSS |"
+echo "|---|---|---|---|---|---|---|---|---|"
 
 # 64 GiB fully written: every cluster allocated and its 64 KiB of data on
 # disk (preallocation=full writes them). Measured first and deleted at once:

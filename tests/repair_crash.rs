@@ -230,7 +230,7 @@ fn crash_repair_to(
             let after = check_store(
                 Arc::new(MemStorage::from_bytes(bytes.clone())),
                 None,
-                false,
+                &zcow::progress::Progress::hidden(),
                 &mut lines,
                 |_| {},
             )

@@ -402,8 +402,11 @@ impl Engine {
             let i = (pos / self.geo.zone_size) as u32;
             let seg_end = self.zone_end(i).min(offset + len);
             let n = (seg_end - pos) as usize;
-            let what = describe("read", pos, n as u64);
-            self.check_fault(i, false, &what)?;
+            // The description is built only for an error: a read is hot.
+            let what = || describe("read", pos, n as u64);
+            if self.entry(i).offline() {
+                self.check_fault(i, false, &what())?;
+            }
             let data_end = if self.geo.is_conventional(i) {
                 seg_end
             } else {
@@ -414,7 +417,7 @@ impl Engine {
             if d > 0 {
                 self.store
                     .read(pos, &mut out[..d])
-                    .map_err(|e| EngineError::store(self.in_zone(i, &what), e))?;
+                    .map_err(|e| EngineError::store(self.in_zone(i, &what()), e))?;
             }
             out[d..].fill(0);
             done += n;

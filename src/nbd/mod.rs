@@ -8,6 +8,7 @@
 //! - [`client`]: [`client::NbdClient`], [`client::NbdDevice`] and
 //!   [`client::connect_uri`].
 
+pub(crate) mod bufpool;
 pub mod client;
 pub(crate) mod handshake;
 pub mod proto;

@@ -14,6 +14,7 @@
 //! the write pointer is parked (off the workers) until the requests before
 //! it fill the gap, or failed after [`PARK_LIMIT`].
 
+use super::bufpool;
 use super::handshake::{Ctx, Session};
 use super::proto::*;
 use super::server::{Shared, ZonedWrites};
@@ -22,8 +23,8 @@ use super::unaware::{self, PARK_LIMIT};
 use crate::device::{DeviceError, ZeroFlags};
 use crate::zone::{ZoneCond, ZoneGeometry, ZoneOp, ZoneType};
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{BufWriter, IoSlice, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub const MAX_INFLIGHT: usize = 128;
 pub const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 /// Most extents in one block-status chunk.
 const MAX_EXTENTS: usize = 65536;
+/// Read replies at least this long skip the writer's buffer.
+const DIRECT_SEND: usize = 32 << 10;
 /// Zero runs shorter than this are sent as data, not as hole chunks.
 const MIN_HOLE_CHUNK: u64 = 4096;
 
@@ -40,10 +43,19 @@ type Writer = Mutex<BufWriter<Box<dyn Write + Send>>>;
 
 struct Job {
     req: Request,
+    /// Payload buffer from [`bufpool`]; the payload is its first
+    /// `payload_len` bytes.
     payload: Vec<u8>,
+    payload_len: usize,
     cost: u64,
     ticket: Option<u64>,
     early: Option<(u32, String)>,
+}
+
+impl Job {
+    fn data(&self) -> &[u8] {
+        &self.payload[..self.payload_len]
+    }
 }
 
 /// A zone-unaware write waiting for the write pointer of `zone` to reach
@@ -84,6 +96,9 @@ impl Budget {
 
 /// Per-zone FIFO: each modifying request takes a ticket for its zone range
 /// in arrival order and runs once no earlier ticket shares a zone with it.
+/// Zone appends do not wait for each other (the device picks where each
+/// lands and keeps any number in flight per zone), only for the writes
+/// that arrived before them, and writes wait for earlier appends.
 /// At most [`MAX_INFLIGHT`] tickets are outstanding, so the scans are short.
 #[derive(Default)]
 struct ZoneSeq {
@@ -94,16 +109,17 @@ struct ZoneSeq {
 #[derive(Default)]
 struct Tickets {
     next: u64,
-    /// Outstanding tickets with their zones (first, last).
-    open: BTreeMap<u64, (u32, u32)>,
+    /// Outstanding tickets with their zones (first, last) and whether the
+    /// request is a zone append.
+    open: BTreeMap<u64, (u32, u32, bool)>,
 }
 
 impl ZoneSeq {
-    fn issue(&self, first: u32, last: u32) -> u64 {
+    fn issue(&self, first: u32, last: u32, append: bool) -> u64 {
         let Ok(mut g) = self.m.lock() else { return 0 };
         let t = g.next;
         g.next += 1;
-        g.open.insert(t, (first, last));
+        g.open.insert(t, (first, last, append));
         t
     }
     /// Wait until no earlier ticket overlaps ticket `t` (every earlier one
@@ -111,13 +127,13 @@ impl ZoneSeq {
     fn wait(&self, t: u64, all: bool) {
         let Ok(mut g) = self.m.lock() else { return };
         loop {
-            let Some(&(a, b)) = g.open.get(&t) else {
+            let Some(&(a, b, app)) = g.open.get(&t) else {
                 return;
             };
             let blocked = g
                 .open
                 .range(..t)
-                .any(|(_, &(x, y))| all || (x <= b && a <= y));
+                .any(|(_, &(x, y, xapp))| all || (x <= b && a <= y && !(app && xapp)));
             if !blocked {
                 return;
             }
@@ -140,6 +156,8 @@ struct Conn<'a> {
     sess: Session,
     id: u64,
     writer: Writer,
+    /// Workers sending or waiting to send a reply.
+    senders: AtomicUsize,
     failed: AtomicBool,
     budget: Budget,
     seq: ZoneSeq,
@@ -161,6 +179,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
         sess,
         id,
         writer: Mutex::new(writer),
+        senders: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
         budget: Budget::default(),
         seq: ZoneSeq::default(),
@@ -185,7 +204,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
                         conn.id,
                         format_args!("cookie {}: resumed by poll", j.req.cookie),
                     );
-                    let r = conn.execute(&j.req, &j.payload, None);
+                    let r = conn.execute(&j.req, j.data(), None);
                     conn.after(j, r);
                 }
             }
@@ -234,13 +253,16 @@ fn in_range(offset: u64, len: u64, size: u64) -> bool {
 }
 
 enum Seg {
-    Data(u64, Vec<u8>),
+    /// Guest offset, and the range of the read buffer holding its bytes.
+    Data(u64, std::ops::Range<usize>),
     Hole(u64, u64),
 }
 
 enum Reply {
     Ok,
-    Read(Vec<Seg>),
+    /// Chunks, and the buffer (from [`bufpool`]) their data lives in, so
+    /// the reply is sent straight from where the device read it.
+    Read(Vec<Seg>, Vec<u8>),
     Status(ContextExtents),
     Append(u64),
     /// Not done: a zone-unaware write waiting for zone `.0`'s write pointer
@@ -298,6 +320,7 @@ impl Conn<'_> {
             };
             let mut early = None;
             let mut payload = Vec::new();
+            let mut plen = 0usize;
             let mut cost = 0u64;
             if payload_len > 0 {
                 if payload_len > MAX_PAYLOAD as u64 || !carries_data {
@@ -324,8 +347,9 @@ impl Conn<'_> {
                 } else {
                     cost = payload_len;
                     self.budget.acquire(cost);
-                    payload = vec![0u8; payload_len as usize];
-                    if reader.read_exact(&mut payload).is_err() {
+                    plen = payload_len as usize;
+                    payload = bufpool::take(plen);
+                    if reader.read_exact(&mut payload[..plen]).is_err() {
                         // Client vanished mid-payload: nothing was written.
                         self.budget.release(cost);
                         return None;
@@ -354,7 +378,13 @@ impl Conn<'_> {
                         if let Some(first) = g.zone_index(req.offset) {
                             let end = req.offset.saturating_add(req.length.max(1)) - 1;
                             let last = g.zone_index(end).unwrap_or(g.nr_zones - 1);
-                            ticket = Some(self.seq.issue(first, last.max(first)));
+                            let append = req.typ == CMD_X_ZONE_APPEND;
+                            // Conventional zones (a prefix of the device)
+                            // take writes anywhere in any order: no ticket,
+                            // so random writes there run in parallel.
+                            if !g.is_conventional(last.max(first)) {
+                                ticket = Some(self.seq.issue(first, last.max(first), append));
+                            }
                         }
                     }
                 }
@@ -362,6 +392,7 @@ impl Conn<'_> {
             Some(Job {
                 req,
                 payload,
+                payload_len: plen,
                 cost,
                 ticket,
                 early,
@@ -375,7 +406,7 @@ impl Conn<'_> {
         }
         let result = match &job.early {
             Some(e) => Err(e.clone()),
-            None => self.execute(&job.req, &job.payload, job.ticket),
+            None => self.execute(&job.req, job.data(), job.ticket),
         };
         if let Some(t) = job.ticket {
             self.seq.done(t);
@@ -393,7 +424,7 @@ impl Conn<'_> {
                     Some(j) => {
                         // The write pointer got there meanwhile: run it now.
                         job = j;
-                        result = self.execute(&job.req, &job.payload, None);
+                        result = self.execute(&job.req, job.data(), None);
                         continue;
                     }
                 }
@@ -404,7 +435,7 @@ impl Conn<'_> {
             match wrote.then(|| self.unparked(range.0, range.1)).flatten() {
                 Some(j) => {
                     job = j;
-                    result = self.execute(&job.req, &job.payload, None);
+                    result = self.execute(&job.req, job.data(), None);
                 }
                 None => return,
             }
@@ -412,7 +443,7 @@ impl Conn<'_> {
     }
 
     fn finish(&self, job: Job, result: std::result::Result<Reply, (u32, String)>) {
-        drop(job.payload);
+        bufpool::give(job.payload);
         if let Err((e, msg)) = &result {
             self.log_reject(&job.req, *e, msg);
         }
@@ -635,7 +666,7 @@ impl Conn<'_> {
                     return Err((e, format!("read of {} bytes exceeds the maximum", r.length)));
                 }
                 range()?;
-                self.read(r).map(Reply::Read)
+                self.read(r).map(|(segs, buf)| Reply::Read(segs, buf))
             }
             CMD_WRITE => {
                 writable()?;
@@ -742,7 +773,7 @@ impl Conn<'_> {
         }
     }
 
-    fn read(&self, r: &Request) -> std::result::Result<Vec<Seg>, (u32, String)> {
+    fn read(&self, r: &Request) -> std::result::Result<(Vec<Seg>, Vec<u8>), (u32, String)> {
         let dev = &self.srv.device;
         let end = r.offset + r.length;
         // (offset, len, zero) runs; holes only with structured replies.
@@ -776,17 +807,24 @@ impl Conn<'_> {
         } else if r.length > 0 {
             runs.push((r.offset, r.length, false));
         }
+        let data: u64 = runs.iter().filter(|x| !x.2).map(|x| x.1).sum();
+        let mut buf = bufpool::take(data as usize);
         let mut segs = Vec::with_capacity(runs.len());
+        let mut at = 0usize;
         for (off, len, zero) in runs {
             if zero {
                 segs.push(Seg::Hole(off, len));
             } else {
-                let mut buf = vec![0u8; len as usize];
-                dev.read(off, &mut buf).map_err(dev_err)?;
-                segs.push(Seg::Data(off, buf));
+                let end = at + len as usize;
+                if let Err(e) = dev.read(off, &mut buf[at..end]) {
+                    bufpool::give(buf);
+                    return Err(dev_err(e));
+                }
+                segs.push(Seg::Data(off, at..end));
+                at = end;
             }
         }
-        Ok(segs)
+        Ok((segs, buf))
     }
 
     fn block_status(&self, r: &Request) -> std::result::Result<ContextExtents, (u32, String)> {
@@ -966,18 +1004,149 @@ impl Conn<'_> {
         Ok(out)
     }
 
+    /// Send the reply to `r`. Replies are flushed to the socket unless
+    /// another worker is already waiting to send one (it flushes both), so
+    /// replies finishing together leave in one send.
     fn send(
         &self,
+        r: &Request,
+        result: std::result::Result<Reply, (u32, String)>,
+    ) -> std::io::Result<()> {
+        self.senders.fetch_add(1, Ordering::SeqCst);
+        let mut w = match self.writer.lock() {
+            Ok(w) => w,
+            Err(_) => {
+                self.senders.fetch_sub(1, Ordering::SeqCst);
+                return Err(std::io::Error::other("writer poisoned"));
+            }
+        };
+        let res = self.encode_reply(&mut w, r, result);
+        // The last sender in line flushes (also after an error: the
+        // connection is then shut down anyway).
+        if self.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            res.and_then(|()| w.flush())
+        } else {
+            res
+        }
+    }
+
+    /// Send a read reply: headers and data go out in one vectored write
+    /// straight from the read buffer when the reply is large, through the
+    /// writer's buffer when small.
+    #[allow(clippy::too_many_arguments)]
+    fn send_read(
+        &self,
+        w: &mut BufWriter<Box<dyn Write + Send>>,
+        r: &Request,
+        segs: &[Seg],
+        buf: &[u8],
+        simple: bool,
+        ext: bool,
+    ) -> std::io::Result<()> {
+        // Every chunk header, back to back; `heads` holds each one's end.
+        let mut h = Vec::with_capacity(32 * segs.len().max(1));
+        let mut heads = Vec::with_capacity(segs.len().max(1));
+        if simple {
+            encode_simple_reply(&mut h, 0, r.cookie);
+            heads.push(h.len());
+            if segs.iter().any(|s| matches!(s, Seg::Hole(..))) {
+                // Not produced (holes need structured replies); kept correct.
+                w.write_all(&h)?;
+                for s in segs {
+                    match s {
+                        Seg::Data(_, d) => w.write_all(&buf[d.clone()])?,
+                        Seg::Hole(_, l) => write_zeroes(&mut *w, *l)?,
+                    }
+                }
+                return Ok(());
+            }
+        } else if segs.is_empty() {
+            encode_chunk_header(
+                &mut h,
+                ext,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_NONE,
+                r.cookie,
+                r.offset,
+                0,
+            );
+            heads.push(h.len());
+        } else {
+            let n = segs.len();
+            for (i, s) in segs.iter().enumerate() {
+                let fl = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
+                match s {
+                    Seg::Data(off, d) => {
+                        encode_chunk_header(
+                            &mut h,
+                            ext,
+                            fl,
+                            REPLY_TYPE_OFFSET_DATA,
+                            r.cookie,
+                            r.offset,
+                            8 + d.len() as u64,
+                        );
+                        h.extend_from_slice(&off.to_be_bytes());
+                    }
+                    Seg::Hole(off, l) => {
+                        encode_chunk_header(
+                            &mut h,
+                            ext,
+                            fl,
+                            REPLY_TYPE_OFFSET_HOLE,
+                            r.cookie,
+                            r.offset,
+                            12,
+                        );
+                        h.extend_from_slice(&off.to_be_bytes());
+                        h.extend_from_slice(&(*l as u32).to_be_bytes());
+                    }
+                }
+                heads.push(h.len());
+            }
+        }
+        // Interleave: header, then its data (simple replies: one header,
+        // then every data run).
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * heads.len() + segs.len());
+        let mut prev = 0usize;
+        if simple {
+            slices.push(IoSlice::new(&h[..heads[0]]));
+            for s in segs {
+                if let Seg::Data(_, d) = s {
+                    slices.push(IoSlice::new(&buf[d.clone()]));
+                }
+            }
+        } else {
+            for (i, &end) in heads.iter().enumerate() {
+                slices.push(IoSlice::new(&h[prev..end]));
+                prev = end;
+                if let Some(Seg::Data(_, d)) = segs.get(i) {
+                    slices.push(IoSlice::new(&buf[d.clone()]));
+                }
+            }
+        }
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        if total < DIRECT_SEND {
+            for s in &slices {
+                w.write_all(s)?;
+            }
+            return Ok(());
+        }
+        // Large: what is buffered goes first, then one writev of the rest
+        // (no copy into the writer's buffer).
+        w.flush()?;
+        write_all_vectored(w.get_mut(), &mut slices)
+    }
+
+    fn encode_reply(
+        &self,
+        w: &mut BufWriter<Box<dyn Write + Send>>,
         r: &Request,
         result: std::result::Result<Reply, (u32, String)>,
     ) -> std::io::Result<()> {
         let ext = self.extended();
         let simple = self.sess.mode == ReplyMode::Simple;
         let mut h = Vec::with_capacity(64);
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| std::io::Error::other("writer poisoned"))?;
         match result {
             Err((errno, msg)) => {
                 if simple {
@@ -1032,64 +1201,10 @@ impl Conn<'_> {
                 h.extend_from_slice(&at.to_be_bytes());
                 w.write_all(&h)?;
             }
-            Ok(Reply::Read(segs)) => {
-                if simple {
-                    encode_simple_reply(&mut h, 0, r.cookie);
-                    w.write_all(&h)?;
-                    for s in &segs {
-                        match s {
-                            Seg::Data(_, d) => w.write_all(d)?,
-                            Seg::Hole(_, l) => write_zeroes(&mut *w, *l)?,
-                        }
-                    }
-                } else if segs.is_empty() {
-                    encode_chunk_header(
-                        &mut h,
-                        ext,
-                        REPLY_FLAG_DONE,
-                        REPLY_TYPE_NONE,
-                        r.cookie,
-                        r.offset,
-                        0,
-                    );
-                    w.write_all(&h)?;
-                } else {
-                    let n = segs.len();
-                    for (i, s) in segs.iter().enumerate() {
-                        h.clear();
-                        let fl = if i + 1 == n { REPLY_FLAG_DONE } else { 0 };
-                        match s {
-                            Seg::Data(off, d) => {
-                                encode_chunk_header(
-                                    &mut h,
-                                    ext,
-                                    fl,
-                                    REPLY_TYPE_OFFSET_DATA,
-                                    r.cookie,
-                                    r.offset,
-                                    8 + d.len() as u64,
-                                );
-                                h.extend_from_slice(&off.to_be_bytes());
-                                w.write_all(&h)?;
-                                w.write_all(d)?;
-                            }
-                            Seg::Hole(off, l) => {
-                                encode_chunk_header(
-                                    &mut h,
-                                    ext,
-                                    fl,
-                                    REPLY_TYPE_OFFSET_HOLE,
-                                    r.cookie,
-                                    r.offset,
-                                    12,
-                                );
-                                h.extend_from_slice(&off.to_be_bytes());
-                                h.extend_from_slice(&(*l as u32).to_be_bytes());
-                                w.write_all(&h)?;
-                            }
-                        }
-                    }
-                }
+            Ok(Reply::Read(segs, buf)) => {
+                let sent = self.send_read(w, r, &segs, &buf, simple, ext);
+                bufpool::give(buf);
+                sent?;
             }
             Ok(Reply::Status(chunks)) => {
                 let n = chunks.len();
@@ -1132,8 +1247,22 @@ impl Conn<'_> {
                 }
             }
         }
-        w.flush()
+        Ok(())
     }
+}
+
+/// Write every byte of `bufs` with as few `writev` calls as the socket
+/// takes.
+fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `EINVAL (Invalid argument)` for an NBD error value.
