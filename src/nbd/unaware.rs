@@ -27,10 +27,13 @@ use std::time::Duration;
 /// How long a write ahead of the write pointer waits for the gap to fill.
 pub(crate) const PARK_LIMIT: Duration = Duration::from_secs(5);
 
-/// At the open or active limit: attempts before giving up with ENOSPC.
-/// After the first, each either finishes a zone (active limit) or waits
-/// [`RESOURCE_RETRY`] for busy zones, so about one second at most.
-const RESOURCE_TRIES: usize = 100;
+/// At the open or active limit: how long a write waits for busy zones to
+/// give their resources back before it fails with ENOSPC. As long as a
+/// parked write may wait ([`PARK_LIMIT`]): the zones holding the resources
+/// may be busy with exactly such writes (a copy tool with many requests in
+/// flight), and a loaded machine stretches them. Each attempt after the
+/// first either finishes a zone (active limit) or sleeps [`RESOURCE_RETRY`].
+const RESOURCE_WAIT: Duration = PARK_LIMIT;
 const RESOURCE_RETRY: Duration = Duration::from_millis(10);
 
 /// The data of an unaware write request.
@@ -163,6 +166,7 @@ pub(crate) fn run(
             continue;
         }
         let mut tries = 0;
+        let started = std::time::Instant::now();
         loop {
             let r = match data {
                 Data::Write(p) => {
@@ -177,7 +181,7 @@ pub(crate) fn run(
                     if matches!(
                         ze.kind,
                         ZoneErrorKind::OpenResource | ZoneErrorKind::ActiveResource
-                    ) && tries < RESOURCE_TRIES =>
+                    ) && started.elapsed() < RESOURCE_WAIT =>
                 {
                     tries += 1;
                     if tries == 1 {
