@@ -176,7 +176,10 @@ impl HostZoned {
         }
         let mut ssz: libc::c_int = 0;
         // SAFETY: BLKSSZGET writes one int through the pointer.
-        if unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut ssz) } < 0 || ssz < 512 {
+        if unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut ssz) } < 0
+            || ssz < 512
+            || !(ssz as u32).is_power_of_two()
+        {
             ssz = 512;
         }
         let mut zone_sectors: u32 = 0;
