@@ -67,14 +67,7 @@ impl Qcow2 {
     /// Store one compressed stream and point guest cluster `gc` at it.
     fn place_compressed(&self, m: &mut Meta, gc: u64, stream: &[u8]) -> Result<()> {
         let cb = self.p.cluster_bits;
-        let l2 = self.l2_for_write(m, gc)?;
-        let idx = gc % self.p.l2_entries;
-        let (w0, _) = self.l2_get(m, l2, idx)?;
-        if w0 & COMPRESSED == 0 && w0 & L2_RESERVED != 0 {
-            return Err(FormatError::Corrupt(format!(
-                "L2 entry {idx} of the table at {l2} has reserved bits set ({w0:#x})"
-            )));
-        }
+        let (l2, idx, w0) = self.l2_entry_for_write(m, gc)?;
         let old = decode_l2(w0, cb, false, false);
         let len = stream.len() as u64;
         let host = self.alloc_bytes(m, len)?;

@@ -4,6 +4,25 @@
 use super::*;
 
 impl Qcow2 {
+    /// The writable L2 table of guest cluster `gc`, the entry's index in it
+    /// and its current first word, refused when an uncompressed entry has
+    /// reserved bits set (the entry cannot be trusted as the old mapping).
+    pub(super) fn l2_entry_for_write(
+        &self,
+        m: &mut Meta,
+        gc: u64,
+    ) -> Result<(HostOffset, u64, u64)> {
+        let l2 = self.l2_for_write(m, gc)?;
+        let idx = gc % self.p.l2_entries;
+        let (w0, _) = self.l2_get(m, l2, idx)?;
+        if w0 & COMPRESSED == 0 && w0 & L2_RESERVED != 0 {
+            return Err(FormatError::Corrupt(format!(
+                "L2 entry {idx} of the table at {l2} has reserved bits set ({w0:#x})"
+            )));
+        }
+        Ok((l2, idx, w0))
+    }
+
     /// L2 table for writing guest cluster `gc`: allocates a new table or
     /// copies a shared one.
     pub(super) fn l2_for_write(&self, m: &mut Meta, gc: u64) -> Result<HostOffset> {

@@ -94,14 +94,7 @@ impl Qcow2 {
             let gc = pos >> cb;
             let in_off = pos & (cs - 1);
             let n = (cs - in_off).min(end - pos);
-            let l2 = self.l2_for_write(m, gc)?;
-            let idx = gc % self.p.l2_entries;
-            let (w0, _) = self.l2_get(m, l2, idx)?;
-            if w0 & COMPRESSED == 0 && w0 & L2_RESERVED != 0 {
-                return Err(FormatError::Corrupt(format!(
-                    "L2 entry {idx} of the table at {l2} has reserved bits set ({w0:#x})"
-                )));
-            }
+            let (l2, idx, w0) = self.l2_entry_for_write(m, gc)?;
             let ct = decode_l2(w0, cb, false, false);
             let owned = match ct {
                 ClusterType::Normal(h) => {
