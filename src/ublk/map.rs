@@ -239,6 +239,18 @@ fn range(
     Ok((off, len))
 }
 
+/// The byte offset a zone request names (management or report), which
+/// must lie inside the exposed size.
+fn zone_offset(layout: &Layout, req: &Request) -> Result<u64, DeviceError> {
+    req.offset()
+        .filter(|o| *o < layout.size)
+        .ok_or_else(|| DeviceError::OutOfRange {
+            offset: req.start_sector.saturating_mul(SECTOR),
+            len: 0,
+            size: layout.size,
+        })
+}
+
 fn run(
     dev: &dyn BlockDevice,
     layout: &Layout,
@@ -303,13 +315,7 @@ fn run(
                 Op::ZoneFinish => ZoneOp::Finish,
                 _ => ZoneOp::Reset,
             };
-            let off = req.offset().filter(|o| *o < layout.size).ok_or_else(|| {
-                DeviceError::OutOfRange {
-                    offset: req.start_sector.saturating_mul(SECTOR),
-                    len: 0,
-                    size: layout.size,
-                }
-            })?;
+            let off = zone_offset(layout, req)?;
             // The driver names the zone by its start; the length is the
             // zone's (the engine checks alignment).
             dev.zone_mgmt(zop, off, z.geometry.zone_size)?;
@@ -326,13 +332,7 @@ fn run(
             let z = zoned.ok_or_else(|| {
                 DeviceError::Unsupported("zone report on a non-zoned device".into())
             })?;
-            let off = req.offset().filter(|o| *o < layout.size).ok_or_else(|| {
-                DeviceError::OutOfRange {
-                    offset: req.start_sector.saturating_mul(SECTOR),
-                    len: 0,
-                    size: layout.size,
-                }
-            })?;
+            let off = zone_offset(layout, req)?;
             let first = (off / z.geometry.zone_size) as u32;
             let fit = (buf.len() / BLK_ZONE_BYTES) as u32;
             let max = req.nr_sectors.min(fit).min(z.nr_zones - first);
