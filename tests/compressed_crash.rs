@@ -156,46 +156,6 @@ fn run_until_cut(
     (st, durable, touched)
 }
 
-fn verify_state(
-    bytes: Vec<u8>,
-    durable: &[u8],
-    touched: &[bool],
-    dir: &std::path::Path,
-    qemu: bool,
-    what: &str,
-) {
-    let img = Qcow2::open(
-        Arc::new(MemStorage::from_bytes(bytes.clone())),
-        &OpenOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{what}: crash state does not open: {e}"));
-    let mut got = vec![0u8; SIZE as usize];
-    img.read(0, &mut got)
-        .unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
-    for i in 0..SIZE as usize {
-        if !touched[i] && got[i] != durable[i] {
-            panic!(
-                "{what}: flushed byte {i:#x} lost: {:#x} != {:#x}",
-                got[i], durable[i]
-            );
-        }
-    }
-    if qemu {
-        let p = dir.join("state.qcow2");
-        std::fs::write(&p, &bytes).unwrap();
-        let o = run("qemu-img", &["check", s(&p)]);
-        assert!(
-            matches!(o.status.code(), Some(0) | Some(3)),
-            "{what}: qemu-img check found corruption:\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-}
-
 #[test]
 fn power_loss_during_compressed_writes_leaves_no_corruption() {
     let qemu = have("qemu-img");
@@ -225,7 +185,7 @@ fn power_loss_during_compressed_writes_leaves_no_corruption() {
                 // qemu-img on a sample keeps the run short; zcow's own
                 // open+read checks every state.
                 let q = qemu && vi % 7 == 0 && cut % 4 == 0;
-                verify_state(
+                verify_crash_state(
                     bytes,
                     &durable,
                     &touched,
