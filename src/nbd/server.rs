@@ -109,6 +109,9 @@ pub(crate) struct Shared {
     pub conns: Mutex<HashMap<u64, Sock>>,
     /// Rate-limited log of rejected requests (without `--trace`).
     pub reject_log: super::ratelog::RateLog,
+    /// Zone-unaware writes answered ahead of the write pointer, not yet
+    /// applied.
+    pub pending: super::writeback::Pending,
 }
 
 impl Shared {
@@ -323,6 +326,7 @@ impl Server {
                 geometry,
                 conns: Mutex::new(HashMap::new()),
                 reject_log: super::ratelog::RateLog::default(),
+                pending: Default::default(),
             }),
             shutdown: Arc::new(AtomicBool::new(false)),
         }

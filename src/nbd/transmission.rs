@@ -12,7 +12,8 @@
 //! the request), which is what a pipelining sequential writer needs.
 //! Zone-unaware clients' writes go through [`super::unaware`]; one ahead of
 //! the write pointer is parked (off the workers) until the requests before
-//! it fill the gap, or failed after [`PARK_LIMIT`].
+//! it fill the gap, or failed after [`PARK_LIMIT`]; without FUA it is
+//! answered at once and FLUSH reports its failure ([`super::writeback`]).
 
 use super::bufpool;
 use super::handshake::{Ctx, Session};
@@ -36,6 +37,10 @@ pub const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 const MAX_EXTENTS: usize = 65536;
 /// Read replies at least this long skip the writer's buffer.
 const DIRECT_SEND: usize = 32 << 10;
+/// How long a FLUSH waits for writes answered ahead of the write pointer:
+/// a little longer than they may wait for their gap, so it sees them
+/// applied or failed.
+const FLUSH_WAIT: Duration = Duration::from_millis(PARK_LIMIT.as_millis() as u64 + 1000);
 /// Zero runs shorter than this are sent as data, not as hole chunks.
 const MIN_HOLE_CHUNK: u64 = 4096;
 
@@ -50,6 +55,10 @@ struct Job {
     cost: u64,
     ticket: Option<u64>,
     early: Option<(u32, String)>,
+    /// Answered already (a zone-unaware write ahead of the write pointer):
+    /// its id in [`Shared::pending`](super::server::Shared), resolved when
+    /// it is applied or fails.
+    acked: Option<u64>,
 }
 
 impl Job {
@@ -163,6 +172,9 @@ struct Conn<'a> {
     seq: ZoneSeq,
     /// Zone-unaware writes waiting for their zone's write pointer.
     parked: Mutex<Vec<Parked>>,
+    /// Early-answered writes that had failed when this connection last
+    /// reported them (at its start or its last FLUSH).
+    seen_failures: std::sync::atomic::AtomicU64,
     sock: Sock,
 }
 
@@ -184,6 +196,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
         budget: Budget::default(),
         seq: ZoneSeq::default(),
         parked: Mutex::new(Vec::new()),
+        seen_failures: std::sync::atomic::AtomicU64::new(srv.pending.failures()),
         sock,
     };
     // Leader/follower: each worker takes the reader lock, reads one request,
@@ -396,6 +409,7 @@ impl Conn<'_> {
                 cost,
                 ticket,
                 early,
+                acked: None,
             })
         }
     }
@@ -419,6 +433,32 @@ impl Conn<'_> {
     fn after(&self, mut job: Job, mut result: std::result::Result<Reply, (u32, String)>) {
         loop {
             if let Ok(Reply::Park(zone, at)) = result {
+                if job.acked.is_none() && self.may_answer_early(&job.req) {
+                    let id = self.srv.pending.add(job.req.offset, job.req.length);
+                    job.acked = Some(id);
+                    let req = job.req;
+                    match self.park(zone, at, job) {
+                        None => {
+                            self.srv.trace(
+                                self.id,
+                                format_args!(
+                                    "cookie {}: answered before it is applied",
+                                    req.cookie
+                                ),
+                            );
+                            self.reply_early(&req);
+                            return;
+                        }
+                        Some(j) => {
+                            // Runnable already: no need to answer early.
+                            self.srv.pending.resolve(id, true);
+                            job = j;
+                            job.acked = None;
+                            result = self.execute(&job.req, job.data(), None);
+                            continue;
+                        }
+                    }
+                }
                 match self.park(zone, at, job) {
                     None => return,
                     Some(j) => {
@@ -445,7 +485,19 @@ impl Conn<'_> {
     fn finish(&self, job: Job, result: std::result::Result<Reply, (u32, String)>) {
         bufpool::give(job.payload);
         if let Err((e, msg)) = &result {
-            self.log_reject(&job.req, *e, msg);
+            let msg = if job.acked.is_some() {
+                format!("{msg} (answered before it was applied: the next FLUSH fails)")
+            } else {
+                msg.clone()
+            };
+            self.log_reject(&job.req, *e, &msg);
+        }
+        if let Some(id) = job.acked {
+            // The client has its answer; what is left is the bookkeeping
+            // a FLUSH or read waits on.
+            self.srv.pending.resolve(id, result.is_ok());
+            self.budget.release(job.cost);
+            return;
         }
         if !self.failed.load(Ordering::Relaxed) && self.send(&job.req, result).is_err() {
             // Wake the reader too: the connection is unusable.
@@ -474,6 +526,21 @@ impl Conn<'_> {
             self.srv
                 .reject_log
                 .log(format_args!("conn {}: {what}", self.id));
+        }
+    }
+
+    /// Whether a zone-unaware write ahead of the write pointer may be
+    /// answered before it is applied: not when the client asked for it to
+    /// be durable before the answer (FUA, or a write-through export).
+    fn may_answer_early(&self, r: &Request) -> bool {
+        r.flags & CMD_FLAG_FUA == 0 && !self.srv.cfg.writethrough
+    }
+
+    /// Answer a parked write as done (it is applied later, in order).
+    fn reply_early(&self, r: &Request) {
+        if !self.failed.load(Ordering::Relaxed) && self.send(r, Ok(Reply::Ok)).is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+            self.sock.shutdown();
         }
     }
 
@@ -666,6 +733,8 @@ impl Conn<'_> {
                     return Err((e, format!("read of {} bytes exceeds the maximum", r.length)));
                 }
                 range()?;
+                // A write answered but not yet applied must read back.
+                self.srv.pending.wait_clear(r.offset, r.length, PARK_LIMIT);
                 self.read(r).map(|(segs, buf)| Reply::Read(segs, buf))
             }
             CMD_WRITE => {
@@ -679,7 +748,28 @@ impl Conn<'_> {
                 Ok(Reply::Ok)
             }
             CMD_FLUSH => {
+                // Writes answered ahead of the write pointer are covered
+                // by this flush: wait until they are applied, or fail
+                // (a parked write fails after PARK_LIMIT).
+                let applied = self.srv.pending.wait_clear(0, u64::MAX, FLUSH_WAIT);
                 dev.flush().map_err(dev_err)?;
+                if !applied {
+                    return Err((
+                        NBD_EIO,
+                        "writes answered ahead of a zone's write pointer are still waiting for the data before them".into(),
+                    ));
+                }
+                let now = self.srv.pending.failures();
+                let before = self.seen_failures.swap(now, Ordering::Relaxed);
+                if now > before {
+                    return Err((
+                        NBD_EIO,
+                        format!(
+                            "{} write(s) answered ahead of a zone's write pointer could not be applied: the data before them never came (see the log)",
+                            now - before
+                        ),
+                    ));
+                }
                 Ok(Reply::Ok)
             }
             CMD_TRIM => {

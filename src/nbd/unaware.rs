@@ -12,7 +12,8 @@
 //!   that stop short of the capacity advance it without allocating clusters.
 //! - A first part ahead of the write pointer waits (is *parked*) until the
 //!   requests before it fill the gap, for at most [`PARK_LIMIT`]; out-of-order
-//!   loaders (`qemu-img convert -W`) need that.
+//!   loaders (`qemu-img convert -W`) need that. Without FUA it is answered
+//!   before it runs (see [`super::writeback`]).
 //! - At the active-zone limit the least recently written idle active zone is
 //!   finished implicitly (after every earlier request of the connection has
 //!   completed), so a sequential loader never stalls on ENOSPC.
