@@ -8,7 +8,7 @@ use super::{ImgError, ImgResult};
 use crate::format::features::{COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY};
 use crate::format::header::ParseMode;
 use crate::format::image::read_header_cluster;
-use crate::format::{BackingPolicy, Header, OpenOptions, Qcow2};
+use crate::format::{Header, OpenOptions, Qcow2};
 use crate::size::parse_size;
 use crate::storage::{FileStorage, Storage};
 use crate::zone::ZoneCond;
@@ -107,14 +107,7 @@ pub fn run(path: &Path, format: Option<&str>, opts: &[String]) -> ImgResult<()> 
         return Err(ImgError::Usage("Must specify options (-o)".into()));
     }
     let name = path.display().to_string();
-    let img = Qcow2::open_path(
-        path,
-        &OpenOptions {
-            read_only: true,
-            backing: BackingPolicy::Skip,
-            ..Default::default()
-        },
-    );
+    let img = Qcow2::open_path(path, &OpenOptions::inspect());
     let img = match (img, format) {
         (_, Some(f)) if f != "qcow2" => {
             return Err(failed(format!(

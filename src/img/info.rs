@@ -3,7 +3,7 @@
 
 use crate::format::features::*;
 use crate::format::wp::WpEntry;
-use crate::format::{BackingPolicy, OpenOptions, Qcow2};
+use crate::format::{OpenOptions, Qcow2};
 use crate::qjson::to_qemu_json;
 use crate::size::human_size;
 use crate::zone::{count_by_cond, summarize_counts, ZoneCond, ZoneGeometry};
@@ -267,14 +267,7 @@ pub fn render_chain(chain: &[ImageInfo], json: bool) -> String {
 /// Gather info about the image at `path` (opened read-only; backing files
 /// are named, not opened, as `qemu-img info` does).
 pub fn image_info(path: &Path, display_name: &str) -> crate::format::Result<ImageInfo> {
-    let img = Qcow2::open_path(
-        path,
-        &OpenOptions {
-            read_only: true,
-            backing: BackingPolicy::Skip,
-            ..Default::default()
-        },
-    )?;
+    let img = Qcow2::open_path(path, &OpenOptions::inspect())?;
     crate::open::warn_overlap(path, &img);
     let h = img.header();
     let st = img.storage();

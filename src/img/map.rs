@@ -6,7 +6,7 @@
 
 use super::{is_device, open_named, ImgError, ImgResult};
 use crate::format::map::{map_range, Mapping};
-use crate::format::{BackingPolicy, OpenOptions, Qcow2};
+use crate::format::{OpenOptions, Qcow2};
 use crate::zone::ZoneDescriptor;
 use std::fmt::Write as _;
 use std::os::unix::io::AsRawFd;
@@ -165,15 +165,8 @@ fn map_file(
     if !qcow2 {
         return map_raw(path, name, start, end, depth, out);
     }
-    let img = Qcow2::open_path(
-        path,
-        &OpenOptions {
-            read_only: true,
-            backing: BackingPolicy::Skip,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| ImgError::Open(format!("Could not open '{name}': {e}")))?;
+    let img = Qcow2::open_path(path, &OpenOptions::inspect())
+        .map_err(|e| ImgError::Open(format!("Could not open '{name}': {e}")))?;
     let end = end.min(img.size());
     if start >= end {
         return Ok(());

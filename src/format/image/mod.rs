@@ -136,6 +136,19 @@ impl Default for OpenOptions {
     }
 }
 
+impl OpenOptions {
+    /// Read-only, backing file not opened: for tools that only look at an
+    /// image's metadata and its own clusters (`info`, `map`, `amend`'s
+    /// checks).
+    pub fn inspect() -> Self {
+        Self {
+            read_only: true,
+            backing: BackingPolicy::Skip,
+            ..Default::default()
+        }
+    }
+}
+
 /// Most runs one [`Qcow2::block_status`] answer holds (an NBD reply holds
 /// at most as many extents).
 pub const MAX_STATUS_RUNS: usize = 65536;
