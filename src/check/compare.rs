@@ -138,7 +138,9 @@ fn mismatch(
 /// QEMU `check_oflag_copied` over the active tables. `disk_is_computed`:
 /// the on-disk refcounts of clusters the walk covers equal the computed
 /// ones (the last comparison found and changed nothing), so they are read
-/// from the in-memory table.
+/// from the in-memory table. Then, if the walk already vouched for every
+/// data entry's flag ([`Walk::copied_checked`]), only the L1 entries are
+/// checked here and no L2 table is read again.
 pub(crate) fn check_oflag_copied(
     cx: &mut Ctx,
     res: &mut Counts,
@@ -146,6 +148,7 @@ pub(crate) fn check_oflag_copied(
     w: &Walk,
     disk_is_computed: bool,
 ) -> Result<(), Errno> {
+    let l2_checked = disk_is_computed && w.copied_checked(cx.img.writes());
     let refcount = |cx: &mut Ctx, k: u64| {
         if disk_is_computed && k < w.imrt.n {
             Ok(w.imrt.get(k))
@@ -203,6 +206,9 @@ pub(crate) fn check_oflag_copied(
                 res.corruptions -= 1;
                 res.corruptions_fixed += 1;
             }
+        }
+        if l2_checked {
+            continue;
         }
         if let Err(e) = cx.img.read(l2_off, &mut table) {
             let _ = writeln!(cx.err, "ERROR: Could not read L2 table: {}", strerror(e));

@@ -34,6 +34,10 @@ pub(crate) struct Imrt {
     max: u64,
     /// Number of clusters covered (QEMU's `nb_clusters`).
     pub n: u64,
+    /// Whether any count was raised from a non-zero value (some cluster
+    /// has more than one reference): the fused COPIED-flag check is exact
+    /// only when none was.
+    raised: bool,
 }
 
 impl Imrt {
@@ -49,6 +53,7 @@ impl Imrt {
             data: Vec::new(),
             max: refcount::max_value(order),
             n: 0,
+            raised: false,
         };
         t.grow(n)?;
         Ok(t)
@@ -69,6 +74,7 @@ impl Imrt {
     }
 
     /// Count of cluster `i` (0 past the end).
+    #[inline]
     pub fn get(&self, i: u64) -> u64 {
         if i >= self.n {
             return 0;
@@ -89,12 +95,39 @@ impl Imrt {
     /// it overflowed. The caller has grown the table to cover `i`.
     #[inline]
     pub fn inc(&mut self, i: u64) -> bool {
-        let r = rc_get(&self.data, self.order, i as usize);
-        if r == self.max {
-            return true;
-        }
-        rc_set(&mut self.data, self.order, i as usize, r + 1);
-        false
+        self.inc_from(i).is_none()
+    }
+
+    /// Add one to cluster `i` and return its count before, or `None` if
+    /// it is at the maximum (then nothing changes). The caller has grown
+    /// the table to cover `i`. The 16-bit width (the default) is the hot
+    /// path of every big image's walk.
+    #[inline(always)]
+    pub fn inc_from(&mut self, i: u64) -> Option<u64> {
+        let r = if self.order == 4 {
+            let j = 2 * i as usize;
+            let b = &mut self.data[j..j + 2];
+            let r = u16::from_be_bytes([b[0], b[1]]);
+            if r == u16::MAX {
+                return None;
+            }
+            b.copy_from_slice(&(r + 1).to_be_bytes());
+            r as u64
+        } else {
+            let r = rc_get(&self.data, self.order, i as usize);
+            if r == self.max {
+                return None;
+            }
+            rc_set(&mut self.data, self.order, i as usize, r + 1);
+            r
+        };
+        self.raised |= r != 0;
+        Some(r)
+    }
+
+    /// Whether some cluster has been counted more than once.
+    pub fn raised(&self) -> bool {
+        self.raised
     }
 
     /// If refblock `index` on disk (`None`: no block, all zero) holds
