@@ -17,12 +17,21 @@ pub(crate) fn rc_get(b: &[u8], order: u32, i: usize) -> u64 {
 }
 
 #[inline(always)]
-fn rc_set(b: &mut [u8], order: u32, i: usize, v: u64) {
+pub(crate) fn rc_set(b: &mut [u8], order: u32, i: usize, v: u64) {
     match order {
         4 => b[2 * i..2 * i + 2].copy_from_slice(&(v as u16).to_be_bytes()),
         3 => b[i] = v as u8,
         _ => refcount::set(b, order, i, v),
     }
+}
+
+/// Borrowed counts of an [`Imrt`]: whoever increments through `data`
+/// sets `raised` when a count was not zero before.
+pub(crate) struct CountsMut<'a> {
+    pub data: &'a mut [u8],
+    pub order: u32,
+    pub max: u64,
+    pub raised: &'a mut bool,
 }
 
 /// Computed reference counts, grown in whole clusters like QEMU's.
@@ -123,6 +132,17 @@ impl Imrt {
         };
         self.raised |= r != 0;
         Some(r)
+    }
+
+    /// The table's counts for a loop that increments many of them
+    /// (`inc_from`'s work without a call per count).
+    pub fn counts_mut(&mut self) -> CountsMut<'_> {
+        CountsMut {
+            data: &mut self.data,
+            order: self.order,
+            max: self.max,
+            raised: &mut self.raised,
+        }
     }
 
     /// Whether some cluster has been counted more than once.

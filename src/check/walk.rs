@@ -515,44 +515,129 @@ fn walk_l2(
     // reserved bits set, or an offset not aligned to a cluster.
     let odd = COMPRESSED | L2_RESERVED | (OFFSET_MASK & (cs - 1));
     let limit = w.imrt.n.min(cx.img.file_len().div_ceil(cs));
-    let (mut allocated, mut fragmented, mut copied_clear) = (0u64, 0u64, false);
-    for i in 0..table.len() / 8 {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&table[i * 8..i * 8 + 8]);
-        let e = u64::from_be_bytes(a);
-        if e == 0 {
-            continue;
-        }
-        let offset = e & OFFSET_MASK;
-        let k = offset >> cb;
-        // Normal or preallocated zero, aligned, inside the file: what
-        // `inc_refcounts`' fast path takes, without its call per entry.
-        if e & odd == 0 && offset != 0 && k < limit && w.imrt.inc_from(k).is_some() {
-            if active {
-                allocated += 1;
-                fragmented += u64::from(next_contiguous != 0 && offset != next_contiguous);
-                next_contiguous = offset + cs;
-                copied_clear |= e & COPIED == 0;
+    let mut t = Tally {
+        next_contiguous,
+        ..Tally::default()
+    };
+    let n = table.len() / 8;
+    let mut i = 0;
+    while i < n {
+        // Runs of ordinary entries in a loop that keeps everything in
+        // registers; the first other entry goes the general way.
+        i = {
+            let mut counts = w.imrt.counts_mut();
+            let g = Geometry {
+                cb,
+                cs,
+                odd,
+                limit,
+                active,
+            };
+            if counts.order == 4 {
+                ordinary_run::<true>(table, i, &g, &mut counts, &mut t)
+            } else {
+                ordinary_run::<false>(table, i, &g, &mut counts, &mut t)
             }
-            continue;
+        };
+        if i < n {
+            l2_entry(
+                cx,
+                res,
+                w,
+                table,
+                i,
+                l2_off,
+                kind,
+                fix,
+                guest_base,
+                &mut t.next_contiguous,
+            )?;
+            i += 1;
         }
-        l2_entry(
-            cx,
-            res,
-            w,
-            table,
-            i,
-            l2_off,
-            kind,
-            fix,
-            guest_base,
-            &mut next_contiguous,
-        )?;
     }
-    res.allocated_clusters += allocated;
-    res.fragmented_clusters += fragmented;
-    w.copied_suspect |= copied_clear;
+    res.allocated_clusters += t.allocated;
+    res.fragmented_clusters += t.fragmented;
+    w.copied_suspect |= t.copied_clear;
     Ok(())
+}
+
+/// What the fast loop needs to know about the image and table.
+struct Geometry {
+    cb: u32,
+    cs: u64,
+    /// Entry bits that send an entry the general way.
+    odd: u64,
+    /// Clusters below this are inside the file and the IMRT.
+    limit: u64,
+    /// An active L2 table (allocation figures and the COPIED check).
+    active: bool,
+}
+
+/// Running figures of the fast loop over one table.
+#[derive(Default)]
+struct Tally {
+    allocated: u64,
+    fragmented: u64,
+    next_contiguous: u64,
+    /// An active entry with COPIED clear was seen.
+    copied_clear: bool,
+}
+
+/// Count the ordinary entries of `table` from entry `from` on (standard or
+/// preallocated-zero entries naming an aligned cluster inside the file,
+/// whose count is below the maximum); returns the index of the first
+/// other entry, or the number of entries. `W16`: 16-bit refcounts.
+#[inline(always)]
+fn ordinary_run<const W16: bool>(
+    table: &[u8],
+    from: usize,
+    g: &Geometry,
+    c: &mut super::imrt::CountsMut<'_>,
+    t: &mut Tally,
+) -> usize {
+    let mut raised = false;
+    let mut at = from;
+    for raw in table[from * 8..].chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(raw);
+        let e = u64::from_be_bytes(a);
+        if e != 0 {
+            let offset = e & OFFSET_MASK;
+            let k = offset >> g.cb;
+            if e & g.odd != 0 || offset == 0 || k >= g.limit {
+                break;
+            }
+            let r = if W16 {
+                let p = 2 * k as usize;
+                let Some(b) = c.data.get_mut(p..p + 2) else {
+                    break;
+                };
+                let r = u16::from_be_bytes([b[0], b[1]]);
+                if r == u16::MAX {
+                    break;
+                }
+                b.copy_from_slice(&(r + 1).to_be_bytes());
+                r as u64
+            } else {
+                let r = super::imrt::rc_get(c.data, c.order, k as usize);
+                if r == c.max {
+                    break;
+                }
+                super::imrt::rc_set(c.data, c.order, k as usize, r + 1);
+                r
+            };
+            raised |= r != 0;
+            if g.active {
+                t.allocated += 1;
+                t.fragmented += u64::from(t.next_contiguous != 0 && offset != t.next_contiguous);
+                t.next_contiguous = offset + g.cs;
+                t.copied_clear |= e & COPIED == 0;
+            }
+        }
+        at += 1;
+    }
+    *c.raised |= raised;
+    at
 }
 
 /// One L2 entry, every case (QEMU's loop body of `check_refcounts_l2`).
