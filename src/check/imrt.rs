@@ -64,6 +64,7 @@ impl Imrt {
             n: 0,
             raised: false,
         };
+        t.data = zeroed(t.bytes_for(n))?;
         t.grow(n)?;
         Ok(t)
     }
@@ -187,6 +188,42 @@ impl Imrt {
         }
         v
     }
+}
+
+/// `len` zero bytes, allocated fallibly and not written: the pages are
+/// the kernel's zero pages until counted into, so a 32 MiB table of a
+/// 1 TiB image costs no memset, and (on kernels with transparent huge
+/// pages on request) is faulted in 2 MiB at a time rather than 4 KiB.
+fn zeroed(len: u64) -> Result<Vec<u8>, Errno> {
+    let len = usize::try_from(len).map_err(|_| ENOMEM)?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| ENOMEM)?;
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return Err(ENOMEM);
+    }
+    const HUGE: usize = 2 << 20;
+    if len >= 2 * HUGE {
+        // Only a hint (the whole pages inside the block); failure is fine.
+        let page = 4096;
+        let start = (p as usize).next_multiple_of(page);
+        let end = (p as usize + len) / page * page;
+        // SAFETY: [start, end) lies inside the block just allocated;
+        // MADV_HUGEPAGE changes no contents.
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    // SAFETY: p was allocated by the global allocator with the layout of
+    // `len` u8s, and all `len` bytes are initialised (zeroed).
+    Ok(unsafe { Vec::from_raw_parts(p, len, len) })
 }
 
 /// A growable bit set over cluster indices.
