@@ -595,7 +595,11 @@ fn ordinary_run<const W16: bool>(
     c: &mut super::imrt::CountsMut<'_>,
     t: &mut Tally,
 ) -> usize {
-    let mut raised = false;
+    // Locals, not fields behind `t`: the compiler keeps them in registers
+    // across the stores into the count table.
+    let (mut raised, mut copied_clear) = (false, false);
+    let (mut allocated, mut fragmented, mut next) = (0u64, 0u64, t.next_contiguous);
+    let data = &mut *c.data;
     let mut at = from;
     for raw in table[from * 8..].chunks_exact(8) {
         let mut a = [0u8; 8];
@@ -609,7 +613,7 @@ fn ordinary_run<const W16: bool>(
             }
             let r = if W16 {
                 let p = 2 * k as usize;
-                let Some(b) = c.data.get_mut(p..p + 2) else {
+                let Some(b) = data.get_mut(p..p + 2) else {
                     break;
                 };
                 let r = u16::from_be_bytes([b[0], b[1]]);
@@ -619,24 +623,28 @@ fn ordinary_run<const W16: bool>(
                 b.copy_from_slice(&(r + 1).to_be_bytes());
                 r as u64
             } else {
-                let r = super::imrt::rc_get(c.data, c.order, k as usize);
+                let r = super::imrt::rc_get(data, c.order, k as usize);
                 if r == c.max {
                     break;
                 }
-                super::imrt::rc_set(c.data, c.order, k as usize, r + 1);
+                super::imrt::rc_set(data, c.order, k as usize, r + 1);
                 r
             };
             raised |= r != 0;
             if g.active {
-                t.allocated += 1;
-                t.fragmented += u64::from(t.next_contiguous != 0 && offset != t.next_contiguous);
-                t.next_contiguous = offset + g.cs;
-                t.copied_clear |= e & COPIED == 0;
+                allocated += 1;
+                fragmented += u64::from(next != 0 && offset != next);
+                next = offset + g.cs;
+                copied_clear |= e & COPIED == 0;
             }
         }
         at += 1;
     }
     *c.raised |= raised;
+    t.allocated += allocated;
+    t.fragmented += fragmented;
+    t.next_contiguous = next;
+    t.copied_clear |= copied_clear;
     at
 }
 
