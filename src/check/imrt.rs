@@ -214,11 +214,7 @@ fn zeroed(len: u64) -> Result<Vec<u8>, Errno> {
         // SAFETY: [start, end) lies inside the block just allocated;
         // MADV_HUGEPAGE changes no contents.
         unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                end - start,
-                libc::MADV_HUGEPAGE,
-            );
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
         }
     }
     // SAFETY: p was allocated by the global allocator with the layout of
