@@ -178,9 +178,13 @@ impl CheckImage {
         if off
             .checked_add(buf.len() as u64)
             .is_some_and(|end| end <= self.file_len)
-            && self.store.read_at(off, buf).is_ok()
         {
-            return Ok(());
+            match self.store.read_at(off, buf) {
+                Ok(()) => return Ok(()),
+                // Shrunk since: read as zeros past the new end, below.
+                Err(crate::storage::StorageError::ShortRead { .. }) => {}
+                Err(e) => return Err(e.errno()),
+            }
         }
         self.store
             .read_at_zero_fill(off, buf)
