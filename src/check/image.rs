@@ -53,6 +53,9 @@ pub(crate) struct CheckImage {
     pub signaled_corruption: bool,
     /// Cached file length.
     file_len: u64,
+    /// Writes made through this image (a walk's view of the tables is
+    /// current while this has not moved).
+    writes: u64,
 }
 
 fn be64(b: &[u8]) -> u64 {
@@ -142,6 +145,7 @@ impl CheckImage {
             rb_cache: Vec::new(),
             signaled_corruption: false,
             file_len: len,
+            writes: 0,
             header,
             store,
         })
@@ -162,8 +166,26 @@ impl CheckImage {
         self.header.extended_l2()
     }
 
+    /// How many writes were made through this image so far.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
     /// Read bytes, zero-filled past EOF.
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        // Inside the file as last seen: one pread, without asking the
+        // file's length again (the L2 walk reads thousands of tables).
+        if off
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= self.file_len)
+        {
+            match self.store.read_at(off, buf) {
+                Ok(()) => return Ok(()),
+                // Shrunk since: read as zeros past the new end, below.
+                Err(crate::storage::StorageError::ShortRead { .. }) => {}
+                Err(e) => return Err(e.errno()),
+            }
+        }
         self.store
             .read_at_zero_fill(off, buf)
             .map_err(|e| e.errno())
@@ -174,6 +196,7 @@ impl CheckImage {
         if !self.rw {
             return Err(super::errno::EROFS);
         }
+        self.writes += 1;
         self.store.write_at(off, data).map_err(|e| e.errno())?;
         let end = off + data.len() as u64;
         if end > self.file_len {
@@ -282,6 +305,7 @@ impl CheckImage {
         let b = self.refblock(off)?;
         refcount::set(b, order, idx, v);
         let copy = b.clone();
+        self.writes += 1;
         self.store.write_at(off, &copy).map_err(|e| e.errno())?;
         Ok(())
     }

@@ -17,12 +17,21 @@ pub(crate) fn rc_get(b: &[u8], order: u32, i: usize) -> u64 {
 }
 
 #[inline(always)]
-fn rc_set(b: &mut [u8], order: u32, i: usize, v: u64) {
+pub(crate) fn rc_set(b: &mut [u8], order: u32, i: usize, v: u64) {
     match order {
         4 => b[2 * i..2 * i + 2].copy_from_slice(&(v as u16).to_be_bytes()),
         3 => b[i] = v as u8,
         _ => refcount::set(b, order, i, v),
     }
+}
+
+/// Borrowed counts of an [`Imrt`]: whoever increments through `data`
+/// sets `raised` when a count was not zero before.
+pub(crate) struct CountsMut<'a> {
+    pub data: &'a mut [u8],
+    pub order: u32,
+    pub max: u64,
+    pub raised: &'a mut bool,
 }
 
 /// Computed reference counts, grown in whole clusters like QEMU's.
@@ -34,6 +43,10 @@ pub(crate) struct Imrt {
     max: u64,
     /// Number of clusters covered (QEMU's `nb_clusters`).
     pub n: u64,
+    /// Whether any count was raised from a non-zero value (some cluster
+    /// has more than one reference): the fused COPIED-flag check is exact
+    /// only when none was.
+    raised: bool,
 }
 
 impl Imrt {
@@ -49,7 +62,9 @@ impl Imrt {
             data: Vec::new(),
             max: refcount::max_value(order),
             n: 0,
+            raised: false,
         };
+        t.data = zeroed(t.bytes_for(n))?;
         t.grow(n)?;
         Ok(t)
     }
@@ -69,6 +84,7 @@ impl Imrt {
     }
 
     /// Count of cluster `i` (0 past the end).
+    #[inline]
     pub fn get(&self, i: u64) -> u64 {
         if i >= self.n {
             return 0;
@@ -89,12 +105,50 @@ impl Imrt {
     /// it overflowed. The caller has grown the table to cover `i`.
     #[inline]
     pub fn inc(&mut self, i: u64) -> bool {
-        let r = rc_get(&self.data, self.order, i as usize);
-        if r == self.max {
-            return true;
+        self.inc_from(i).is_none()
+    }
+
+    /// Add one to cluster `i` and return its count before, or `None` if
+    /// it is at the maximum (then nothing changes). The caller has grown
+    /// the table to cover `i`. The 16-bit width (the default) is the hot
+    /// path of every big image's walk.
+    #[inline(always)]
+    pub fn inc_from(&mut self, i: u64) -> Option<u64> {
+        let r = if self.order == 4 {
+            let j = 2 * i as usize;
+            let b = &mut self.data[j..j + 2];
+            let r = u16::from_be_bytes([b[0], b[1]]);
+            if r == u16::MAX {
+                return None;
+            }
+            b.copy_from_slice(&(r + 1).to_be_bytes());
+            r as u64
+        } else {
+            let r = rc_get(&self.data, self.order, i as usize);
+            if r == self.max {
+                return None;
+            }
+            rc_set(&mut self.data, self.order, i as usize, r + 1);
+            r
+        };
+        self.raised |= r != 0;
+        Some(r)
+    }
+
+    /// The table's counts for a loop that increments many of them
+    /// (`inc_from`'s work without a call per count).
+    pub fn counts_mut(&mut self) -> CountsMut<'_> {
+        CountsMut {
+            data: &mut self.data,
+            order: self.order,
+            max: self.max,
+            raised: &mut self.raised,
         }
-        rc_set(&mut self.data, self.order, i as usize, r + 1);
-        false
+    }
+
+    /// Whether some cluster has been counted more than once.
+    pub fn raised(&self) -> bool {
+        self.raised
     }
 
     /// If refblock `index` on disk (`None`: no block, all zero) holds
@@ -134,6 +188,38 @@ impl Imrt {
         }
         v
     }
+}
+
+/// `len` zero bytes, allocated fallibly and not written: the pages are
+/// the kernel's zero pages until counted into, so a 32 MiB table of a
+/// 1 TiB image costs no memset, and (on kernels with transparent huge
+/// pages on request) is faulted in 2 MiB at a time rather than 4 KiB.
+fn zeroed(len: u64) -> Result<Vec<u8>, Errno> {
+    let len = usize::try_from(len).map_err(|_| ENOMEM)?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).map_err(|_| ENOMEM)?;
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return Err(ENOMEM);
+    }
+    const HUGE: usize = 2 << 20;
+    if len >= 2 * HUGE {
+        // Only a hint (the whole pages inside the block); failure is fine.
+        let page = 4096;
+        let start = (p as usize).next_multiple_of(page);
+        let end = (p as usize + len) / page * page;
+        // SAFETY: [start, end) lies inside the block just allocated;
+        // MADV_HUGEPAGE changes no contents.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+        }
+    }
+    // SAFETY: p was allocated by the global allocator with the layout of
+    // `len` u8s, and all `len` bytes are initialised (zeroed).
+    Ok(unsafe { Vec::from_raw_parts(p, len, len) })
 }
 
 /// A growable bit set over cluster indices.

@@ -9,7 +9,8 @@ use super::image::{REFT_OFFSET_MASK, REFT_RESERVED_MASK};
 use super::imrt::{BitSet, Imrt};
 use super::{Counts, Ctx, Fix};
 use crate::format::l2::{
-    compressed_range, decode_l2, ClusterType, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO,
+    compressed_range, decode_l2, ClusterType, COMPRESSED, COPIED, L1_RESERVED, L2_RESERVED,
+    OFFSET_MASK, ZERO,
 };
 use std::collections::HashMap;
 
@@ -71,6 +72,16 @@ pub(crate) struct Walk {
     /// aliasing decisions). Only repairs and zoned checks need it; a plain
     /// check skips the bitsets' memory and time.
     track_classes: bool,
+    /// Fused COPIED check: an active data entry was seen whose flag the
+    /// walk cannot vouch for (COPIED clear, or a cluster it did not count
+    /// plainly), or the active L1 table in memory differs from the one
+    /// walked.
+    pub(crate) copied_suspect: bool,
+    /// Fused COPIED check: the image's write count when the walk ended
+    /// (`None` until the walk is complete).
+    copied_writes: Option<u64>,
+    /// The L2 table being walked (one buffer for the whole walk).
+    table: Vec<u8>,
 }
 
 impl Walk {
@@ -90,7 +101,21 @@ impl Walk {
             prealloc: Vec::new(),
             no_prealloc_fix: false,
             track_classes,
+            copied_suspect: false,
+            copied_writes: None,
+            table: Vec::new(),
         })
+    }
+
+    /// Whether the walk has already done `check_oflag_copied`'s work on the
+    /// active L2 tables, exactly: it saw every active data entry with
+    /// COPIED set and counted its cluster, no cluster of the image was
+    /// counted twice (so each of those counts is final, and 1), and
+    /// nothing was written since (`writes`: the image's write count now).
+    /// The refcounts compared must be the computed ones (the caller's
+    /// condition).
+    pub fn copied_checked(&self, writes: u64) -> bool {
+        !self.copied_suspect && !self.imrt.raised() && self.copied_writes == Some(writes)
     }
 
     /// Why repair must not trust cluster `i`'s computed count, if it must not.
@@ -299,6 +324,9 @@ pub(crate) fn check_l1(
     kind: L1Kind,
     fix: Fix,
 ) -> Result<(), Errno> {
+    if kind == L1Kind::Active && cx.img.l1.len() != l1_size as usize {
+        w.copied_suspect = true;
+    }
     if l1_size == 0 {
         return Ok(());
     }
@@ -334,6 +362,10 @@ pub(crate) fn check_l1(
         let i = i as usize;
         if kind == L1Kind::Active {
             cx.progress(i as u64, n);
+            // The COPIED pass reads the L1 table kept in memory.
+            if cx.img.l1.get(i) != Some(&e) {
+                w.copied_suspect = true;
+            }
         }
         if e == 0 {
             continue;
@@ -404,6 +436,10 @@ pub(crate) fn check_l1(
         w.taint_mode = saved;
         r?;
     }
+    // Entries past the end of the file read as zero.
+    if kind == L1Kind::Active && cx.img.l1.iter().skip(n as usize).any(|&e| e != 0) {
+        w.copied_suspect = true;
+    }
     Ok(())
 }
 
@@ -418,186 +454,391 @@ fn check_l2(
     fix: Fix,
     guest_base: Option<u64>,
 ) -> Result<(), Errno> {
+    // One buffer for every table of the walk.
+    let mut table = std::mem::take(&mut w.table);
+    table.resize(cx.img.cs as usize, 0);
+    let r = if cx.img.read(l2_off, &mut table).is_err() {
+        let _ = writeln!(cx.err, "ERROR: I/O error in check_refcounts_l2");
+        res.check_errors += 1;
+        Err(super::errno::EIO)
+    } else {
+        walk_l2(cx, res, w, &mut table, l2_off, kind, fix, guest_base)
+    };
+    w.table = table;
+    r
+}
+
+/// The entries of one L2 table. A plain image's ordinary entries (an
+/// aligned cluster inside the file, standard entries, nothing to record
+/// for repair or zones) take a tight loop: count the reference, the
+/// allocation and fragmentation figures, and note whether COPIED is
+/// clear. Everything else goes through [`l2_entry`].
+#[allow(clippy::too_many_arguments)]
+fn walk_l2(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    w: &mut Walk,
+    table: &mut [u8],
+    l2_off: u64,
+    kind: L1Kind,
+    fix: Fix,
+    guest_base: Option<u64>,
+) -> Result<(), Errno> {
+    let cs = cx.img.cs;
+    let cb = cx.img.cb;
+    let es = if cx.img.extended() { 16usize } else { 8 };
+    let active = kind == L1Kind::Active;
+    let mut next_contiguous = 0u64;
+    let fast = es == 8
+        && !cx.img.has_data_file()
+        && w.zones.is_none()
+        && !w.track_classes
+        && w.taint_mode.is_none();
+    if !fast {
+        for i in 0..table.len() / es {
+            l2_entry(
+                cx,
+                res,
+                w,
+                table,
+                i,
+                l2_off,
+                kind,
+                fix,
+                guest_base,
+                &mut next_contiguous,
+            )?;
+        }
+        return Ok(());
+    }
+    // Entries with any of these bits need the general path: compressed,
+    // reserved bits set, or an offset not aligned to a cluster.
+    let odd = COMPRESSED | L2_RESERVED | (OFFSET_MASK & (cs - 1));
+    let limit = w.imrt.n.min(cx.img.file_len().div_ceil(cs));
+    let mut t = Tally {
+        next_contiguous,
+        ..Tally::default()
+    };
+    let n = table.len() / 8;
+    let mut i = 0;
+    while i < n {
+        // Runs of ordinary entries in a loop that keeps everything in
+        // registers; the first other entry goes the general way.
+        i = {
+            let mut counts = w.imrt.counts_mut();
+            let g = Geometry {
+                cb,
+                cs,
+                odd,
+                limit,
+                active,
+            };
+            if counts.order == 4 {
+                ordinary_run::<true>(table, i, &g, &mut counts, &mut t)
+            } else {
+                ordinary_run::<false>(table, i, &g, &mut counts, &mut t)
+            }
+        };
+        if i < n {
+            l2_entry(
+                cx,
+                res,
+                w,
+                table,
+                i,
+                l2_off,
+                kind,
+                fix,
+                guest_base,
+                &mut t.next_contiguous,
+            )?;
+            i += 1;
+        }
+    }
+    res.allocated_clusters += t.allocated;
+    res.fragmented_clusters += t.fragmented;
+    w.copied_suspect |= t.copied_clear;
+    Ok(())
+}
+
+/// What the fast loop needs to know about the image and table.
+struct Geometry {
+    cb: u32,
+    cs: u64,
+    /// Entry bits that send an entry the general way.
+    odd: u64,
+    /// Clusters below this are inside the file and the IMRT.
+    limit: u64,
+    /// An active L2 table (allocation figures and the COPIED check).
+    active: bool,
+}
+
+/// Running figures of the fast loop over one table.
+#[derive(Default)]
+struct Tally {
+    allocated: u64,
+    fragmented: u64,
+    next_contiguous: u64,
+    /// An active entry with COPIED clear was seen.
+    copied_clear: bool,
+}
+
+/// Count the ordinary entries of `table` from entry `from` on (standard or
+/// preallocated-zero entries naming an aligned cluster inside the file,
+/// whose count is below the maximum); returns the index of the first
+/// other entry, or the number of entries. `W16`: 16-bit refcounts.
+#[inline(always)]
+fn ordinary_run<const W16: bool>(
+    table: &[u8],
+    from: usize,
+    g: &Geometry,
+    c: &mut super::imrt::CountsMut<'_>,
+    t: &mut Tally,
+) -> usize {
+    // Locals, not fields behind `t`: the compiler keeps them in registers
+    // across the stores into the count table.
+    let (mut raised, mut copied_clear) = (false, false);
+    let (mut allocated, mut fragmented, mut next) = (0u64, 0u64, t.next_contiguous);
+    let data = &mut *c.data;
+    let mut at = from;
+    for raw in table[from * 8..].chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(raw);
+        let e = u64::from_be_bytes(a);
+        if e != 0 {
+            let offset = e & OFFSET_MASK;
+            let k = offset >> g.cb;
+            if e & g.odd != 0 || offset == 0 || k >= g.limit {
+                break;
+            }
+            let r = if W16 {
+                let p = 2 * k as usize;
+                let Some(b) = data.get_mut(p..p + 2) else {
+                    break;
+                };
+                let r = u16::from_be_bytes([b[0], b[1]]);
+                if r == u16::MAX {
+                    break;
+                }
+                b.copy_from_slice(&(r + 1).to_be_bytes());
+                r as u64
+            } else {
+                let r = super::imrt::rc_get(data, c.order, k as usize);
+                if r == c.max {
+                    break;
+                }
+                super::imrt::rc_set(data, c.order, k as usize, r + 1);
+                r
+            };
+            raised |= r != 0;
+            if g.active {
+                allocated += 1;
+                fragmented += u64::from(next != 0 && offset != next);
+                next = offset + g.cs;
+                copied_clear |= e & COPIED == 0;
+            }
+        }
+        at += 1;
+    }
+    *c.raised |= raised;
+    t.allocated += allocated;
+    t.fragmented += fragmented;
+    t.next_contiguous = next;
+    t.copied_clear |= copied_clear;
+    at
+}
+
+/// One L2 entry, every case (QEMU's loop body of `check_refcounts_l2`).
+#[allow(clippy::too_many_arguments)]
+fn l2_entry(
+    cx: &mut Ctx,
+    res: &mut Counts,
+    w: &mut Walk,
+    table: &mut [u8],
+    i: usize,
+    l2_off: u64,
+    kind: L1Kind,
+    fix: Fix,
+    guest_base: Option<u64>,
+    next_contiguous: &mut u64,
+) -> Result<(), Errno> {
     let cs = cx.img.cs;
     let cb = cx.img.cb;
     let ext = cx.img.extended();
     let es = if ext { 16usize } else { 8 };
     let data_file = cx.img.has_data_file();
-    let mut table = vec![0u8; cs as usize];
-    if cx.img.read(l2_off, &mut table).is_err() {
-        let _ = writeln!(cx.err, "ERROR: I/O error in check_refcounts_l2");
-        res.check_errors += 1;
-        return Err(super::errno::EIO);
-    }
     let frag = kind == L1Kind::Active;
-    let mut next_contiguous = 0u64;
-    let n = cs as usize / es;
     let csize_shift = 62 - (cb - 8);
     let coffset_mask = (1u64 << csize_shift) - 1;
-    for i in 0..n {
-        let at = i * es;
-        let mut entry = be64(&table[at..]);
-        let bitmap = if ext { be64(&table[at + 8..]) } else { 0 };
-        if entry == 0 && bitmap == 0 {
-            // Unallocated and unwritten: nothing to count or report (sparse
-            // tables, e.g. one written cluster per zone, are mostly this).
-            continue;
+    let at = i * es;
+    let mut entry = be64(&table[at..]);
+    let bitmap = if ext { be64(&table[at + 8..]) } else { 0 };
+    if entry == 0 && bitmap == 0 {
+        // Unallocated and unwritten: nothing to count or report (sparse
+        // tables, e.g. one written cluster per zone, are mostly this).
+        return Ok(());
+    }
+    let ty = decode_l2(entry, cb, ext, data_file);
+    // The zone of this entry, its wp entry, and where its written data
+    // ends (any entry that is not unallocated was written, zeros too).
+    let mut zone = None;
+    if let (Some(base), Some(scan)) = (guest_base, w.zones.as_mut()) {
+        let guest = base + i as u64 * cs;
+        let written = !matches!(ty, ClusterType::Unallocated) || (ext && bitmap != 0);
+        zone = scan
+            .visit(&mut cx.img, guest, written)
+            .and_then(|(z, e, map)| map.stale_from(z, e).map(|s| (z, guest, s)));
+    }
+    if !matches!(ty, ClusterType::Compressed { .. }) && entry & L2_RESERVED != 0 {
+        let _ = writeln!(
+            cx.err,
+            "ERROR found l2 entry with reserved bits set: {entry:x}"
+        );
+        res.corruptions += 1;
+    }
+    match ty {
+        ClusterType::Compressed { .. } => {
+            if entry & COPIED != 0 {
+                let _ = writeln!(
+                    cx.err,
+                    "ERROR: coffset=0x{:x}: copied flag must never be set for compressed clusters",
+                    entry & coffset_mask
+                );
+                entry &= !COPIED;
+                res.corruptions += 1;
+            }
+            if data_file {
+                let _ = writeln!(
+                    cx.err,
+                    "ERROR compressed cluster {i} with data file, entry=0x{entry:x}"
+                );
+                res.corruptions += 1;
+                return Ok(());
+            }
+            if bitmap != 0 {
+                let _ = writeln!(
+                    cx.err,
+                    "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry:x}"
+                );
+                res.corruptions += 1;
+                return Ok(());
+            }
+            let (coff, csize) = compressed_range(entry, cb);
+            let fl = cx.img.file_len();
+            if coff >= fl || (coff + csize).saturating_sub(fl) >= cs {
+                lost_data(w, coff);
+            }
+            inc_refcounts(cx, res, w, coff, csize, Class::Data)?;
+            if frag {
+                res.allocated_clusters += 1;
+                res.compressed_clusters += 1;
+                res.fragmented_clusters += 1;
+            }
         }
-        let ty = decode_l2(entry, cb, ext, data_file);
-        // The zone of this entry, its wp entry, and where its written data
-        // ends (any entry that is not unallocated was written, zeros too).
-        let mut zone = None;
-        if let (Some(base), Some(scan)) = (guest_base, w.zones.as_mut()) {
-            let guest = base + i as u64 * cs;
-            let written = !matches!(ty, ClusterType::Unallocated) || (ext && bitmap != 0);
-            zone = scan
-                .visit(&mut cx.img, guest, written)
-                .and_then(|(z, e, map)| map.stale_from(z, e).map(|s| (z, guest, s)));
-        }
-        if !matches!(ty, ClusterType::Compressed { .. }) && entry & L2_RESERVED != 0 {
-            let _ = writeln!(
-                cx.err,
-                "ERROR found l2 entry with reserved bits set: {entry:x}"
-            );
-            res.corruptions += 1;
-        }
-        match ty {
-            ClusterType::Compressed { .. } => {
-                if entry & COPIED != 0 {
+        ClusterType::Normal(_) | ClusterType::ZeroAlloc(_) => {
+            let offset = entry & OFFSET_MASK;
+            // The fused COPIED check (see `Walk::copied_checked`): an entry
+            // with COPIED set whose cluster is counted here is right if no
+            // count is ever raised; anything else is left to the full pass.
+            let counted = data_file || (offset & (cs - 1) == 0 && offset < cx.img.file_len());
+            if frag && !(counted && entry & COPIED != 0) {
+                w.copied_suspect = true;
+            }
+            if (bitmap >> 32) & bitmap != 0 {
+                res.corruptions += 1;
+                let _ = writeln!(
+                    cx.err,
+                    "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+                );
+            }
+            let mut unaligned = false;
+            if offset & (cs - 1) != 0 {
+                unaligned = true;
+                res.corruptions += 1;
+                let contains_data = if ext {
+                    bitmap & 0xffff_ffff != 0
+                } else {
+                    entry & ZERO == 0
+                };
+                if !contains_data {
+                    let fixing = fix.errors && !w.no_prealloc_fix;
                     let _ = writeln!(
                         cx.err,
-                        "ERROR: coffset=0x{:x}: copied flag must never be set for compressed clusters",
-                        entry & coffset_mask
+                        "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+                        if fixing { "Repairing" } else { "ERROR" }
                     );
-                    entry &= !COPIED;
-                    res.corruptions += 1;
-                }
-                if data_file {
+                    if fixing {
+                        // A preallocated zero cluster: the guest reads
+                        // zeros either way, so a plain zero entry loses
+                        // nothing.
+                        let new = if ext { 0 } else { ZERO };
+                        let pos = l2_off + at as u64;
+                        let mut bytes = new.to_be_bytes().to_vec();
+                        if ext {
+                            bytes.extend_from_slice(&bitmap.to_be_bytes());
+                        }
+                        // Written after the walk, once it is known
+                        // that the table is not garbage reached
+                        // through a corrupt structure.
+                        w.prealloc.push((pos, bytes, l2_off));
+                        table[at..at + 8].copy_from_slice(&new.to_be_bytes());
+                        res.corruptions -= 1;
+                        res.corruptions_fixed += 1;
+                        return Ok(());
+                    }
+                } else {
                     let _ = writeln!(
                         cx.err,
-                        "ERROR compressed cluster {i} with data file, entry=0x{entry:x}"
+                        "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
                     );
-                    res.corruptions += 1;
-                    continue;
                 }
-                if bitmap != 0 {
-                    let _ = writeln!(
-                        cx.err,
-                        "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry:x}"
-                    );
-                    res.corruptions += 1;
-                    continue;
-                }
-                let (coff, csize) = compressed_range(entry, cb);
-                let fl = cx.img.file_len();
-                if coff >= fl || (coff + csize).saturating_sub(fl) >= cs {
-                    lost_data(w, coff);
-                }
-                inc_refcounts(cx, res, w, coff, csize, Class::Data)?;
-                if frag {
-                    res.allocated_clusters += 1;
-                    res.compressed_clusters += 1;
+            }
+            if frag {
+                res.allocated_clusters += 1;
+                if *next_contiguous != 0 && offset != *next_contiguous {
                     res.fragmented_clusters += 1;
                 }
+                *next_contiguous = offset.wrapping_add(cs);
             }
-            ClusterType::Normal(_) | ClusterType::ZeroAlloc(_) => {
-                let offset = entry & OFFSET_MASK;
-                if (bitmap >> 32) & bitmap != 0 {
-                    res.corruptions += 1;
-                    let _ = writeln!(
-                        cx.err,
-                        "ERROR offset={offset:x}: Allocated cluster has corrupted subcluster allocation bitmap"
-                    );
-                }
-                let mut unaligned = false;
-                if offset & (cs - 1) != 0 {
-                    unaligned = true;
-                    res.corruptions += 1;
-                    let contains_data = if ext {
-                        bitmap & 0xffff_ffff != 0
-                    } else {
-                        entry & ZERO == 0
-                    };
-                    if !contains_data {
-                        let fixing = fix.errors && !w.no_prealloc_fix;
-                        let _ = writeln!(
-                            cx.err,
-                            "{} offset={offset:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
-                            if fixing { "Repairing" } else { "ERROR" }
-                        );
-                        if fixing {
-                            // A preallocated zero cluster: the guest reads
-                            // zeros either way, so a plain zero entry loses
-                            // nothing.
-                            let new = if ext { 0 } else { ZERO };
-                            let pos = l2_off + at as u64;
-                            let mut bytes = new.to_be_bytes().to_vec();
-                            if ext {
-                                bytes.extend_from_slice(&bitmap.to_be_bytes());
-                            }
-                            // Written after the walk, once it is known
-                            // that the table is not garbage reached
-                            // through a corrupt structure.
-                            w.prealloc.push((pos, bytes, l2_off));
-                            table[at..at + 8].copy_from_slice(&new.to_be_bytes());
-                            res.corruptions -= 1;
-                            res.corruptions_fixed += 1;
-                            continue;
-                        }
-                    } else {
-                        let _ = writeln!(
-                            cx.err,
-                            "ERROR offset={offset:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                        );
-                    }
-                }
-                if frag {
-                    res.allocated_clusters += 1;
-                    if next_contiguous != 0 && offset != next_contiguous {
-                        res.fragmented_clusters += 1;
-                    }
-                    next_contiguous = offset.wrapping_add(cs);
-                }
-                if let Some((zone, guest, (from, wp))) = zone {
-                    if guest >= from && w.stale.len() >= super::zoned::MAX_FINDINGS {
-                        w.stale_unlisted += 1;
-                    } else if guest >= from {
-                        w.stale.push(StaleCluster {
-                            zone,
-                            guest,
-                            host: offset,
-                            entry_at: l2_off + at as u64,
-                            wp,
-                        });
-                    }
-                }
-                if !data_file
-                    && matches!(ty, ClusterType::Normal(_))
-                    && (unaligned || offset >= cx.img.file_len())
-                {
-                    lost_data(w, offset);
-                }
-                if !data_file {
-                    let saved = w.taint_mode.clone();
-                    if unaligned {
-                        w.taint_mode = Some(format!(
-                            "it is referenced by an unaligned L2 entry (offset={offset:x})"
-                        ));
-                    }
-                    let r = inc_refcounts(cx, res, w, offset, cs, Class::Data);
-                    w.taint_mode = saved;
-                    r?;
+            if let Some((zone, guest, (from, wp))) = zone {
+                if guest >= from && w.stale.len() >= super::zoned::MAX_FINDINGS {
+                    w.stale_unlisted += 1;
+                } else if guest >= from {
+                    w.stale.push(StaleCluster {
+                        zone,
+                        guest,
+                        host: offset,
+                        entry_at: l2_off + at as u64,
+                        wp,
+                    });
                 }
             }
-            ClusterType::ZeroPlain => {}
-            ClusterType::Unallocated => {
-                if bitmap & 0xffff_ffff != 0 {
-                    res.corruptions += 1;
-                    let _ = writeln!(
-                        cx.err,
-                        "ERROR: Unallocated cluster has non-zero subcluster allocation map"
-                    );
+            if !data_file
+                && matches!(ty, ClusterType::Normal(_))
+                && (unaligned || offset >= cx.img.file_len())
+            {
+                lost_data(w, offset);
+            }
+            if !data_file {
+                let saved = w.taint_mode.clone();
+                if unaligned {
+                    w.taint_mode = Some(format!(
+                        "it is referenced by an unaligned L2 entry (offset={offset:x})"
+                    ));
                 }
+                let r = inc_refcounts(cx, res, w, offset, cs, Class::Data);
+                w.taint_mode = saved;
+                r?;
+            }
+        }
+        ClusterType::ZeroPlain => {}
+        ClusterType::Unallocated => {
+            if bitmap & 0xffff_ffff != 0 {
+                res.corruptions += 1;
+                let _ = writeln!(
+                    cx.err,
+                    "ERROR: Unallocated cluster has non-zero subcluster allocation map"
+                );
             }
         }
     }
@@ -708,7 +949,9 @@ pub(crate) fn calculate_refcounts(
             Class::Single,
         )?;
     }
-    check_refblocks(cx, res, fix, rebuild, w)
+    check_refblocks(cx, res, fix, rebuild, w)?;
+    w.copied_writes = Some(cx.img.writes());
+    Ok(())
 }
 
 /// QEMU `check_refblocks`. zcow never grows the file for a refblock pointer
