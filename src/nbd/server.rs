@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Log options and commands to stderr.
     pub trace: bool,
+    /// Send large read replies with `sendfile` straight from the image
+    /// file where the device can map the range (never under TLS).
+    pub zero_copy: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             persistent: true,
             workers: 8,
             trace: false,
+            zero_copy: true,
         }
     }
 }
