@@ -100,6 +100,11 @@ pub struct ServerStats {
     pub zoned_sessions: AtomicU64,
     /// Requests handled.
     pub requests: AtomicU64,
+    /// Read replies sent with `sendfile` from the image file.
+    pub zero_copy_replies: AtomicU64,
+    /// Of those, replies finished from a copy (the socket was full or the
+    /// hold time ran out).
+    pub zero_copy_spills: AtomicU64,
 }
 
 /// State shared by all connections of a server.

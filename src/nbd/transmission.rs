@@ -1092,7 +1092,14 @@ impl Conn<'_> {
                 t.reply(runs, f);
             });
         match (mapped, tx) {
-            (Ok(true), Some(t)) => t.finish(),
+            (Ok(true), Some(t)) => {
+                let st = &self.srv.stats;
+                st.zero_copy_replies.fetch_add(1, Ordering::Relaxed);
+                if t.spilled() {
+                    st.zero_copy_spills.fetch_add(1, Ordering::Relaxed);
+                }
+                t.finish()
+            }
             (Ok(true), None) => Err(std::io::Error::other("read_direct did not send")),
             (Ok(false), _) => {
                 // Compressed, backing file, ...: buffered, and not retried

@@ -229,6 +229,11 @@ impl Tx {
         None
     }
 
+    /// Whether part of the reply was copied instead of sent from the file.
+    pub(crate) fn spilled(&self) -> bool {
+        self.spill.is_some()
+    }
+
     /// Finish after the device let go of the runs: send what was copied.
     pub(crate) fn finish(self) -> io::Result<()> {
         let restored = set_send_timeout(self.fd, None);
