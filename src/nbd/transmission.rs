@@ -71,7 +71,8 @@ struct Parked {
 
 #[derive(Default)]
 struct Budget {
-    m: Mutex<(usize, u64)>,
+    /// Requests and bytes in flight, and how many readers wait for room.
+    m: Mutex<(usize, u64, usize)>,
     cv: Condvar,
 }
 
@@ -79,20 +80,30 @@ impl Budget {
     fn acquire(&self, cost: u64) {
         let Ok(mut g) = self.m.lock() else { return };
         while g.0 >= MAX_INFLIGHT || (g.1 > 0 && g.1 + cost > MAX_INFLIGHT_BYTES) {
+            g.2 += 1;
             g = match self.cv.wait(g) {
                 Ok(g) => g,
                 Err(_) => return,
             };
+            g.2 -= 1;
         }
         g.0 += 1;
         g.1 += cost;
     }
     fn release(&self, cost: u64) {
-        if let Ok(mut g) = self.m.lock() {
-            g.0 = g.0.saturating_sub(1);
-            g.1 = g.1.saturating_sub(cost);
+        // Wake only when someone waits: a notify is a futex call per
+        // request otherwise.
+        let waiting = match self.m.lock() {
+            Ok(mut g) => {
+                g.0 = g.0.saturating_sub(1);
+                g.1 = g.1.saturating_sub(cost);
+                g.2 > 0
+            }
+            Err(_) => true,
+        };
+        if waiting {
+            self.cv.notify_all();
         }
-        self.cv.notify_all();
     }
 }
 
