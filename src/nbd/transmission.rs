@@ -38,6 +38,9 @@ pub const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 const MAX_EXTENTS: usize = 65536;
 /// Read replies at least this long skip the writer's buffer.
 const DIRECT_SEND: usize = 32 << 10;
+/// Large reads done buffered after one the device could not map, before
+/// zero-copy is tried again.
+const DIRECT_BACKOFF: u32 = 64;
 /// Zero runs shorter than this are sent as data, not as hole chunks.
 const MIN_HOLE_CHUNK: u64 = 4096;
 
@@ -692,7 +695,15 @@ impl Conn<'_> {
                 }
                 range()?;
                 if self.try_direct(r) {
-                    return Ok(Reply::ReadDirect);
+                    // The reply is sent later, one at a time under the
+                    // writer lock: start reading uncached data now, in
+                    // parallel with other requests. A range the device
+                    // cannot map is read into a buffer right here.
+                    let mapped = dev.read_direct(r.offset, r.length, &mut zerocopy::prefetch);
+                    if matches!(mapped, Ok(true)) {
+                        return Ok(Reply::ReadDirect);
+                    }
+                    self.direct_misses.store(DIRECT_BACKOFF, Ordering::Relaxed);
                 }
                 self.read(r).map(|(segs, buf)| Reply::Read(segs, buf))
             }
@@ -1115,7 +1126,7 @@ impl Conn<'_> {
             (Ok(false), _) => {
                 // Compressed, backing file, ...: buffered, and not retried
                 // for a while.
-                self.direct_misses.store(64, Ordering::Relaxed);
+                self.direct_misses.store(DIRECT_BACKOFF, Ordering::Relaxed);
                 let res = self.read(r).map(|(segs, buf)| Reply::Read(segs, buf));
                 self.encode_reply(w, r, res)
             }

@@ -42,6 +42,27 @@ pub(crate) struct Framing {
     pub offset: u64,
 }
 
+/// Ask the kernel to start reading the file runs of a reply into the page
+/// cache (`POSIX_FADV_WILLNEED`, asynchronous): the reply itself is sent
+/// later under the connection's writer lock, and a `sendfile` of uncached
+/// data would otherwise read the disk one reply at a time.
+pub(crate) fn prefetch(runs: &[HostRun<'_>]) {
+    for r in runs {
+        if let HostRun::File { fd, offset, len } = *r {
+            // SAFETY: an advisory call on an open descriptor; no memory is
+            // passed. Failure only loses the read-ahead.
+            unsafe {
+                libc::posix_fadvise(
+                    fd.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+}
+
 /// One reply in flight on the socket `fd`.
 pub(crate) struct Tx {
     fd: RawFd,
