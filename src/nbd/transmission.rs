@@ -696,14 +696,19 @@ impl Conn<'_> {
                 range()?;
                 if self.try_direct(r) {
                     // The reply is sent later, one at a time under the
-                    // writer lock: start reading uncached data now, in
-                    // parallel with other requests. A range the device
-                    // cannot map is read into a buffer right here.
-                    let mapped = dev.read_direct(r.offset, r.length, &mut zerocopy::prefetch);
-                    if matches!(mapped, Ok(true)) {
-                        return Ok(Reply::ReadDirect);
+                    // writer lock: only data already in the page cache goes
+                    // that way; uncached data, and a range the device
+                    // cannot map, is read into a buffer right here, in
+                    // parallel with other requests.
+                    let mut cached = false;
+                    let mapped = dev.read_direct(r.offset, r.length, &mut |runs| {
+                        cached = zerocopy::resident(runs);
+                    });
+                    match mapped {
+                        Ok(true) if cached => return Ok(Reply::ReadDirect),
+                        Ok(true) => {}
+                        _ => self.direct_misses.store(DIRECT_BACKOFF, Ordering::Relaxed),
                     }
-                    self.direct_misses.store(DIRECT_BACKOFF, Ordering::Relaxed);
                 }
                 self.read(r).map(|(segs, buf)| Reply::Read(segs, buf))
             }

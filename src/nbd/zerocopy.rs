@@ -18,6 +18,7 @@ use super::proto::*;
 use crate::format::HostRun;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest a reply keeps the device's clusters pinned while the socket
@@ -42,25 +43,80 @@ pub(crate) struct Framing {
     pub offset: u64,
 }
 
-/// Ask the kernel to start reading the file runs of a reply into the page
-/// cache (`POSIX_FADV_WILLNEED`, asynchronous): the reply itself is sent
-/// later under the connection's writer lock, and a `sendfile` of uncached
-/// data would otherwise read the disk one reply at a time.
-pub(crate) fn prefetch(runs: &[HostRun<'_>]) {
+/// Whether every page of the reply's file runs is in the page cache
+/// (`cachestat(2)`, Linux 6.5+). Uncached data is better read by the
+/// worker threads in parallel (a buffered reply): the zero-copy reply is
+/// sent later, one at a time under the connection's writer lock, so a
+/// `sendfile` that has to wait for the disk would read it one reply at a
+/// time. Where `cachestat` is missing, the runs get `POSIX_FADV_WILLNEED`
+/// (reading starts now, in parallel) and count as resident.
+pub(crate) fn resident(runs: &[HostRun<'_>]) -> bool {
+    static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
     for r in runs {
-        if let HostRun::File { fd, offset, len } = *r {
-            // SAFETY: an advisory call on an open descriptor; no memory is
-            // passed. Failure only loses the read-ahead.
-            unsafe {
-                libc::posix_fadvise(
+        let HostRun::File { fd, offset, len } = *r else {
+            continue;
+        };
+        if !NO_CACHESTAT.load(Ordering::Relaxed) {
+            let range = CachestatRange { off: offset, len };
+            let mut cs = Cachestat::default();
+            // SAFETY: cachestat reads `range` and writes `cs`, both live
+            // and of the kernel's layout.
+            let rc = unsafe {
+                libc::syscall(
+                    SYS_CACHESTAT,
                     fd.as_raw_fd(),
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                );
+                    &range as *const CachestatRange,
+                    &mut cs as *mut Cachestat,
+                    0u32,
+                )
+            };
+            if rc == 0 {
+                let first = offset / PAGE;
+                let last = (offset + len).div_ceil(PAGE);
+                if cs.nr_cache < last - first {
+                    return false;
+                }
+                continue;
             }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return false;
+            }
+            NO_CACHESTAT.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: an advisory call on an open descriptor; no memory is
+        // passed. Failure only loses the read-ahead.
+        unsafe {
+            libc::posix_fadvise(
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            );
         }
     }
+    true
+}
+
+/// `cachestat(2)`'s number (the same on every architecture).
+const SYS_CACHESTAT: libc::c_long = 451;
+/// Page size for the resident count (4 KiB pages; a larger page size only
+/// makes the check stricter).
+const PAGE: u64 = 4096;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
 }
 
 /// One reply in flight on the socket `fd`.
