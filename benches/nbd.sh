@@ -36,9 +36,15 @@ mkzoned() {
 
 # Each start_* sets $port and records the server's PID (no subshells, so
 # the PIDs reach the cleanup trap).
-start_zcow() { port=$(free_port); "$Z/zcow-nbd" -t -e 0 -f qcow2 -p "$port" "$1" & pids+=($!); wait_port "$port"; }
-start_qemu() { port=$(free_port); qemu-nbd -t -e 0 -f qcow2 -b 127.0.0.1 -p "$port" "$1" & pids+=($!); wait_port "$port"; }
-start_kit()  { port=$(free_port); nbdkit -f -i 127.0.0.1 -p "$port" file "$1" & pids+=($!); wait_port "$port"; }
+# spid maps a port to its server's PID (for its CPU time).
+declare -A spid
+start_zcow() { port=$(free_port); "$Z/zcow-nbd" -t -e 0 -f qcow2 -p "$port" "$1" & pids+=($!); spid[$port]=$!; wait_port "$port"; }
+# zcow-nbd with read replies copied through a buffer (no sendfile), for A/B.
+start_zcow_buffered() { port=$(free_port); ZCOW_NBD_ZERO_COPY=0 "$Z/zcow-nbd" -t -e 0 -f qcow2 -p "$port" "$1" & pids+=($!); spid[$port]=$!; wait_port "$port"; }
+start_qemu() { port=$(free_port); qemu-nbd -t -e 0 -f qcow2 -b 127.0.0.1 -p "$port" "$1" & pids+=($!); spid[$port]=$!; wait_port "$port"; }
+start_kit()  { port=$(free_port); nbdkit -f -i 127.0.0.1 -p "$port" file "$1" & pids+=($!); spid[$port]=$!; wait_port "$port"; }
+TCK=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system ticks of PID
 stop_last()  { local p=${pids[-1]}; kill "$p"; wait "$p" 2>/dev/null || true; unset 'pids[-1]'; }
 
 # Sparse source (issue 12): in every 64 MiB (one zone) the first 40 MiB are
@@ -75,11 +81,20 @@ mkzoned "$dir/zoned.qcow2"
 start_zcow "$dir/zoned.qcow2"; qemu-img convert -n -f raw -O raw "$dir/data.raw" "nbd://127.0.0.1:$port"; stop_last
 qemu-img compare -f raw -F raw "$dir/data.raw" "$dir/plain.raw" >/dev/null
 
-# One timed nbdcopy to null: (extra nbdcopy options after the port).
-copy_time() { # port [nbdcopy options...]
-  local p=$1 s e; shift
-  s=$(now); nbdcopy "$@" "nbd://127.0.0.1:$p" null: ; e=$(now)
-  echo "$e - $s" | bc
+# One timed nbdcopy to null: (extra nbdcopy options after the port):
+# wall time into T[key], the server's CPU time into S[key], nbdcopy's
+# into C[key].
+declare -A T S C
+copy_time() { # key port [nbdcopy options...]
+  local k=$1 p=$2 s e c0 c1 cc; shift 2
+  c0=$(cpu "${spid[$p]}")
+  s=$(now)
+  cc=$( { TIMEFORMAT='%3U %3S'; time nbdcopy "$@" "nbd://127.0.0.1:$p" null: ; } 2>&1 | tail -1 | awk '{print $1 + $2}')
+  e=$(now)
+  c1=$(cpu "${spid[$p]}")
+  T[$k]+="$(echo "$e - $s" | bc) "
+  S[$k]+="$(echo "($c1 - $c0) / $TCK" | bc -l) "
+  C[$k]+="$cc "
 }
 fio_iops() { # port rw [numjobs] -> aggregate IOPS of a 4 KiB QD16 run (one connection per job)
   local jobs=${3:-1} size=${4:-${MIB}M}
@@ -96,18 +111,20 @@ start_zcow "$dir/zoned.qcow2"; zp=$port
 start_zcow "$dir/zplain.qcow2"; pp=$port
 start_qemu "$dir/plain.qcow2"; qp=$port
 start_kit "$dir/plain.raw"; kp=$port
+cp "$dir/plain.qcow2" "$dir/bplain.qcow2"
+start_zcow_buffered "$dir/bplain.qcow2"; bp=$port
 # Sequential read, alternating rounds; best of RUNS each.
-declare -A T
-for k in zr pr qr kr z1 z4 k1 k4; do T[$k]=""; done
 for ((i = 0; i < RUNS; i++)); do
-  T[zr]+="$(copy_time "$zp") "; T[pr]+="$(copy_time "$pp") "
-  T[qr]+="$(copy_time "$qp") "; T[kr]+="$(copy_time "$kp") "
+  copy_time zr "$zp"; copy_time pr "$pp"; copy_time br "$bp"
+  copy_time qr "$qp"; copy_time kr "$kp"
   # Multi-connection scaling: 1 against 4 connections.
-  T[z1]+="$(copy_time "$zp" --connections=1) "; T[z4]+="$(copy_time "$zp" --connections=4) "
-  T[k1]+="$(copy_time "$kp" --connections=1) "; T[k4]+="$(copy_time "$kp" --connections=4) "
+  copy_time z1 "$zp" --connections=1; copy_time z4 "$zp" --connections=4
+  copy_time k1 "$kp" --connections=1; copy_time k4 "$kp" --connections=4
 done
+stop_last
 pick() { printf '%s\n' ${T[$1]} | best; }
-zr=$(pick zr); pr=$(pick pr); qr=$(pick qr); kr=$(pick kr)
+cpus() { printf '%.3f | %.3f' "$(printf '%s\n' ${S[$1]} | median)" "$(printf '%s\n' ${C[$1]} | median)"; }
+zr=$(pick zr); pr=$(pick pr); qr=$(pick qr); kr=$(pick kr); br=$(pick br)
 z1=$(pick z1); z4=$(pick z4); k1=$(pick k1); k4=$(pick k4)
 # Random reads: one connection, then 4 jobs on 4 connections.
 zi=$(fio_iops "$zp" randread); pi=$(fio_iops "$pp" randread); qi=$(fio_iops "$qp" randread); ki=$(fio_iops "$kp" randread)
@@ -150,6 +167,14 @@ printf '| 4 KiB random read, QD16, fio (IOPS) | %s | %s | %s | %s | %.2f× | %.2
 printf '| 4 KiB random write, QD16, fio (IOPS; zoned: conventional zones) | %s | %s | %s | %s | %.2f× | %.2f× | %.2f× |\n' "$cw" "$pw" "$qw4k" "$kw" "$(ratio "$cw" "$kw")" "$(ratio "$pw" "$kw")" "$(ratio "$pw" "$qw4k")"
 echo
 echo "Ratios are speed (higher is faster): time ratios inverted, IOPS as they are."
+echo
+echo "| sequential read, nbdcopy to null: (s) | wall, best | server CPU, median | nbdcopy CPU, median |"
+echo "|---|---|---|---|"
+printf '| zcow-nbd, zoned qcow2 | %.3f | %s |\n' "$zr" "$(cpus zr)"
+printf '| zcow-nbd, plain qcow2 | %.3f | %s |\n' "$pr" "$(cpus pr)"
+printf '| zcow-nbd, plain qcow2, buffered replies (ZCOW_NBD_ZERO_COPY=0) | %.3f | %s |\n' "$br" "$(cpus br)"
+printf '| qemu-nbd, plain qcow2 | %.3f | %s |\n' "$qr" "$(cpus qr)"
+printf '| nbdkit, raw | %.3f | %s |\n' "$kr" "$(cpus kr)"
 echo
 echo "| multi-connection (zoned qcow2) | zcow-nbd, 1 connection | zcow-nbd, 4 connections | zcow 4 / 1 | nbdkit, 1 | nbdkit, 4 | nbdkit 4 / 1 |"
 echo "|---|---|---|---|---|---|---|"

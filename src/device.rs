@@ -147,6 +147,20 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// most `len` bytes (the answer may stop early).
     fn block_status(&self, offset: u64, len: u64) -> DevResult<Vec<Extent>>;
 
+    /// Zero-copy reads: hand `sink` the host runs holding
+    /// `[offset, offset+len)` (file ranges and zeroes), which stay this
+    /// range's bytes until `sink` returns. False (sink not called): the
+    /// device cannot, use [`BlockDevice::read`].
+    fn read_direct(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
+    ) -> DevResult<bool> {
+        let _ = (offset, len, sink);
+        Ok(false)
+    }
+
     /// Write whole clusters compressed (qemu-io's `write -c`, `convert -c`):
     /// only non-zoned qcow2 images can.
     fn write_compressed(&self, offset: u64, data: &[u8]) -> DevResult<()> {

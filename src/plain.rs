@@ -15,6 +15,14 @@ impl BlockDevice for Qcow2 {
     fn read(&self, offset: u64, buf: &mut [u8]) -> DevResult<()> {
         Ok(Qcow2::read(self, offset, buf)?)
     }
+    fn read_direct(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
+    ) -> DevResult<bool> {
+        Ok(Qcow2::read_direct(self, offset, len, sink)?)
+    }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
         Qcow2::write(self, offset, data)?;
         if fua {

@@ -248,6 +248,8 @@ fn run() -> Result<()> {
         persistent: args.persistent,
         workers: args.workers.clamp(1, 64),
         trace: args.trace,
+        // ZCOW_NBD_ZERO_COPY=0 turns sendfile replies off (for A/B runs).
+        zero_copy: std::env::var_os("ZCOW_NBD_ZERO_COPY").is_none_or(|v| v != "0"),
     };
     let server = Arc::new(Server::new(device.clone(), cfg));
     let flag = server.shutdown_flag();

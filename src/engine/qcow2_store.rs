@@ -51,6 +51,14 @@ impl ZoneStore for Qcow2ZoneStore {
     fn read(&self, offset: u64, buf: &mut [u8]) -> StoreResult<()> {
         self.img.read(offset, buf)
     }
+    fn read_direct(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
+    ) -> StoreResult<bool> {
+        self.img.read_direct(offset, len, sink)
+    }
     fn write(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
         self.img.write(offset, data)
     }

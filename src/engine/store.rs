@@ -32,6 +32,18 @@ pub trait ZoneStore: Send + Sync + Debug {
     fn store_wp_entries(&self, first: u32, entries: &[u64]) -> StoreResult<()>;
     /// Read guest bytes (unwritten space reads as zero).
     fn read(&self, offset: u64, buf: &mut [u8]) -> StoreResult<()>;
+    /// Hand `sink` the host runs of `[offset, offset+len)` (see
+    /// [`crate::format::Qcow2::read_direct`]); false: not possible here, read
+    /// instead.
+    fn read_direct(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
+    ) -> StoreResult<bool> {
+        let _ = (offset, len, sink);
+        Ok(false)
+    }
     /// Write guest bytes.
     fn write(&self, offset: u64, data: &[u8]) -> StoreResult<()>;
     /// Make a guest range read as zero and give back the space of every

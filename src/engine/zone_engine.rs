@@ -391,6 +391,54 @@ impl Engine {
 
     // ---------------------------------------------------------------- reads
 
+    /// [`Engine::read`] without the copy: hand `sink` the host runs of
+    /// `[offset, offset+len)` (data below the write pointer from the store,
+    /// zeroes past it). False (sink not called): read instead; so for a
+    /// range crossing a zone boundary, an OFFLINE zone, or a store that
+    /// cannot.
+    pub fn read_direct(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
+    ) -> EngineResult<bool> {
+        use crate::format::HostRun;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(false);
+        }
+        let i = (offset / self.geo.zone_size) as u32;
+        let end = offset + len;
+        if end > self.zone_end(i) || self.entry(i).offline() {
+            return Ok(false);
+        }
+        let data_end = if self.geo.is_conventional(i) {
+            end
+        } else {
+            self.entry(i).wp().clamp(offset, end)
+        };
+        if data_end == offset {
+            sink(&[HostRun::Zero(len)]);
+            return Ok(true);
+        }
+        let tail = end - data_end;
+        let mut with_tail = |runs: &[HostRun<'_>]| {
+            if tail == 0 {
+                sink(runs);
+            } else {
+                let mut v = runs.to_vec();
+                match v.last_mut() {
+                    Some(HostRun::Zero(z)) => *z += tail,
+                    _ => v.push(HostRun::Zero(tail)),
+                }
+                sink(&v);
+            }
+        };
+        self.store
+            .read_direct(offset, data_end - offset, &mut with_tail)
+            .map_err(|e| EngineError::store(describe("read", offset, len), e))
+    }
+
     /// Read `buf.len()` bytes at `offset`. Bytes at or past a sequential
     /// zone's write pointer read as zeroes; OFFLINE zones fail.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> EngineResult<()> {

@@ -18,6 +18,7 @@ pub mod tls;
 pub(crate) mod transmission;
 pub(crate) mod unaware;
 pub(crate) mod writeback;
+pub(crate) mod zerocopy;
 
 pub use client::{connect_uri, NbdClient, NbdDevice};
 pub use proto::{NbdError, Result};

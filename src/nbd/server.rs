@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Log options and commands to stderr.
     pub trace: bool,
+    /// Send large read replies with `sendfile` straight from the image
+    /// file where the device can map the range (never under TLS).
+    pub zero_copy: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             persistent: true,
             workers: 8,
             trace: false,
+            zero_copy: true,
         }
     }
 }
@@ -96,6 +100,11 @@ pub struct ServerStats {
     pub zoned_sessions: AtomicU64,
     /// Requests handled.
     pub requests: AtomicU64,
+    /// Read replies sent with `sendfile` from the image file.
+    pub zero_copy_replies: AtomicU64,
+    /// Of those, replies finished from a copy (the socket was full or the
+    /// hold time ran out).
+    pub zero_copy_spills: AtomicU64,
 }
 
 /// State shared by all connections of a server.

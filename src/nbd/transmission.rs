@@ -21,11 +21,13 @@ use super::proto::*;
 use super::server::{Shared, ZonedWrites};
 use super::tls::{ConnIo, Sock};
 use super::unaware::{self, PARK_LIMIT};
+use super::zerocopy;
 use crate::device::{DeviceError, ZeroFlags};
 use crate::zone::{ZoneCond, ZoneGeometry, ZoneOp, ZoneType};
 use std::collections::BTreeMap;
 use std::io::{BufWriter, IoSlice, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,9 @@ const DIRECT_SEND: usize = 32 << 10;
 /// a little longer than they may wait for their gap, so it sees them
 /// applied or failed.
 const FLUSH_WAIT: Duration = Duration::from_millis(PARK_LIMIT.as_millis() as u64 + 1000);
+/// Large reads done buffered after one the device could not map, before
+/// zero-copy is tried again.
+const DIRECT_BACKOFF: u32 = 64;
 /// Zero runs shorter than this are sent as data, not as hole chunks.
 const MIN_HOLE_CHUNK: u64 = 4096;
 
@@ -78,7 +83,8 @@ struct Parked {
 
 #[derive(Default)]
 struct Budget {
-    m: Mutex<(usize, u64)>,
+    /// Requests and bytes in flight, and how many readers wait for room.
+    m: Mutex<(usize, u64, usize)>,
     cv: Condvar,
 }
 
@@ -86,20 +92,30 @@ impl Budget {
     fn acquire(&self, cost: u64) {
         let Ok(mut g) = self.m.lock() else { return };
         while g.0 >= MAX_INFLIGHT || (g.1 > 0 && g.1 + cost > MAX_INFLIGHT_BYTES) {
+            g.2 += 1;
             g = match self.cv.wait(g) {
                 Ok(g) => g,
                 Err(_) => return,
             };
+            g.2 -= 1;
         }
         g.0 += 1;
         g.1 += cost;
     }
     fn release(&self, cost: u64) {
-        if let Ok(mut g) = self.m.lock() {
-            g.0 = g.0.saturating_sub(1);
-            g.1 = g.1.saturating_sub(cost);
+        // Wake only when someone waits: a notify is a futex call per
+        // request otherwise.
+        let waiting = match self.m.lock() {
+            Ok(mut g) => {
+                g.0 = g.0.saturating_sub(1);
+                g.1 = g.1.saturating_sub(cost);
+                g.2 > 0
+            }
+            Err(_) => true,
+        };
+        if waiting {
+            self.cv.notify_all();
         }
-        self.cv.notify_all();
     }
 }
 
@@ -176,6 +192,10 @@ struct Conn<'a> {
     /// reported them (at its start or its last FLUSH).
     seen_failures: std::sync::atomic::AtomicU64,
     sock: Sock,
+    /// Large reads are sent with `sendfile` (not under TLS).
+    zero_copy: bool,
+    /// Reads left to do buffered after the device could not map one.
+    direct_misses: AtomicU32,
 }
 
 /// Run the transmission phase until the client disconnects.
@@ -184,7 +204,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
         reader,
         writer,
         sock,
-        ..
+        tls,
     } = io;
     let conn = Conn {
         srv,
@@ -198,6 +218,8 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
         parked: Mutex::new(Vec::new()),
         seen_failures: std::sync::atomic::AtomicU64::new(srv.pending.failures()),
         sock,
+        zero_copy: !tls && srv.cfg.zero_copy,
+        direct_misses: AtomicU32::new(0),
     };
     // Leader/follower: each worker takes the reader lock, reads one request,
     // releases the lock and handles the request itself, so no hand-off
@@ -207,9 +229,11 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
     let reading = AtomicBool::new(true);
     std::thread::scope(|outer| {
         // Parked writes whose gap never filled fail after PARK_LIMIT.
-        outer.spawn(|| {
+        let poller = outer.spawn(|| {
             while reading.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
+                // Unparked when the connection ends: closing must not wait
+                // out the period (clients wait for the close after DISC).
+                std::thread::park_timeout(Duration::from_millis(100));
                 conn.expire_parked(false);
                 // Safety net for a wake-up the completions did not give.
                 while let Some(j) = conn.runnable_parked() {
@@ -243,6 +267,7 @@ pub(crate) fn run(srv: &Shared, sess: Session, io: ConnIo, id: u64) {
             }
         });
         reading.store(false, Ordering::Relaxed);
+        poller.thread().unpark();
     });
     // The client is gone or said goodbye: nothing will fill the gaps.
     conn.expire_parked(true);
@@ -276,6 +301,9 @@ enum Reply {
     /// Chunks, and the buffer (from [`bufpool`]) their data lives in, so
     /// the reply is sent straight from where the device read it.
     Read(Vec<Seg>, Vec<u8>),
+    /// A read sent straight from the image file when the reply goes out
+    /// ([`Conn::send_direct`]).
+    ReadDirect,
     Status(ContextExtents),
     Append(u64),
     /// Not done: a zone-unaware write waiting for zone `.0`'s write pointer
@@ -735,6 +763,22 @@ impl Conn<'_> {
                 range()?;
                 // A write answered but not yet applied must read back.
                 self.srv.pending.wait_clear(r.offset, r.length, PARK_LIMIT);
+                if self.try_direct(r) {
+                    // The reply is sent later, one at a time under the
+                    // writer lock: only data already in the page cache goes
+                    // that way; uncached data, and a range the device
+                    // cannot map, is read into a buffer right here, in
+                    // parallel with other requests.
+                    let mut cached = false;
+                    let mapped = dev.read_direct(r.offset, r.length, &mut |runs| {
+                        cached = zerocopy::resident(runs);
+                    });
+                    match mapped {
+                        Ok(true) if cached => return Ok(Reply::ReadDirect),
+                        Ok(true) => {}
+                        _ => self.direct_misses.store(DIRECT_BACKOFF, Ordering::Relaxed),
+                    }
+                }
                 self.read(r).map(|(segs, buf)| Reply::Read(segs, buf))
             }
             CMD_WRITE => {
@@ -1120,6 +1164,75 @@ impl Conn<'_> {
         }
     }
 
+    /// Whether to send this read's reply with `sendfile`: large reads on
+    /// plain sockets, unless the device recently could not map one.
+    fn try_direct(&self, r: &Request) -> bool {
+        if !self.zero_copy || r.length < DIRECT_SEND as u64 {
+            return false;
+        }
+        let misses = self.direct_misses.load(Ordering::Relaxed);
+        if misses > 0 {
+            self.direct_misses.store(misses - 1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Send a read's reply from the image file (the writer lock is held):
+    /// the device maps the range and keeps it from being freed while
+    /// [`zerocopy::Tx`] sends it; a range it cannot map is read as usual.
+    fn send_direct(
+        &self,
+        w: &mut BufWriter<Box<dyn Write + Send>>,
+        r: &Request,
+    ) -> std::io::Result<()> {
+        w.flush()?;
+        let simple = self.sess.mode == ReplyMode::Simple;
+        let ext = self.extended();
+        let f = zerocopy::Framing {
+            simple,
+            extended: ext,
+            one_chunk: r.flags & CMD_FLAG_DF != 0,
+            cookie: r.cookie,
+            offset: r.offset,
+        };
+        let fd = match &self.sock {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        };
+        let mut tx = None;
+        let mapped = self
+            .srv
+            .device
+            .read_direct(r.offset, r.length, &mut |runs| {
+                let t = tx.get_or_insert_with(|| zerocopy::Tx::new(fd));
+                t.reply(runs, f);
+            });
+        match (mapped, tx) {
+            (Ok(true), Some(t)) => {
+                let st = &self.srv.stats;
+                st.zero_copy_replies.fetch_add(1, Ordering::Relaxed);
+                if t.spilled() {
+                    st.zero_copy_spills.fetch_add(1, Ordering::Relaxed);
+                }
+                t.finish()
+            }
+            (Ok(true), None) => Err(std::io::Error::other("read_direct did not send")),
+            (Ok(false), _) => {
+                // Compressed, backing file, ...: buffered, and not retried
+                // for a while.
+                self.direct_misses.store(DIRECT_BACKOFF, Ordering::Relaxed);
+                let res = self.read(r).map(|(segs, buf)| Reply::Read(segs, buf));
+                self.encode_reply(w, r, res)
+            }
+            (Err(e), _) => {
+                let e = dev_err(e);
+                self.log_reject(r, e.0, &e.1);
+                self.encode_reply(w, r, Err(e))
+            }
+        }
+    }
+
     /// Send a read reply: headers and data go out in one vectored write
     /// straight from the read buffer when the reply is large, through the
     /// writer's buffer when small.
@@ -1296,6 +1409,7 @@ impl Conn<'_> {
                 bufpool::give(buf);
                 sent?;
             }
+            Ok(Reply::ReadDirect) => self.send_direct(w, r)?,
             Ok(Reply::Status(chunks)) => {
                 let n = chunks.len();
                 for (i, (id, exts)) in chunks.iter().enumerate() {

@@ -59,6 +59,7 @@ mod wp_array;
 mod write;
 
 pub use open::read_header_cluster;
+pub use read::HostRun;
 
 /// Deepest backing chain zcow follows.
 pub const MAX_BACKING_DEPTH: u32 = 16;
@@ -226,6 +227,10 @@ pub struct Qcow2 {
     unlocked_io: AtomicUsize,
     /// Virtual size; changes only by [`Qcow2::resize`].
     size: AtomicU64,
+    /// A read-only descriptor of the image file (the same inode as
+    /// `store`), for [`Qcow2::read_direct`]; None for images opened on a
+    /// store or with an external data file.
+    direct: Option<std::fs::File>,
     /// Metadata overlap found at a read-only open (a read-write open is
     /// refused instead).
     overlap_warning: Option<String>,

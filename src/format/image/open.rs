@@ -110,6 +110,9 @@ impl Qcow2 {
                 path.display()
             ));
         }
+        // Opened before the locked store and kept only if the path still
+        // names the same file afterwards, so it is the store's file.
+        let direct = std::fs::File::open(path).ok();
         let store = FileStorage::open(path, opts.read_only).map_err(|e| {
             FormatError::Storage(StorageError::Io {
                 op: crate::storage::Op::Read,
@@ -178,8 +181,13 @@ impl Qcow2 {
             }
             _ => None,
         };
+        let direct = match (direct, &data) {
+            (Some(f), None) if same_file(&f, path) => Some(f),
+            _ => None,
+        };
         let mut img = Self::open_parsed(store, header, data, backing, opts)?;
         img.path = Some(path.to_path_buf());
+        img.direct = direct;
         img.backing_chain = chain;
         Ok(img)
     }
@@ -345,6 +353,7 @@ impl Qcow2 {
             backing_chain: Vec::new(),
             unlocked_io: AtomicUsize::new(0),
             size: AtomicU64::new(header.size),
+            direct: None,
             overlap_warning,
         };
         // A read-write open clears autoclear bits zcow does not maintain
@@ -421,5 +430,15 @@ impl Qcow2 {
             order,
             problem,
         }))
+    }
+}
+
+/// Whether `path` names the regular file `f` is open on (same device and
+/// inode).
+fn same_file(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }

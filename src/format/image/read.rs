@@ -124,3 +124,75 @@ impl Qcow2 {
         Ok(())
     }
 }
+
+/// A piece of a guest range as the host holds it, for a caller that sends
+/// the bytes straight from the image file (`sendfile`) instead of reading
+/// them into a buffer.
+#[derive(Debug, Clone, Copy)]
+pub enum HostRun<'a> {
+    /// `len` bytes at `offset` of the open file `fd`. Bytes past the end
+    /// of the file read as zeroes (a sparse tail).
+    File {
+        /// The image file.
+        fd: std::os::fd::BorrowedFd<'a>,
+        /// Host offset.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// `len` bytes of zeroes.
+    Zero(u64),
+}
+
+impl Qcow2 {
+    /// Map `[offset, offset+len)` to host runs and hand them to `sink`
+    /// while the clusters they name cannot be freed and reused (freeing
+    /// waits until `sink` returns; it is called without the metadata lock).
+    /// Returns false without calling `sink` when the range is not served
+    /// from this image's file alone (compressed clusters, a backing file,
+    /// an external data file, encryption, an image opened on a store): the
+    /// caller then reads as usual.
+    pub fn read_direct(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[HostRun<'_>]),
+    ) -> Result<bool> {
+        let Some(file) = self.direct.as_ref().filter(|_| !self.p.has_data_file) else {
+            return Ok(false);
+        };
+        self.check_range(offset, len)?;
+        let (runs, _io) = {
+            let mut m = lock(&self.meta);
+            if m.header.crypt_method != 0 {
+                return Ok(false);
+            }
+            let pieces = self.map_range(&mut m, offset, len)?;
+            let fd = std::os::fd::AsFd::as_fd(file);
+            let mut runs: Vec<HostRun<'_>> = Vec::with_capacity(pieces.len());
+            for p in pieces {
+                let run = match p {
+                    Piece::Data { host, len } => HostRun::File {
+                        fd,
+                        offset: host,
+                        len,
+                    },
+                    Piece::Zero(l) => HostRun::Zero(l),
+                    Piece::Unalloc { len, .. }
+                        if self.backing.is_none() && !self.p.names_backing =>
+                    {
+                        HostRun::Zero(len)
+                    }
+                    Piece::Unalloc { .. } | Piece::Compressed { .. } => return Ok(false),
+                };
+                match (runs.last_mut(), run) {
+                    (Some(HostRun::Zero(a)), HostRun::Zero(b)) => *a += b,
+                    _ => runs.push(run),
+                }
+            }
+            (runs, UnlockedIo::start(&self.unlocked_io))
+        };
+        sink(&runs);
+        Ok(true)
+    }
+}
