@@ -28,6 +28,7 @@ pub mod probe;
 pub mod progress;
 pub mod qjson;
 pub mod raw;
+pub mod signals;
 pub mod size;
 pub mod storage;
 #[cfg(feature = "ublk")]

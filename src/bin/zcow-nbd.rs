@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use zcow::nbd::{tls, Listener, Server, ServerConfig, ZonedWrites};
@@ -124,12 +124,6 @@ struct Args {
     control: Option<PathBuf>,
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
 fn main() {
     if zcow::cli_docs::generate_if_asked(<Args as clap::CommandFactory>::command) {
         return;
@@ -225,12 +219,7 @@ fn run() -> Result<()> {
         None => None,
     };
 
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+    zcow::signals::install();
 
     let cfg = ServerConfig {
         export_name: args.export_name.clone(),
@@ -254,7 +243,7 @@ fn run() -> Result<()> {
     let server = Arc::new(Server::new(device.clone(), cfg));
     let flag = server.shutdown_flag();
     std::thread::spawn(move || loop {
-        if SIGNALLED.load(Ordering::SeqCst) {
+        if zcow::signals::stop_requested() {
             flag.store(true, Ordering::SeqCst);
             return;
         }

@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use zcow::open::{open_device, OpenOptions};
 use zcow::ublk::{layout, serve, ServeOptions};
 
@@ -42,12 +41,6 @@ struct Args {
     id: Option<u16>,
 }
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
 fn main() {
     if zcow::cli_docs::generate_if_asked(<Args as clap::CommandFactory>::command) {
         return;
@@ -70,12 +63,7 @@ fn run() -> Result<()> {
     )
     .with_context(|| format!("cannot open {}", args.image.display()))?;
 
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
+    zcow::signals::install();
 
     let opts = ServeOptions {
         id: args.id.map_or(-1, i32::from),
@@ -93,7 +81,7 @@ fn run() -> Result<()> {
             lay.hidden
         );
     }
-    let served = serve(device.clone(), &opts, &SIGNALLED, |path| {
+    let served = serve(device.clone(), &opts, &zcow::signals::STOP, |path| {
         // A closed stdout must not stop the device.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{path}");
