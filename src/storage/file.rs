@@ -76,6 +76,14 @@ impl FileStorage {
         })
     }
 
+    /// A second descriptor of the same open file (`dup`), for callers that
+    /// hand file ranges to the kernel (`sendfile`). It shares the open file
+    /// description, so it is the locked file, and closing it releases no
+    /// lock.
+    pub fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Wrap an already open file.
     pub fn from_file(file: File, read_only: bool) -> Self {
         Self { file, read_only }

@@ -227,9 +227,9 @@ pub struct Qcow2 {
     unlocked_io: AtomicUsize,
     /// Virtual size; changes only by [`Qcow2::resize`].
     size: AtomicU64,
-    /// A read-only descriptor of the image file (the same inode as
-    /// `store`), for [`Qcow2::read_direct`]; None for images opened on a
-    /// store or with an external data file.
+    /// A duplicate of `store`'s file descriptor, for [`Qcow2::read_direct`]
+    /// (only read through); None for images opened on a store or with an
+    /// external data file.
     direct: Option<std::fs::File>,
     /// Metadata overlap found at a read-only open (a read-write open is
     /// refused instead).

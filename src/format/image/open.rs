@@ -110,9 +110,6 @@ impl Qcow2 {
                 path.display()
             ));
         }
-        // Opened before the locked store and kept only if the path still
-        // names the same file afterwards, so it is the store's file.
-        let direct = std::fs::File::open(path).ok();
         let store = FileStorage::open(path, opts.read_only).map_err(|e| {
             FormatError::Storage(StorageError::Io {
                 op: crate::storage::Op::Read,
@@ -121,6 +118,8 @@ impl Qcow2 {
                 source: e,
             })
         })?;
+        // The store's own file, for zero-copy reads (`read_direct`).
+        let direct = store.try_clone_file().ok();
         let store: Arc<dyn Storage> = Arc::new(store);
         let header = read_header(store.as_ref(), opts)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -181,10 +180,7 @@ impl Qcow2 {
             }
             _ => None,
         };
-        let direct = match (direct, &data) {
-            (Some(f), None) if same_file(&f, path) => Some(f),
-            _ => None,
-        };
+        let direct = if data.is_none() { direct } else { None };
         let mut img = Self::open_parsed(store, header, data, backing, opts)?;
         img.path = Some(path.to_path_buf());
         img.direct = direct;
@@ -430,15 +426,5 @@ impl Qcow2 {
             order,
             problem,
         }))
-    }
-}
-
-/// Whether `path` names the regular file `f` is open on (same device and
-/// inode).
-fn same_file(f: &std::fs::File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (f.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
     }
 }
