@@ -314,8 +314,10 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                 nr_sectors: iod.nr_sectors,
             };
             // Nothing else in flight (no job at the workers, no request
-            // behind this one in the batch): a flush runs here, saving the
-            // two thread wake-ups of a hand-over (fsync at QD1).
+            // behind this one in the batch): a flush or a large transfer
+            // runs here, saving the two thread wake-ups of a hand-over
+            // (fsync at QD1; a sequential writer, whose writes Linux sends
+            // one per zone at a time).
             let alone = in_workers == 0 && ctx.is_last_cqe();
             let req = match &dispatch {
                 Some(d) if use_workers && !runs_inline(&req, alone) => match d.send(Job { tag, req }) {
@@ -353,12 +355,13 @@ fn wait_readable(fd: RawFd) {
 }
 
 /// Whether the queue thread runs `req` itself: small reads and writes, and
-/// a flush when nothing else is in flight (`alone`). Other flushes, zone
-/// management and large transfers go to a worker, so the queue keeps
-/// taking requests meanwhile.
+/// a large transfer or a flush when nothing else is in flight (`alone`):
+/// then there is nothing to overlap it with. Other large transfers and
+/// flushes, and zone management, go to a worker, so the queue keeps taking
+/// requests meanwhile.
 fn runs_inline(req: &Request, alone: bool) -> bool {
     match req.op() {
-        Some(Op::Read | Op::Write | Op::ZoneAppend) => req.bytes() <= INLINE_BYTES,
+        Some(Op::Read | Op::Write | Op::ZoneAppend) => req.bytes() <= INLINE_BYTES || alone,
         Some(Op::Flush) => alone,
         _ => false,
     }
