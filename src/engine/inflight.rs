@@ -83,6 +83,10 @@ struct StripeIo {
     /// new writes to the stripe wait behind them, so a steady stream of
     /// writes cannot starve a reset or finish.
     idle_waiters: u32,
+    /// Threads asleep on the stripe's condition variable: a wake-up is a
+    /// system call even with nobody to wake, and a lone writer would pay
+    /// one per write.
+    sleepers: u32,
 }
 
 #[derive(Debug, Default)]
@@ -156,11 +160,15 @@ impl ZoneLocks {
                 .iter()
                 .any(|(&z, io)| z >= first && z <= last && !io.flights.is_empty())
             {
+                g.sleepers += 1;
                 g = stripe.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                g.sleepers -= 1;
             }
             g.idle_waiters -= 1;
             // Writers held back for us wake up and queue for the lock we hold.
-            stripe.cv.notify_all();
+            if g.sleepers > 0 {
+                stripe.cv.notify_all();
+            }
             guards.push(g);
         }
         RangeGuard { _guards: guards }
@@ -200,14 +208,21 @@ impl ZoneGuard<'_> {
 
     /// Sleep until notified (the stripe lock is released meanwhile).
     pub(crate) fn wait(&mut self) {
-        if let Some(g) = self.g.take() {
-            self.g = Some(self.stripe.cv.wait(g).unwrap_or_else(|e| e.into_inner()));
+        if let Some(mut g) = self.g.take() {
+            g.sleepers += 1;
+            let mut g = self.stripe.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            g.sleepers -= 1;
+            self.g = Some(g);
         }
     }
 
-    /// Wake every waiter of the stripe.
+    /// Wake every waiter of the stripe (none asleep: nothing to do; the
+    /// count is read under the stripe lock that sleepers hold to enter
+    /// their wait, so no wake-up is lost).
     pub(crate) fn notify(&self) {
-        self.stripe.cv.notify_all();
+        if self.g.as_ref().is_some_and(|g| g.sleepers > 0) {
+            self.stripe.cv.notify_all();
+        }
     }
 }
 

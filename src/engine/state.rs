@@ -304,7 +304,8 @@ impl State {
         len: u64,
         verb: &str,
     ) -> Result<Issued, ZoneError> {
-        let what = &describe_write(verb, kind, len);
+        // Formatted only for an error: this runs for every write.
+        let what = || describe_write(verb, kind, len);
         use ZoneCond::*;
         use ZoneErrorKind as K;
         let z = self.get(i);
@@ -313,15 +314,17 @@ impl State {
         let cap_end = start + self.geo.zone_cap(i);
         match z.cond {
             ReadOnly => {
-                return Err(self.err(i, K::ReadOnly, format!("{what} to a read-only zone")))
+                return Err(self.err(i, K::ReadOnly, format!("{} to a read-only zone", what())))
             }
-            Offline => return Err(self.err(i, K::Offline, format!("{what} to an offline zone"))),
-            Full => return Err(self.err(i, K::ZoneFull, format!("{what} to a full zone"))),
+            Offline => {
+                return Err(self.err(i, K::Offline, format!("{} to an offline zone", what())))
+            }
+            Full => return Err(self.err(i, K::ZoneFull, format!("{} to a full zone", what()))),
             NotWp => {
                 return Err(self.err(
                     i,
                     K::InvalidCommand,
-                    format!("{what} to a conventional zone"),
+                    format!("{} to a conventional zone", what()),
                 ))
             }
             _ => {}
@@ -334,7 +337,10 @@ impl State {
             return Err(self.err(
                 i,
                 K::InvalidCommand,
-                format!("{what} is not a non-empty multiple of {SECTOR} bytes at a {SECTOR}-byte boundary"),
+                format!(
+                    "{} is not a non-empty multiple of {SECTOR} bytes at a {SECTOR}-byte boundary",
+                    what()
+                ),
             ));
         }
         if let WriteKind::At(o) = kind {
@@ -351,7 +357,7 @@ impl State {
                 return Err(self.err(
                     i,
                     K::InvalidCommand,
-                    format!("{what} exceeds max_append_bytes {max:#x}"),
+                    format!("{} exceeds max_append_bytes {max:#x}", what()),
                 ));
             }
         }
@@ -361,22 +367,25 @@ impl State {
             return Err(self.err(
                 i,
                 K::Boundary,
-                format!("{what} would cross the zone boundary at {zone_end:#x}"),
+                format!("{} would cross the zone boundary at {zone_end:#x}", what()),
             ));
         }
         if end > cap_end {
             return Err(self.err(
                 i,
                 K::Boundary,
-                format!("{what} would pass the zone capacity (writable up to {cap_end:#x})"),
+                format!(
+                    "{} would pass the zone capacity (writable up to {cap_end:#x})",
+                    what()
+                ),
             ));
         }
         let victim = match z.cond {
             Empty => {
-                self.check_active(i, what)?;
-                self.check_open(i, what)?
+                self.check_active(i, &what())?;
+                self.check_open(i, &what())?
             }
-            Closed => self.check_open(i, what)?,
+            Closed => self.check_open(i, &what())?,
             _ => None,
         };
         // Everything checked: from here on the write is issued.

@@ -534,8 +534,9 @@ impl Engine {
             return Ok(());
         }
         let i = (offset / self.geo.zone_size) as u32;
-        let what = describe("write", offset, len);
         if self.geo.is_conventional(i) {
+            // Only here: a sequential write formats no text unless it fails.
+            let what = describe("write", offset, len);
             self.check_conventional(offset, len, &what)?;
             self.store
                 .write(offset, data)
@@ -594,26 +595,29 @@ impl Engine {
                 len,
                 size: self.geo.device_size,
             })?;
-        let what = format!("append of {len:#x} bytes");
+        let what = || format!("append of {len:#x} bytes");
         if zone_start != self.geo.zone_start(i) {
             return Err(self.zone_err(
                 i,
                 ZoneErrorKind::InvalidCommand,
-                format!("{what} at {zone_start:#x} is not at a zone start"),
+                format!("{} at {zone_start:#x} is not at a zone start", what()),
             ));
         }
         if self.geo.is_conventional(i) {
             return Err(self.zone_err(
                 i,
                 ZoneErrorKind::InvalidCommand,
-                format!("{what} to a conventional zone"),
+                format!("{} to a conventional zone", what()),
             ));
         }
         if self.geo.max_append_bytes == 0 {
             return Err(self.zone_err(
                 i,
                 ZoneErrorKind::Unsupported,
-                format!("{what}: zone append is not supported (max_append_bytes is 0)"),
+                format!(
+                    "{}: zone append is not supported (max_append_bytes is 0)",
+                    what()
+                ),
             ));
         }
         let at = self.seq_write(i, WriteKind::Append, len, "append", &|at| {
@@ -668,8 +672,12 @@ impl Engine {
         if res.is_err() {
             zio.poison = Some(zio.poison.map_or(issued.at, |p| p.min(issued.at)));
         }
-        self.settle(i, zio);
-        g.notify();
+        // Waiters wait for a resolution (theirs, or a zone going idle):
+        // a write completing behind a pending one resolves nothing, and
+        // waking the stripe for it would only make every waiter look again.
+        if self.settle(i, zio) {
+            g.notify();
+        }
         let ok = loop {
             if let Some(ok) = g.io().take_resolved(seq) {
                 break ok;
@@ -677,14 +685,14 @@ impl Engine {
             g.wait();
         };
         drop(g);
-        let what = describe_write(verb, WriteKind::At(issued.at), len);
+        let what = || describe_write(verb, WriteKind::At(issued.at), len);
         match res {
             Err(e) => Err(EngineError::store(
-                self.in_zone(i, &format!("{what} failed")),
+                self.in_zone(i, &format!("{} failed", what())),
                 e,
             )),
             Ok(()) if !ok => Err(EngineError::Aborted {
-                what: self.in_zone(i, &what),
+                what: self.in_zone(i, &what()),
                 offset: issued.at,
                 len,
             }),
@@ -693,8 +701,9 @@ impl Engine {
     }
 
     /// Publish completed writes in order; when a poisoned zone has nothing
-    /// pending any more, roll it back.
-    fn settle(&self, i: u32, g: &mut ZoneIo) {
+    /// pending any more, roll it back. Whether any write was resolved.
+    fn settle(&self, i: u32, g: &mut ZoneIo) -> bool {
+        let before = g.resolved.len();
         let mut published = None;
         while let Some(f) = g.flights.front().copied() {
             let below_poison = g.poison.is_none_or(|p| f.start < p);
@@ -723,6 +732,7 @@ impl Engine {
         } else if g.flights.is_empty() && published.is_some() {
             self.state().end_writes(i);
         }
+        g.resolved.len() != before
     }
 
     /// Discard: conventional parts are deallocated; in sequential zones it
