@@ -83,9 +83,13 @@ fn fuzz(src: &Path, rounds: u32, seed: u64, qemu_agrees: bool, hot: &[(u64, u64)
         assert!(c2.is_ok(), "round {r} seed {seed}: repair panicked");
         let c3 = std::panic::catch_unwind(|| run(&p, None));
         assert!(c3.is_ok(), "round {r} seed {seed}: re-check panicked");
+        // A hang guard, not a speed target (those are benchmarks): a round
+        // takes well under a second, so 60 s only trips on a hang or on
+        // cost that grows without bound, even on a loaded CI machine.
         assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "round {r} seed {seed}: too slow"
+            t.elapsed() < Duration::from_secs(60),
+            "round {r} seed {seed}: took {:?} (hang?)",
+            t.elapsed()
         );
         let (c, c2, c3) = (c.unwrap(), c2.unwrap(), c3.unwrap());
         for code in [c, c2, c3] {
