@@ -1,11 +1,26 @@
 //! Cluster allocation and the deferred refcount decrements that free
 //! clusters once their last reference is durably gone.
+//!
+//! Freed clusters are given back to the file system (punched), but not at
+//! once: up to [`REUSE_POOL_BYTES`] of the most recently freed stay in the
+//! file and are the next allocations' first choice; they are punched when
+//! they leave that pool still free or when the image is closed. A zoned
+//! disk frees a zone's clusters at every reset and writes as many again;
+//! punching and refilling them costs the file system a page (or block)
+//! allocation per page, which overwriting an existing page does not (under
+//! emulation it was most of a sequential write's cost). Nothing relies on
+//! a freed cluster reading as zeroes: a partly written new cluster is
+//! written whole. Once a read reply may hold the file's pages
+//! ([`Qcow2::read_direct`]), freed clusters are punched at once: a reused
+//! page would change bytes already queued in a socket.
 
 use super::*;
 
 impl Qcow2 {
-    /// Allocate one cluster with refcount 1: the lowest free one, so a
-    /// sequential stream gets consecutive clusters at the end of the file.
+    /// Allocate one cluster with refcount 1: the oldest one of the reuse
+    /// pool that is still free, else the lowest free one, so a sequential
+    /// stream gets consecutive clusters (of a freed run, or at the end of
+    /// the file).
     pub(super) fn alloc(&self, m: &mut Meta) -> Result<u64> {
         self.alloc_for(m, None)
     }
@@ -13,10 +28,16 @@ impl Qcow2 {
     /// [`Qcow2::alloc`] for a metadata `table`: refcounts that offer
     /// cluster 0 (the header) get QEMU's own message for that lie.
     pub(super) fn alloc_for(&self, m: &mut Meta, table: Option<&str>) -> Result<u64> {
-        let mut c = m.free_hint;
-        while c < m.alloc_end && !self.is_free(m, c)? {
-            c += 1;
-        }
+        let (c, scanned) = match self.take_from_reuse_pool(m)? {
+            Some(c) => (c, false),
+            None => {
+                let mut c = m.free_hint;
+                while c < m.alloc_end && !self.is_free(m, c)? {
+                    c += 1;
+                }
+                (c, true)
+            }
+        };
         if let (0, Some(t)) = (c, table) {
             return Err(self.mark_corrupt(
                 m,
@@ -34,8 +55,31 @@ impl Qcow2 {
         })?;
         self.set_refcount(m, c, 1)?;
         m.alloc_end = m.alloc_end.max(c + 1);
-        m.free_hint = c + 1;
+        if scanned {
+            // Everything below c was in use; a cluster from the pool says
+            // nothing about the ones below it.
+            m.free_hint = c + 1;
+        }
         Ok(c)
+    }
+
+    /// The oldest cluster of the reuse pool that is still free, if any
+    /// (consecutive allocations get consecutive clusters of a run).
+    fn take_from_reuse_pool(&self, m: &mut Meta) -> Result<Option<u64>> {
+        while let Some((first, n)) = m.reuse_pool.front_mut() {
+            let c = *first;
+            if *n <= 1 {
+                m.reuse_pool.pop_front();
+            } else {
+                *first += 1;
+                *n -= 1;
+            }
+            m.reuse_pool_clusters = m.reuse_pool_clusters.saturating_sub(1);
+            if self.is_free(m, c)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
     }
 
     pub(super) fn queue_decrement(&self, m: &mut Meta, ct: ClusterType) {
@@ -98,10 +142,70 @@ impl Qcow2 {
                 }
             }
         }
-        for (s, l) in punch {
-            // Give the space back; failure to punch is harmless.
-            let _ = self.data.discard(s * cs, l * cs);
+        if m.pages_lent {
+            self.punch_reuse_pool(m, 0);
+            for (s, l) in punch {
+                // Give the space back; failure to punch is harmless.
+                let _ = self.data.discard(s * cs, l * cs);
+            }
+        } else {
+            for run in punch {
+                m.reuse_pool_clusters += run.1;
+                m.reuse_pool.push_back(run);
+            }
+            self.punch_reuse_pool(m, REUSE_POOL_BYTES / cs);
         }
         Ok(())
     }
+
+    /// Shrink the reuse pool to at most `keep` clusters, oldest runs first,
+    /// punching the clusters of each that are still free.
+    pub(super) fn punch_reuse_pool(&self, m: &mut Meta, keep: u64) {
+        let cs = self.p.cs;
+        if m.corrupt {
+            // Nothing more is written to an image marked corrupt.
+            m.reuse_pool.clear();
+            m.reuse_pool_clusters = 0;
+            return;
+        }
+        while m.reuse_pool_clusters > keep {
+            let excess = m.reuse_pool_clusters - keep;
+            let Some(front) = m.reuse_pool.front_mut() else {
+                m.reuse_pool_clusters = 0;
+                break;
+            };
+            // Only as much of the oldest run as needs to go.
+            let (first, n) = (front.0, front.1.min(excess));
+            if n < front.1 {
+                *front = (first + n, front.1 - n);
+            } else {
+                m.reuse_pool.pop_front();
+            }
+            m.reuse_pool_clusters -= n;
+            let mut run: Option<(u64, u64)> = None;
+            for c in first..first + n {
+                // A cluster reused since (or whose refcount cannot be read)
+                // is left alone.
+                if matches!(self.is_free(m, c), Ok(true)) {
+                    match &mut run {
+                        Some((s, l)) if *s + *l == c => *l += 1,
+                        _ => {
+                            if let Some((s, l)) = run.take() {
+                                let _ = self.data.discard(s * cs, l * cs);
+                            }
+                            run = Some((c, 1));
+                        }
+                    }
+                }
+            }
+            if let Some((s, l)) = run {
+                // Failure to punch is harmless, as above.
+                let _ = self.data.discard(s * cs, l * cs);
+            }
+        }
+    }
 }
+
+/// Most freed bytes kept in the file for reuse before they are punched
+/// (a few zones' worth; see the module comment).
+pub(crate) const REUSE_POOL_BYTES: u64 = 256 << 20;

@@ -183,6 +183,14 @@ struct Meta {
     file_len: u64,
     /// Refcount decrements waiting for the reference removal to be durable.
     pending_decrements: Vec<(u64, u64)>,
+    /// Freed clusters not punched yet, oldest first, kept for reuse (see
+    /// `allocation.rs`): runs of (first cluster, count).
+    reuse_pool: std::collections::VecDeque<(u64, u64)>,
+    /// Clusters in `reuse_pool`.
+    reuse_pool_clusters: u64,
+    /// A reply may still hold this file's pages ([`Qcow2::read_direct`]):
+    /// freed clusters are then punched at once, never kept for reuse.
+    pages_lent: bool,
     /// Where the next compressed stream may go: the first free byte in the
     /// host cluster compressed data was last packed into (None: start a
     /// new cluster). Forgotten when that cluster is freed.
@@ -395,6 +403,8 @@ impl Drop for Qcow2 {
     fn drop(&mut self) {
         if !self.read_only {
             let _ = self.flush();
+            let mut m = lock(&self.meta);
+            self.punch_reuse_pool(&mut m, 0);
         }
     }
 }

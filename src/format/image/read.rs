@@ -185,6 +185,9 @@ impl Qcow2 {
                     }
                     Piece::Unalloc { .. } | Piece::Compressed { .. } => return Ok(false),
                 };
+                if matches!(run, HostRun::File { .. }) {
+                    m.pages_lent = true;
+                }
                 match (runs.last_mut(), run) {
                     (Some(HostRun::Zero(a)), HostRun::Zero(b)) => *a += b,
                     _ => runs.push(run),

@@ -1,0 +1,180 @@
+//! Freed clusters stay in the file for the next allocations (a reuse pool
+//! of at most `REUSE_POOL_BYTES`), and are punched when they leave the pool
+//! still free, when the image is closed, or at once once a read reply may
+//! hold the file's pages. What a user sees: a zone reset and rewrite does
+//! not grow the file, the data reads back, and closing gives the space back.
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use zcow::format::create::{create, CreateOptions};
+use zcow::format::{OpenOptions, Qcow2};
+use zcow::storage::FileStorage;
+
+const MIB: u64 = 1 << 20;
+
+fn plain(p: &Path, size: u64) -> Qcow2 {
+    let st = FileStorage::create(p).unwrap();
+    create(
+        &st,
+        &CreateOptions {
+            size,
+            cluster_size: 65536,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(st);
+    Qcow2::open_path(p, &OpenOptions::default()).unwrap()
+}
+
+/// Bytes the file system holds for the file.
+fn used(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+fn read(img: &Qcow2, off: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0xeeu8; len];
+    img.read(off, &mut b).unwrap();
+    b
+}
+
+/// The file system under the test folder gives space back on a punch (the
+/// tests are meaningless on one that does not; CI must have one).
+fn punches(dir: &Path) -> bool {
+    let p = dir.join("probe");
+    std::fs::write(&p, vec![1u8; 4 * MIB as usize]).unwrap();
+    let before = used(&p);
+    let st = FileStorage::open(&p, false).unwrap();
+    use zcow::storage::Storage;
+    st.discard(0, 4 * MIB).unwrap();
+    let after = used(&p);
+    std::fs::remove_file(&p).unwrap();
+    let ok = after + 2 * MIB < before;
+    if !ok {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the test folder's file system does not punch holes (CI=true)"
+        );
+        eprintln!("SKIP: hole punching missing in the test folder's file system");
+    }
+    ok
+}
+
+#[test]
+fn freed_clusters_are_reused_then_punched_at_close() {
+    let d = tmp();
+    if !punches(d.path()) {
+        return;
+    }
+    let p = d.path().join("r.qcow2");
+    let img = plain(&p, 64 * MIB);
+    img.write(0, &pattern(1, 8 * MIB as usize)).unwrap();
+    img.flush().unwrap();
+    let (len0, used0) = (file_len(&p), used(&p));
+    assert!(used0 >= 8 * MIB, "{used0}");
+
+    // Freed (the discard's decrements apply at the flush) but kept.
+    img.discard(0, 8 * MIB).unwrap();
+    img.flush().unwrap();
+    assert!(
+        used(&p) >= used0 - MIB,
+        "punched at once: {} < {used0}",
+        used(&p)
+    );
+
+    // New data lands in the freed clusters: the file does not grow.
+    img.write(16 * MIB, &pattern(2, 8 * MIB as usize)).unwrap();
+    img.flush().unwrap();
+    assert_eq!(
+        file_len(&p),
+        len0,
+        "the write did not reuse the freed clusters"
+    );
+    assert_eq!(read(&img, 0, 8 * MIB as usize), vec![0u8; 8 * MIB as usize]);
+    assert_eq!(
+        read(&img, 16 * MIB, 8 * MIB as usize),
+        pattern(2, 8 * MIB as usize)
+    );
+
+    // Freed again, then closed: the space goes back to the file system.
+    img.discard(16 * MIB, 8 * MIB).unwrap();
+    img.flush().unwrap();
+    assert!(used(&p) >= used0 - MIB);
+    drop(img);
+    assert!(
+        used(&p) + 7 * MIB <= used0,
+        "close kept the freed clusters: {} of {used0} bytes",
+        used(&p)
+    );
+    let img = Qcow2::open_path(&p, &OpenOptions::default()).unwrap();
+    assert_eq!(
+        read(&img, 0, 24 * MIB as usize),
+        vec![0u8; 24 * MIB as usize]
+    );
+    drop(img);
+    ok(s(&bin("zcow-img")), &["check", s(&p)]);
+    if have("qemu-img") {
+        ok("qemu-img", &["check", s(&p)]);
+    }
+}
+
+#[test]
+fn a_lent_page_is_never_reused_in_place() {
+    let d = tmp();
+    if !punches(d.path()) {
+        return;
+    }
+    let p = d.path().join("l.qcow2");
+    let img = plain(&p, 64 * MIB);
+    img.write(0, &pattern(3, 4 * MIB as usize)).unwrap();
+    img.flush().unwrap();
+    let used0 = used(&p);
+    // A zero-copy reader takes the file's pages (as zcow-nbd's sendfile
+    // replies do); from now on freed clusters are punched at the flush.
+    let mut runs = 0;
+    assert!(img
+        .read_direct(0, 4 * MIB, &mut |r| runs += r.len())
+        .unwrap());
+    assert!(runs > 0);
+    img.discard(0, 4 * MIB).unwrap();
+    img.flush().unwrap();
+    assert!(
+        used(&p) + 3 * MIB <= used0,
+        "freed clusters kept after a zero-copy read: {} of {used0} bytes",
+        used(&p)
+    );
+}
+
+#[test]
+fn the_pool_keeps_at_most_its_bound() {
+    let d = tmp();
+    if !punches(d.path()) {
+        return;
+    }
+    let p = d.path().join("b.qcow2");
+    let total = 320 * MIB;
+    let img = plain(&p, total);
+    let chunk = pattern(4, 4 * MIB as usize);
+    for i in 0..total / (4 * MIB) {
+        img.write(i * 4 * MIB, &chunk).unwrap();
+    }
+    img.flush().unwrap();
+    let used0 = used(&p);
+    img.discard(0, total).unwrap();
+    img.flush().unwrap();
+    let kept = used0 - used(&p).min(used0);
+    // 320 MiB freed, 256 MiB kept: about 64 MiB punched at the flush.
+    assert!(
+        (60 * MIB..=68 * MIB).contains(&kept),
+        "given back {kept} bytes at the flush"
+    );
+    drop(img);
+    assert!(used(&p) < 8 * MIB, "{} bytes after close", used(&p));
+}
