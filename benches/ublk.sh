@@ -21,6 +21,11 @@
 #     FLUSH, the cost of durability.
 # A second zcow-ublk with -w 0 (no worker threads: the queue thread runs
 # every request, the model before the workers) is the last column.
+# Each row runs ZCOW_BENCH_ROUNDS times (default 3) on every device, the
+# devices' order rotating between rounds, ZCOW_BENCH_RUNTIME seconds
+# (default 20) each; the table shows the median of the rounds, and every
+# round's value goes to stderr (under TCG single runs swing up to 2x).
+# A run takes about 20 minutes with the defaults.
 # Prints a Markdown table. ZCOW_UBLK_ARGS: extra zcow-ublk options.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +33,7 @@ MIB=${1:-1024}
 BIN=${ZCOW_BIN:-$PWD/target/release}
 RUBLK=${ZCOW_RUBLK:-$HOME/.cache/zcow-vm/rublk/bin/rublk}
 RUNTIME=${ZCOW_BENCH_RUNTIME:-20}
+ROUNDS=${ZCOW_BENCH_ROUNDS:-3}
 export PATH=$PATH:/usr/sbin:/sbin
 S=/var/tmp/zcow-bench
 mkdir -p $S
@@ -115,16 +121,28 @@ modprobe -r null_blk
 modprobe null_blk nr_devices=1 zoned=1 zone_size=16 gb=$((MIB / 1024)) zone_nr_conv=0 zone_max_open=0 memory_backed=1
 wait_dev /dev/nullb0 && DEV[nullb]=/dev/nullb0
 
-# Row by row, the three devices back to back (alternating which ublk device
-# goes first), so a change in the host's load hits all three alike.
+# Row by row, the devices back to back, the order rotating each round, so
+# a change in the host's load hits a row's devices alike.
 declare -A W R A P F
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x != "-"]; print(f"{statistics.median(v):.1f}".removesuffix(".0") if v else "-")' "$@"; }
 row() { # ARRAY FUNCTION ORDER...
   local -n out=$1
-  local f=$2 k
+  local f=$2 r k v
   shift 2
+  local order=("$@")
+  local -A vals=()
+  for r in $(seq "$ROUNDS"); do
+    for k in "${order[@]}"; do
+      v=-
+      [ -n "${DEV[$k]:-}" ] && v=$($f "${DEV[$k]}")
+      vals[$k]="${vals[$k]:-} ${v:--}"
+    done
+    order=("${order[@]:1}" "${order[0]}")
+  done
   for k in "$@"; do
-    if [ -n "${DEV[$k]:-}" ]; then out[$k]=$($f "${DEV[$k]}"); else out[$k]=-; fi
-    [ -n "${out[$k]}" ] || out[$k]=-
+    # shellcheck disable=SC2086
+    out[$k]=$(median ${vals[$k]})
+    echo "$f $k rounds:${vals[$k]}" >&2
   done
 }
 row W fio_bw zcow rublk zcow0 nullb

@@ -158,23 +158,33 @@ fn the_pool_keeps_at_most_its_bound() {
     if !punches(d.path()) {
         return;
     }
+    assert_eq!(zcow::format::REUSE_POOL_BYTES, 1 << 30);
     let p = d.path().join("b.qcow2");
-    let total = 320 * MIB;
-    let img = plain(&p, total);
-    let chunk = pattern(4, 4 * MIB as usize);
-    for i in 0..total / (4 * MIB) {
-        img.write(i * 4 * MIB, &chunk).unwrap();
-    }
+    let total = 24 * MIB;
+    let img = plain(&p, 64 * MIB);
+    img.set_reuse_pool_limit(16 * MIB);
+    img.write(0, &pattern(4, total as usize)).unwrap();
     img.flush().unwrap();
     let used0 = used(&p);
     img.discard(0, total).unwrap();
     img.flush().unwrap();
-    let kept = used0 - used(&p).min(used0);
-    // 320 MiB freed, 256 MiB kept: about 64 MiB punched at the flush.
+    let given = used0 - used(&p).min(used0);
+    // 24 MiB freed, 16 MiB kept: 8 MiB punched at the flush.
     assert!(
-        (60 * MIB..=68 * MIB).contains(&kept),
-        "given back {kept} bytes at the flush"
+        (7 * MIB..=9 * MIB).contains(&given),
+        "given back {given} bytes at the flush"
     );
+    // Lowering the limit punches the excess now; 0 punches at once.
+    img.set_reuse_pool_limit(4 * MIB);
+    let given = used0 - used(&p).min(used0);
+    assert!((19 * MIB..=21 * MIB).contains(&given), "given back {given}");
+    img.set_reuse_pool_limit(0);
+    img.write(32 * MIB, &pattern(5, 4 * MIB as usize)).unwrap();
+    img.flush().unwrap();
+    let before = used(&p);
+    img.discard(32 * MIB, 4 * MIB).unwrap();
+    img.flush().unwrap();
+    assert!(used(&p) + 3 * MIB <= before, "limit 0 kept freed clusters");
     drop(img);
-    assert!(used(&p) < 8 * MIB, "{} bytes after close", used(&p));
+    assert!(used(&p) < 4 * MIB, "{} bytes after close", used(&p));
 }

@@ -23,4 +23,4 @@ pub mod types;
 pub mod zoned;
 
 pub use header::Header;
-pub use image::{BackingPolicy, HostRun, OpenOptions, Qcow2, MAX_STATUS_RUNS};
+pub use image::{BackingPolicy, HostRun, OpenOptions, Qcow2, MAX_STATUS_RUNS, REUSE_POOL_BYTES};

@@ -2,8 +2,8 @@
 //! clusters once their last reference is durably gone.
 //!
 //! Freed clusters are given back to the file system (punched), but not at
-//! once: up to [`REUSE_POOL_BYTES`] of the most recently freed stay in the
-//! file and are the next allocations' first choice; they are punched when
+//! once: up to [`REUSE_POOL_BYTES`] (1 GiB) of the most recently freed stay
+//! in the file and are the next allocations' first choice; they are punched when
 //! they leave that pool still free or when the image is closed. A zoned
 //! disk frees a zone's clusters at every reset and writes as many again;
 //! punching and refilling them costs the file system a page (or block)
@@ -153,9 +153,18 @@ impl Qcow2 {
                 m.reuse_pool_clusters += run.1;
                 m.reuse_pool.push_back(run);
             }
-            self.punch_reuse_pool(m, REUSE_POOL_BYTES / cs);
+            self.punch_reuse_pool(m, m.reuse_pool_limit / cs);
         }
         Ok(())
+    }
+
+    /// How many bytes of freed clusters may stay in the file for reuse
+    /// before they are punched ([`REUSE_POOL_BYTES`] unless set; 0: punch
+    /// every freed cluster at once). Lowering it punches the excess now.
+    pub fn set_reuse_pool_limit(&self, bytes: u64) {
+        let mut m = lock(&self.meta);
+        m.reuse_pool_limit = bytes;
+        self.punch_reuse_pool(&mut m, bytes / self.p.cs);
     }
 
     /// Shrink the reuse pool to at most `keep` clusters, oldest runs first,
@@ -206,6 +215,7 @@ impl Qcow2 {
     }
 }
 
-/// Most freed bytes kept in the file for reuse before they are punched
-/// (a few zones' worth; see the module comment).
-pub(crate) const REUSE_POOL_BYTES: u64 = 256 << 20;
+/// Most freed bytes kept in the file for reuse before they are punched, by
+/// default: enough for a reset of every zone of a small device (or many
+/// zones of a large one) and the rewrite after it (see the module comment).
+pub const REUSE_POOL_BYTES: u64 = 1 << 30;

@@ -58,6 +58,7 @@ mod resize;
 mod wp_array;
 mod write;
 
+pub use allocation::REUSE_POOL_BYTES;
 pub use open::read_header_cluster;
 pub use read::HostRun;
 
@@ -188,6 +189,8 @@ struct Meta {
     reuse_pool: std::collections::VecDeque<(u64, u64)>,
     /// Clusters in `reuse_pool`.
     reuse_pool_clusters: u64,
+    /// Most bytes `reuse_pool` holds ([`Qcow2::set_reuse_pool_limit`]).
+    reuse_pool_limit: u64,
     /// A reply may still hold this file's pages ([`Qcow2::read_direct`]):
     /// freed clusters are then punched at once, never kept for reuse.
     pages_lent: bool,

@@ -340,6 +340,7 @@ impl Qcow2 {
                 pending_decrements: Vec::new(),
                 reuse_pool: Default::default(),
                 reuse_pool_clusters: 0,
+                reuse_pool_limit: super::allocation::REUSE_POOL_BYTES,
                 pages_lent: false,
                 compressed_tail: None,
                 overlap,
