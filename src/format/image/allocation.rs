@@ -177,20 +177,26 @@ impl Qcow2 {
             m.reuse_pool_clusters = 0;
             return;
         }
-        while m.reuse_pool_clusters > keep {
-            let excess = m.reuse_pool_clusters - keep;
+        while m.reuse_pool_clusters > keep || m.reuse_pool.len() > REUSE_POOL_RUNS {
+            let excess = m.reuse_pool_clusters.saturating_sub(keep);
             let Some(front) = m.reuse_pool.front_mut() else {
                 m.reuse_pool_clusters = 0;
                 break;
             };
-            // Only as much of the oldest run as needs to go.
-            let (first, n) = (front.0, front.1.min(excess));
+            // Only as much of the oldest run as needs to go (all of it when
+            // there are too many runs).
+            let n = if excess > 0 {
+                front.1.min(excess)
+            } else {
+                front.1
+            };
+            let first = front.0;
             if n < front.1 {
                 *front = (first + n, front.1 - n);
             } else {
                 m.reuse_pool.pop_front();
             }
-            m.reuse_pool_clusters -= n;
+            m.reuse_pool_clusters = m.reuse_pool_clusters.saturating_sub(n);
             let mut run: Option<(u64, u64)> = None;
             for c in first..first + n {
                 // A cluster reused since (or whose refcount cannot be read)
@@ -214,6 +220,10 @@ impl Qcow2 {
         }
     }
 }
+
+/// Most runs the reuse pool keeps (its memory: 16 bytes a run), whatever
+/// the cluster size and however scattered the frees.
+const REUSE_POOL_RUNS: usize = 65536;
 
 /// Most freed bytes kept in the file for reuse before they are punched, by
 /// default: enough for a reset of every zone of a small device (or many
