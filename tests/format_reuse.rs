@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use zcow::format::create::{create, CreateOptions};
 use zcow::format::{OpenOptions, Qcow2};
 use zcow::storage::FileStorage;
@@ -44,6 +44,18 @@ fn read(img: &Qcow2, off: u64, len: usize) -> Vec<u8> {
     b
 }
 
+/// A new plain image `name` of `size` bytes in a new test folder, or None
+/// (after a SKIP line) when that folder's file system cannot punch holes.
+fn image(name: &str, size: u64) -> Option<(tempfile::TempDir, PathBuf, Qcow2)> {
+    let d = tmp();
+    if !punches(d.path()) {
+        return None;
+    }
+    let p = d.path().join(name);
+    let img = plain(&p, size);
+    Some((d, p, img))
+}
+
 /// The file system under the test folder gives space back on a punch (the
 /// tests are meaningless on one that does not; CI must have one).
 fn punches(dir: &Path) -> bool {
@@ -69,12 +81,9 @@ fn punches(dir: &Path) -> bool {
 
 #[test]
 fn freed_clusters_are_reused_then_punched_at_close() {
-    let d = tmp();
-    if !punches(d.path()) {
+    let Some((_d, p, img)) = image("r.qcow2", 64 * MIB) else {
         return;
-    }
-    let p = d.path().join("r.qcow2");
-    let img = plain(&p, 64 * MIB);
+    };
     img.write(0, &pattern(1, 8 * MIB as usize)).unwrap();
     img.flush().unwrap();
     let (len0, used0) = (file_len(&p), used(&p));
@@ -127,12 +136,9 @@ fn freed_clusters_are_reused_then_punched_at_close() {
 
 #[test]
 fn a_lent_page_is_never_reused_in_place() {
-    let d = tmp();
-    if !punches(d.path()) {
+    let Some((_d, p, img)) = image("l.qcow2", 64 * MIB) else {
         return;
-    }
-    let p = d.path().join("l.qcow2");
-    let img = plain(&p, 64 * MIB);
+    };
     img.write(0, &pattern(3, 4 * MIB as usize)).unwrap();
     img.flush().unwrap();
     let used0 = used(&p);
@@ -154,14 +160,11 @@ fn a_lent_page_is_never_reused_in_place() {
 
 #[test]
 fn the_pool_keeps_at_most_its_bound() {
-    let d = tmp();
-    if !punches(d.path()) {
+    let Some((_d, p, img)) = image("b.qcow2", 64 * MIB) else {
         return;
-    }
+    };
     assert_eq!(zcow::format::REUSE_POOL_BYTES, 1 << 30);
-    let p = d.path().join("b.qcow2");
     let total = 24 * MIB;
-    let img = plain(&p, 64 * MIB);
     img.set_reuse_pool_limit(16 * MIB);
     img.write(0, &pattern(4, total as usize)).unwrap();
     img.flush().unwrap();

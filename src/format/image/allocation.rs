@@ -127,10 +127,7 @@ impl Qcow2 {
                         if m.compressed_tail.is_some_and(|t| t / cs == c) {
                             m.compressed_tail = None;
                         }
-                        match punch.last_mut() {
-                            Some((s, l)) if *s + *l == c => *l += 1,
-                            _ => punch.push((c, 1)),
-                        }
+                        push_run(&mut punch, c);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -144,10 +141,7 @@ impl Qcow2 {
         }
         if m.pages_lent {
             self.punch_reuse_pool(m, 0);
-            for (s, l) in punch {
-                // Give the space back; failure to punch is harmless.
-                let _ = self.data.discard(s * cs, l * cs);
-            }
+            self.punch_runs(&punch);
         } else {
             for run in punch {
                 m.reuse_pool_clusters += run.1;
@@ -170,7 +164,6 @@ impl Qcow2 {
     /// Shrink the reuse pool to at most `keep` clusters, oldest runs first,
     /// punching the clusters of each that are still free.
     pub(super) fn punch_reuse_pool(&self, m: &mut Meta, keep: u64) {
-        let cs = self.p.cs;
         if m.corrupt {
             // Nothing more is written to an image marked corrupt.
             m.reuse_pool.clear();
@@ -197,27 +190,33 @@ impl Qcow2 {
                 m.reuse_pool.pop_front();
             }
             m.reuse_pool_clusters = m.reuse_pool_clusters.saturating_sub(n);
-            let mut run: Option<(u64, u64)> = None;
+            let mut free = Vec::new();
             for c in first..first + n {
                 // A cluster reused since (or whose refcount cannot be read)
                 // is left alone.
                 if matches!(self.is_free(m, c), Ok(true)) {
-                    match &mut run {
-                        Some((s, l)) if *s + *l == c => *l += 1,
-                        _ => {
-                            if let Some((s, l)) = run.take() {
-                                let _ = self.data.discard(s * cs, l * cs);
-                            }
-                            run = Some((c, 1));
-                        }
-                    }
+                    push_run(&mut free, c);
                 }
             }
-            if let Some((s, l)) = run {
-                // Failure to punch is harmless, as above.
-                let _ = self.data.discard(s * cs, l * cs);
-            }
+            self.punch_runs(&free);
         }
+    }
+
+    /// Give runs of (first cluster, count) back to the file system.
+    fn punch_runs(&self, runs: &[(u64, u64)]) {
+        let cs = self.p.cs;
+        for &(s, l) in runs {
+            // Failure to punch is harmless: the clusters stay free.
+            let _ = self.data.discard(s * cs, l * cs);
+        }
+    }
+}
+
+/// Append cluster `c` to `runs`, extending the last run when adjacent.
+fn push_run(runs: &mut Vec<(u64, u64)>, c: u64) {
+    match runs.last_mut() {
+        Some((s, l)) if *s + *l == c => *l += 1,
+        _ => runs.push((c, 1)),
     }
 }
 
