@@ -2,6 +2,8 @@
 //! plain qcow2 or raw image, a zoned image through the engine, or a remote
 //! export through the NBD client all look the same from above.
 
+use crate::format::payload::{self, Payload};
+use crate::format::FormatError;
 use crate::zone::{ZoneDescriptor, ZoneError, ZoneGeometry, ZoneOp};
 use std::fmt;
 
@@ -135,6 +137,12 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     fn read(&self, offset: u64, buf: &mut [u8]) -> DevResult<()>;
     /// Write `data` at `offset`; with `fua` it is durable on return.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()>;
+    /// [`BlockDevice::write`] with the bytes taken from `src`, which may
+    /// put them into the image file itself (one copy instead of two); by
+    /// default through memory.
+    fn write_from(&self, offset: u64, src: &dyn Payload, fua: bool) -> DevResult<()> {
+        payload::with_all(src, |d| self.write(offset, d, fua)).map_err(FormatError::Payload)?
+    }
     /// Make a range read as zeroes.
     fn write_zeroes(&self, offset: u64, len: u64, flags: ZeroFlags) -> DevResult<()>;
     /// Deallocate a range. Afterwards the range reads as zeroes or keeps
@@ -155,9 +163,10 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
         &self,
         offset: u64,
         len: u64,
+        use_: crate::format::PageUse,
         sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
     ) -> DevResult<bool> {
-        let _ = (offset, len, sink);
+        let _ = (offset, len, use_, sink);
         Ok(false)
     }
 
@@ -196,6 +205,12 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
         Err(DeviceError::Unsupported(
             "zone append on a non-zoned device".into(),
         ))
+    }
+    /// [`BlockDevice::zone_append`] with the bytes taken from `src` (see
+    /// [`BlockDevice::write_from`]).
+    fn zone_append_from(&self, zone_start: u64, src: &dyn Payload, fua: bool) -> DevResult<u64> {
+        payload::with_all(src, |d| self.zone_append(zone_start, d, fua))
+            .map_err(FormatError::Payload)?
     }
     /// The image format behind the device, for qemu-io's `info`.
     fn format_info(&self) -> Option<FormatInfo> {

@@ -3,7 +3,7 @@
 use crate::device::FormatInfo;
 use crate::device::{BlockDevice, DevResult, DeviceError, Extent, ZeroFlags};
 use crate::format::specific::{format_specific, vm_state_offset};
-use crate::format::Qcow2;
+use crate::format::{Payload, Qcow2};
 
 impl BlockDevice for Qcow2 {
     fn size(&self) -> u64 {
@@ -19,12 +19,16 @@ impl BlockDevice for Qcow2 {
         &self,
         offset: u64,
         len: u64,
+        use_: crate::format::PageUse,
         sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
     ) -> DevResult<bool> {
-        Ok(Qcow2::read_direct(self, offset, len, sink)?)
+        Ok(Qcow2::read_direct(self, offset, len, use_, sink)?)
     }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
-        Qcow2::write(self, offset, data)?;
+        BlockDevice::write_from(self, offset, &data, fua)
+    }
+    fn write_from(&self, offset: u64, src: &dyn Payload, fua: bool) -> DevResult<()> {
+        Qcow2::write_from(self, offset, src)?;
         if fua {
             Qcow2::flush(self)?;
         }

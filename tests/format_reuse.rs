@@ -9,7 +9,7 @@ use common::*;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use zcow::format::create::{create, CreateOptions};
-use zcow::format::{OpenOptions, Qcow2};
+use zcow::format::{OpenOptions, PageUse, Qcow2};
 use zcow::storage::FileStorage;
 
 const MIB: u64 = 1 << 20;
@@ -146,7 +146,7 @@ fn a_lent_page_is_never_reused_in_place() {
     // replies do); from now on freed clusters are punched at the flush.
     let mut runs = 0;
     assert!(img
-        .read_direct(0, 4 * MIB, &mut |r| runs += r.len())
+        .read_direct(0, 4 * MIB, PageUse::Lend, &mut |r| runs += r.len())
         .unwrap());
     assert!(runs > 0);
     img.discard(0, 4 * MIB).unwrap();

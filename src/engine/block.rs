@@ -3,6 +3,7 @@
 
 use super::zone_engine::Engine;
 use crate::device::{BlockDevice, DevResult, Extent, ZeroFlags};
+use crate::format::Payload;
 use crate::zone::{ZoneDescriptor, ZoneGeometry, ZoneOp};
 
 impl BlockDevice for Engine {
@@ -19,12 +20,16 @@ impl BlockDevice for Engine {
         &self,
         offset: u64,
         len: u64,
+        use_: crate::format::PageUse,
         sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
     ) -> DevResult<bool> {
-        Ok(Engine::read_direct(self, offset, len, sink)?)
+        Ok(Engine::read_direct(self, offset, len, use_, sink)?)
     }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DevResult<()> {
         Ok(Engine::write(self, offset, data, fua)?)
+    }
+    fn write_from(&self, offset: u64, src: &dyn Payload, fua: bool) -> DevResult<()> {
+        Ok(Engine::write_from(self, offset, src, fua)?)
     }
     /// In a sequential zone: a write of zeroes at the write pointer (the
     /// range is deallocated, so `fast_only` is always satisfied). In
@@ -54,6 +59,9 @@ impl BlockDevice for Engine {
     }
     fn zone_append(&self, zone_start: u64, data: &[u8], fua: bool) -> DevResult<u64> {
         Ok(self.append(zone_start, data, fua)?)
+    }
+    fn zone_append_from(&self, zone_start: u64, src: &dyn Payload, fua: bool) -> DevResult<u64> {
+        Ok(self.append_from(zone_start, src, fua)?)
     }
     fn format_info(&self) -> Option<crate::device::FormatInfo> {
         self.store_format_info()

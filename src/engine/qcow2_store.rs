@@ -55,12 +55,16 @@ impl ZoneStore for Qcow2ZoneStore {
         &self,
         offset: u64,
         len: u64,
+        use_: crate::format::PageUse,
         sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
     ) -> StoreResult<bool> {
-        self.img.read_direct(offset, len, sink)
+        self.img.read_direct(offset, len, use_, sink)
     }
     fn write(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
         self.img.write(offset, data)
+    }
+    fn write_from(&self, offset: u64, src: &dyn crate::format::Payload) -> StoreResult<()> {
+        self.img.write_from(offset, src)
     }
     fn deallocate(&self, offset: u64, len: u64) -> StoreResult<()> {
         self.img.deallocate(offset, len)

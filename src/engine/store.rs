@@ -4,6 +4,7 @@
 //! The zoned qcow2 image implements it (`qcow2_store.rs`); tests may use
 //! [`MemZoneStore`](super::MemZoneStore).
 
+use crate::format::payload::{self, Payload};
 use crate::format::FormatError;
 use crate::zone::ZoneGeometry;
 use std::fmt::Debug;
@@ -39,13 +40,19 @@ pub trait ZoneStore: Send + Sync + Debug {
         &self,
         offset: u64,
         len: u64,
+        use_: crate::format::PageUse,
         sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
     ) -> StoreResult<bool> {
-        let _ = (offset, len, sink);
+        let _ = (offset, len, use_, sink);
         Ok(false)
     }
     /// Write guest bytes.
     fn write(&self, offset: u64, data: &[u8]) -> StoreResult<()>;
+    /// Write guest bytes taken from `src` (see
+    /// [`crate::format::Qcow2::write_from`]); by default through memory.
+    fn write_from(&self, offset: u64, src: &dyn Payload) -> StoreResult<()> {
+        payload::with_all(src, |d| self.write(offset, d)).map_err(FormatError::Payload)?
+    }
     /// Make a guest range read as zero and give back the space of every
     /// cluster it covers whole.
     fn deallocate(&self, offset: u64, len: u64) -> StoreResult<()>;

@@ -12,6 +12,7 @@ use super::state::{describe_write, State, WriteKind};
 use super::store::{StoreResult, ZoneStore};
 use crate::device::Extent;
 use crate::format::wp::WpEntry;
+use crate::format::Payload;
 use crate::zone::{
     ZoneCond, ZoneCtx, ZoneDescriptor, ZoneError, ZoneErrorKind, ZoneGeometry, ZoneOp,
 };
@@ -400,6 +401,7 @@ impl Engine {
         &self,
         offset: u64,
         len: u64,
+        use_: crate::format::PageUse,
         sink: &mut dyn FnMut(&[crate::format::HostRun<'_>]),
     ) -> EngineResult<bool> {
         use crate::format::HostRun;
@@ -435,7 +437,7 @@ impl Engine {
             }
         };
         self.store
-            .read_direct(offset, data_end - offset, &mut with_tail)
+            .read_direct(offset, data_end - offset, use_, &mut with_tail)
             .map_err(|e| EngineError::store(describe("read", offset, len), e))
     }
 
@@ -527,8 +529,14 @@ impl Engine {
     /// conventional zones anything goes, and a write may run on into the
     /// next conventional zone. With `fua` it is durable on return.
     pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> EngineResult<()> {
+        self.write_from(offset, &data, fua)
+    }
+
+    /// [`Engine::write`] with the bytes taken from `src` (see
+    /// [`crate::format::Qcow2::write_from`]).
+    pub fn write_from(&self, offset: u64, src: &dyn Payload, fua: bool) -> EngineResult<()> {
         self.writable()?;
-        let len = data.len() as u64;
+        let len = src.len() as u64;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
@@ -539,11 +547,11 @@ impl Engine {
             let what = describe("write", offset, len);
             self.check_conventional(offset, len, &what)?;
             self.store
-                .write(offset, data)
+                .write_from(offset, src)
                 .map_err(|e| EngineError::store(self.in_zone(i, &what), e))?;
         } else {
             self.seq_write(i, WriteKind::At(offset), len, "write", &|at| {
-                self.store.write(at, data)
+                self.store.write_from(at, src)
             })?;
         }
         if fua {
@@ -585,8 +593,13 @@ impl Engine {
     /// Zone append: write `data` at the write pointer of the zone starting at
     /// `zone_start`; returns the offset where it landed.
     pub fn append(&self, zone_start: u64, data: &[u8], fua: bool) -> EngineResult<u64> {
+        self.append_from(zone_start, &data, fua)
+    }
+
+    /// [`Engine::append`] with the bytes taken from `src`.
+    pub fn append_from(&self, zone_start: u64, src: &dyn Payload, fua: bool) -> EngineResult<u64> {
         self.writable()?;
-        let len = data.len() as u64;
+        let len = src.len() as u64;
         let i = self
             .geo
             .zone_index(zone_start)
@@ -621,7 +634,7 @@ impl Engine {
             ));
         }
         let at = self.seq_write(i, WriteKind::Append, len, "append", &|at| {
-            self.store.write(at, data)
+            self.store.write_from(at, src)
         })?;
         if fua {
             self.flush()?;

@@ -37,6 +37,10 @@ pub enum FormatError {
     /// Bad arguments to create or another operation.
     #[error("{0}")]
     BadOption(String),
+    /// A write's bytes could not be fetched from their source (zcow-ublk:
+    /// the driver's copy of the request failed).
+    #[error("cannot fetch the data to write: {0}")]
+    Payload(std::io::Error),
 }
 
 impl FormatError {
@@ -49,6 +53,7 @@ impl FormatError {
             FormatError::NoSpace(_) => libc::ENOSPC,
             FormatError::Unsupported(_) => libc::ENOTSUP,
             FormatError::Invalid(_) | FormatError::Corrupt(_) => libc::EIO,
+            FormatError::Payload(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod l2;
 pub mod luks;
 pub mod map;
 pub mod overlap;
+pub mod payload;
 pub mod refcount;
 pub mod snapshot;
 pub mod specific;
@@ -23,4 +24,7 @@ pub mod types;
 pub mod zoned;
 
 pub use header::Header;
-pub use image::{BackingPolicy, HostRun, OpenOptions, Qcow2, MAX_STATUS_RUNS, REUSE_POOL_BYTES};
+pub use image::{
+    BackingPolicy, HostRun, OpenOptions, PageUse, Qcow2, MAX_STATUS_RUNS, REUSE_POOL_BYTES,
+};
+pub use payload::Payload;

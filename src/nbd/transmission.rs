@@ -23,6 +23,7 @@ use super::tls::{ConnIo, Sock};
 use super::unaware::{self, PARK_LIMIT};
 use super::zerocopy;
 use crate::device::{DeviceError, ZeroFlags};
+use crate::format::PageUse;
 use crate::zone::{ZoneCond, ZoneGeometry, ZoneOp, ZoneType};
 use std::collections::BTreeMap;
 use std::io::{BufWriter, IoSlice, Read, Write};
@@ -770,9 +771,10 @@ impl Conn<'_> {
                     // cannot map, is read into a buffer right here, in
                     // parallel with other requests.
                     let mut cached = false;
-                    let mapped = dev.read_direct(r.offset, r.length, &mut |runs| {
-                        cached = zerocopy::resident(runs);
-                    });
+                    let mapped =
+                        dev.read_direct(r.offset, r.length, PageUse::Borrow, &mut |runs| {
+                            cached = zerocopy::resident(runs);
+                        });
                     match mapped {
                         Ok(true) if cached => return Ok(Reply::ReadDirect),
                         Ok(true) => {}
@@ -1204,7 +1206,7 @@ impl Conn<'_> {
         let mapped = self
             .srv
             .device
-            .read_direct(r.offset, r.length, &mut |runs| {
+            .read_direct(r.offset, r.length, PageUse::Lend, &mut |runs| {
                 let t = tx.get_or_insert_with(|| zerocopy::Tx::new(fd));
                 t.reply(runs, f);
             });

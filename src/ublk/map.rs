@@ -5,6 +5,7 @@
 
 use super::layout::{Layout, BLK_ZONE_BYTES};
 use crate::device::{BlockDevice, DeviceError, ZeroFlags};
+use crate::format::Payload;
 use crate::zone::{ZoneDescriptor, ZoneOp, ZoneType};
 use libublk::sys;
 
@@ -161,7 +162,8 @@ impl Completion {
         }
     }
 
-    fn done(bytes: usize) -> Completion {
+    /// Succeeded with `bytes` done.
+    pub(super) fn done(bytes: usize) -> Completion {
         Completion {
             result: i32::try_from(bytes).unwrap_or(i32::MAX),
             append_sector: None,
@@ -203,6 +205,26 @@ pub fn execute(
         Ok(c) => c,
         Err(e) => Completion::error(errno(&e)),
     }
+}
+
+/// Carry out a write or zone append whose payload comes from `src`
+/// ([`Request::payload_in`] bytes); other requests complete with `EINVAL`.
+pub fn execute_write(
+    dev: &dyn BlockDevice,
+    layout: &Layout,
+    req: &Request,
+    src: &dyn Payload,
+) -> Completion {
+    match write(dev, layout, req, src) {
+        Ok(c) => c,
+        Err(e) => Completion::error(errno(&e)),
+    }
+}
+
+/// The byte range of a read or write, when it is valid (within the
+/// exposed size and the largest request).
+pub(super) fn data_range(layout: &Layout, req: &Request) -> Option<(u64, u64)> {
+    range(layout, req, layout.max_io_bytes as usize, true).ok()
 }
 
 fn invalid(what: String) -> DeviceError {
@@ -271,11 +293,9 @@ fn run(
                 ..Completion::done(n)
             })
         }
-        Op::Write => {
-            let (off, len) = range(layout, req, buf.len(), true)?;
-            let n = len as usize;
-            dev.write(off, &buf[..n], req.fua())?;
-            Ok(Completion::done(n))
+        Op::Write | Op::ZoneAppend => {
+            let (_, len) = range(layout, req, buf.len(), true)?;
+            write(dev, layout, req, &&buf[..len as usize])
         }
         Op::Flush => {
             dev.flush()?;
@@ -295,15 +315,6 @@ fn run(
             };
             dev.write_zeroes(off, len, flags)?;
             Ok(Completion::done(0))
-        }
-        Op::ZoneAppend => {
-            let (off, len) = range(layout, req, buf.len(), true)?;
-            let n = len as usize;
-            let at = dev.zone_append(off, &buf[..n], req.fua())?;
-            Ok(Completion {
-                append_sector: Some(at / SECTOR),
-                ..Completion::done(n)
-            })
         }
         Op::ZoneOpen | Op::ZoneClose | Op::ZoneFinish | Op::ZoneReset => {
             let z = zoned.ok_or_else(|| {
@@ -357,6 +368,40 @@ fn run(
                 ..Completion::done(buf.len())
             })
         }
+    }
+}
+
+/// A write or zone append of `src`'s bytes.
+fn write(
+    dev: &dyn BlockDevice,
+    layout: &Layout,
+    req: &Request,
+    src: &dyn Payload,
+) -> Result<Completion, DeviceError> {
+    let (off, len) = range(layout, req, src.len(), true)?;
+    let n = len as usize;
+    if n != src.len() {
+        return Err(invalid(format!(
+            "request of {len:#x} bytes with {:#x} bytes of data",
+            src.len()
+        )));
+    }
+    match req.op() {
+        Some(Op::Write) => {
+            dev.write_from(off, src, req.fua())?;
+            Ok(Completion::done(n))
+        }
+        Some(Op::ZoneAppend) => {
+            let at = dev.zone_append_from(off, src, req.fua())?;
+            Ok(Completion {
+                append_sector: Some(at / SECTOR),
+                ..Completion::done(n)
+            })
+        }
+        _ => Err(invalid(format!(
+            "ublk op {} carries no data to write",
+            req.op_flags & 0xff
+        ))),
     }
 }
 

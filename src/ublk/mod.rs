@@ -6,12 +6,16 @@
 //! * [`map`]: request → device call → completion, pure and host-testable.
 //! * [`server`]: the libublk control and queue loops.
 //! * [`dispatch`]: worker threads behind a queue.
+//! * [`usercopy`]: a request's bytes moved between the driver and memory.
+//! * [`filemap`]: the image file mapped, so they move in one copy.
 
 pub mod dispatch;
+pub mod filemap;
 pub mod layout;
 pub mod map;
 pub mod server;
+pub mod usercopy;
 
 pub use layout::{layout, Layout, LayoutError, ZonedLayout};
-pub use map::{encode_zone, encode_zones, errno, execute, Completion, Op, Request};
+pub use map::{encode_zone, encode_zones, errno, execute, execute_write, Completion, Op, Request};
 pub use server::{serve, ServeOptions};

@@ -2,21 +2,25 @@
 //! each queue on its own thread, remove the device when asked to stop.
 //!
 //! Each queue thread takes the driver's requests. Small reads and writes it
-//! runs itself to the end (fetch the payload, run
-//! [`execute`](super::map::execute), hand data back, complete); flushes,
+//! runs itself to the end (the device call, with the payload moved between
+//! the driver and the image file's mapping or the thread's buffer, see
+//! [`filemap`](super::filemap); then complete); flushes,
 //! zone management and large transfers go to the queue's worker threads
 //! ([`dispatch`](super::dispatch)), so several are in flight at once and a
 //! slow sync does not stall the queue. Every request the driver hands out
 //! is completed, with a negative errno if need be.
 
 use super::dispatch::{Dispatcher, Job};
+use super::filemap::{read_mapped, CdevPayload, FileMap};
 use super::layout::{layout, Layout, LayoutError};
-use super::map::{execute, Completion, Op, Request};
+use super::map::{execute, execute_write, Completion, Op, Request};
+use super::usercopy::pwrite_full;
 use crate::device::BlockDevice;
 use io_uring::{opcode, types};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::{BufDescList, UblkDev, UblkIOCtx, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags, UblkIORes};
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -151,13 +155,14 @@ where
     let size = lay.size;
     let qdev = dev.clone();
     let workers = opts.workers;
+    let fmap = Arc::new(FileMap::new());
     let result = ctrl.run_target(
         move |udev: &mut UblkDev| {
             udev.set_default_params(size);
             udev.tgt.params = params;
             Ok(())
         },
-        move |qid: u16, udev: &UblkDev| queue_loop(qid, udev, qdev.as_ref(), &lay, workers),
+        move |qid: u16, udev: &UblkDev| queue_loop(qid, udev, qdev.as_ref(), &lay, workers, &fmap),
         move |c: &UblkCtrl| on_live(&c.get_bdev_path()),
     );
     done.store(true, Ordering::SeqCst);
@@ -202,7 +207,14 @@ fn poll_user_data() -> u64 {
     UblkIOCtx::build_user_data(0, u32::from(opcode::PollAdd::CODE), 1, true)
 }
 
-fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, workers: u16) {
+fn queue_loop(
+    qid: u16,
+    udev: &UblkDev,
+    dev: &dyn BlockDevice,
+    lay: &Layout,
+    workers: u16,
+    fmap: &FileMap,
+) {
     let cdev = udev.tgt.fds[0];
     let queue = match UblkQueue::new(qid, udev)
         .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(None)))
@@ -251,7 +263,7 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                         let mut buf = vec![0u8; lay.max_io_bytes as usize];
                         while let Some(job) = end.next() {
                             let pos = UblkIOCtx::ublk_user_copy_pos(qid, job.tag, 0);
-                            let c = run_guarded(cdev, pos, dev, lay, &job.req, &mut buf);
+                            let c = run_guarded(cdev, pos, dev, lay, &job.req, &mut buf, fmap);
                             end.done(job.tag, c);
                         }
                     });
@@ -330,7 +342,7 @@ fn queue_loop(qid: u16, udev: &UblkDev, dev: &dyn BlockDevice, lay: &Layout, wor
                 _ => req,
             };
             let pos = UblkIOCtx::ublk_user_copy_pos(qid, tag, 0);
-            let c = run_guarded(cdev, pos, dev, lay, &req, &mut buf);
+            let c = run_guarded(cdev, pos, dev, lay, &req, &mut buf, fmap);
             complete(q, tag, c);
         });
         // The queue is down (the kernel got every completion first: it
@@ -376,12 +388,17 @@ fn run_guarded(
     lay: &Layout,
     req: &Request,
     buf: &mut [u8],
+    fmap: &FileMap,
 ) -> Completion {
-    catch_unwind(AssertUnwindSafe(|| handle(cdev, pos, dev, lay, req, buf)))
-        .unwrap_or_else(|_| Completion::error(libc::EIO))
+    catch_unwind(AssertUnwindSafe(|| {
+        handle(cdev, pos, dev, lay, req, buf, fmap)
+    }))
+    .unwrap_or_else(|_| Completion::error(libc::EIO))
 }
 
-/// One request: payload in, device call, data out.
+/// One request: payload in, device call, data out. Reads and writes of
+/// data in the image file move in one copy through its mapping where they
+/// can ([`super::filemap`]), else through `buf`.
 fn handle(
     cdev: RawFd,
     pos: u64,
@@ -389,17 +406,24 @@ fn handle(
     lay: &Layout,
     req: &Request,
     buf: &mut [u8],
+    fmap: &FileMap,
 ) -> Completion {
+    if let Some(c) = read_mapped(dev, lay, req, cdev, pos, fmap) {
+        return c;
+    }
     let n_in = req.payload_in();
     if n_in > buf.len() {
         return Completion::error(libc::EINVAL);
     }
     if n_in > 0 {
-        match pread_full(cdev, &mut buf[..n_in], pos) {
-            Ok(n) if n == n_in => {}
-            Ok(_) => return Completion::error(libc::EIO),
-            Err(e) => return Completion::error(e.raw_os_error().unwrap_or(libc::EIO)),
-        }
+        let src = CdevPayload {
+            cdev,
+            pos,
+            len: n_in,
+            map: fmap,
+            buf: RefCell::new(buf),
+        };
+        return execute_write(dev, lay, req, &src);
     }
     let mut c = execute(dev, lay, req, buf);
     if c.result >= 0 && c.copy_out > 0 {
@@ -415,63 +439,4 @@ fn handle(
         }
     }
     c
-}
-
-/// pread until `buf` is full or the request's data ends (a short count).
-fn pread_full(fd: RawFd, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    let len = buf.len();
-    transfer_full(len, |done| {
-        let rest = &mut buf[done..];
-        // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `fd` is
-        // the ublk char device libublk keeps open while the queue runs.
-        unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                (pos + done as u64) as libc::off_t,
-            )
-        }
-    })
-}
-
-/// pwrite until `buf` is sent or the kernel's buffer is full (short count).
-fn pwrite_full(fd: RawFd, buf: &[u8], pos: u64) -> io::Result<usize> {
-    transfer_full(buf.len(), |done| {
-        let rest = &buf[done..];
-        // SAFETY: `rest` is valid for reads of `rest.len()` bytes; `fd` as
-        // in pread_full.
-        unsafe {
-            libc::pwrite(
-                fd,
-                rest.as_ptr().cast(),
-                rest.len(),
-                (pos + done as u64) as libc::off_t,
-            )
-        }
-    })
-}
-
-/// Repeat `step(done)` (one pread/pwrite of the rest) until `len` bytes
-/// moved, retrying EINTR; a 0 or an error after some bytes is the end of
-/// the kernel's buffer (a short count), an error before any is returned.
-fn transfer_full(len: usize, mut step: impl FnMut(usize) -> isize) -> io::Result<usize> {
-    let mut done = 0;
-    while done < len {
-        match step(done) {
-            n if n < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if done > 0 {
-                    break;
-                }
-                return Err(e);
-            }
-            0 => break,
-            n => done += n as usize,
-        }
-    }
-    Ok(done)
 }

@@ -29,6 +29,7 @@ use super::features::*;
 use super::header::{field, Header, ParseMode, MAX_HOST_OFFSET};
 use super::l2::*;
 use super::overlap::{ImageRegions, Kind, MetadataMap, Region};
+use super::payload::Payload;
 use super::refcount;
 use super::snapshot::{read_table, Snapshot};
 use super::types::{GuestOffset, HostCluster, HostOffset};
@@ -60,7 +61,7 @@ mod write;
 
 pub use allocation::REUSE_POOL_BYTES;
 pub use open::read_header_cluster;
-pub use read::HostRun;
+pub use read::{HostRun, PageUse};
 
 /// Deepest backing chain zcow follows.
 pub const MAX_BACKING_DEPTH: u32 = 16;

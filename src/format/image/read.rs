@@ -144,6 +144,19 @@ pub enum HostRun<'a> {
     Zero(u64),
 }
 
+/// What a [`Qcow2::read_direct`] sink does with the file's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageUse {
+    /// It uses the pages only while it runs: copies them (ublk: a `pwrite`
+    /// to the driver from a mapping of the file) or only looks at them.
+    /// Freed clusters stay reusable (the reuse pool).
+    Borrow,
+    /// It hands the pages to something that outlives it (`sendfile` queues
+    /// them in a socket): from then on freed clusters are punched at once
+    /// instead of reused, so a queued page never changes.
+    Lend,
+}
+
 impl Qcow2 {
     /// Map `[offset, offset+len)` to host runs and hand them to `sink`
     /// while the clusters they name cannot be freed and reused (freeing
@@ -156,6 +169,7 @@ impl Qcow2 {
         &self,
         offset: u64,
         len: u64,
+        use_: PageUse,
         sink: &mut dyn FnMut(&[HostRun<'_>]),
     ) -> Result<bool> {
         let Some(file) = self.direct.as_ref().filter(|_| !self.p.has_data_file) else {
@@ -185,7 +199,7 @@ impl Qcow2 {
                     }
                     Piece::Unalloc { .. } | Piece::Compressed { .. } => return Ok(false),
                 };
-                if matches!(run, HostRun::File { .. }) {
+                if use_ == PageUse::Lend && matches!(run, HostRun::File { .. }) {
                     m.pages_lent = true;
                 }
                 match (runs.last_mut(), run) {

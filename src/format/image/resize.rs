@@ -209,7 +209,7 @@ impl Qcow2 {
                 self.grow_l1(&mut m, need)?;
             }
         }
-        self.write_mapped(at, data)
+        self.write_mapped(at, &data)
     }
 
     /// Read from `pos` of the VM-state area (qemu-io `read -b`); what was

@@ -6,21 +6,45 @@ use super::*;
 impl Qcow2 {
     /// Write guest bytes.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_from(offset, &data)
+    }
+
+    /// Write guest bytes taken from `src`: where they land in clusters of
+    /// this file, `src` may put them there itself
+    /// ([`Payload::write_to_file`]); else through memory.
+    pub fn write_from(&self, offset: u64, src: &dyn Payload) -> Result<()> {
         self.writable()?;
-        self.check_range(offset, data.len() as u64)?;
-        self.write_mapped(offset, data)
+        self.check_range(offset, src.len() as u64)?;
+        self.write_mapped(offset, src)
+    }
+
+    /// Bytes `[at, at + len)` of `src` to host offset `host` of the data
+    /// file.
+    fn put(&self, src: &dyn Payload, at: usize, len: usize, host: u64) -> Result<()> {
+        if let Some(f) = self.direct.as_ref().filter(|_| !self.p.has_data_file) {
+            if src
+                .write_to_file(at, len, std::os::fd::AsFd::as_fd(f), host)
+                .map_err(FormatError::Payload)?
+            {
+                return Ok(());
+            }
+        }
+        let mut r = Ok(());
+        src.with_bytes(at, len, &mut |d| r = self.data.write_at(host, d))
+            .map_err(FormatError::Payload)?;
+        Ok(r?)
     }
 
     /// Write through the mapping at any offset the L1 table covers (the
     /// caller checked writability and the range).
-    pub(super) fn write_mapped(&self, offset: u64, data: &[u8]) -> Result<()> {
-        if data.is_empty() {
+    pub(super) fn write_mapped(&self, offset: u64, src: &dyn Payload) -> Result<()> {
+        if src.is_empty() {
             return Ok(());
         }
         let mut m = lock(&self.meta);
         // Fast path: every cluster already allocated and owned: write in place
         // outside the lock.
-        if let Some(runs) = self.inplace_runs(&mut m, offset, data.len() as u64)? {
+        if let Some(runs) = self.inplace_runs(&mut m, offset, src.len() as u64)? {
             for &(host, len) in &runs {
                 self.guard(&mut m, None, host, len)?;
             }
@@ -28,12 +52,12 @@ impl Qcow2 {
             drop(m);
             let mut at = 0usize;
             for (host, len) in runs {
-                self.data.write_at(host, &data[at..at + len as usize])?;
+                self.put(src, at, len as usize, host)?;
                 at += len as usize;
             }
             return Ok(());
         }
-        self.write_slow(&mut m, offset, data)
+        self.write_slow(&mut m, offset, src)
     }
 
     pub(super) fn inplace_runs(
@@ -72,23 +96,24 @@ impl Qcow2 {
         Ok(Some(runs))
     }
 
-    pub(super) fn write_slow(&self, m: &mut Meta, offset: u64, data: &[u8]) -> Result<()> {
+    pub(super) fn write_slow(&self, m: &mut Meta, offset: u64, src: &dyn Payload) -> Result<()> {
         let cs = self.p.cs;
         let cb = self.p.cluster_bits;
         struct Step {
             gc: u64,
             l2: HostOffset,
             host: u64,
-            in_off: u64,
             n: u64,
             // Full-cluster buffer to write instead of the caller's slice.
             buf: Option<Vec<u8>>,
             new_entry: Option<u64>,
             old: Option<ClusterType>,
+            // Allocated for this write (given back if it fails).
+            fresh: Option<HostOffset>,
         }
         let mut steps: Vec<Step> = Vec::new();
         let mut pos = offset;
-        let end = offset + data.len() as u64;
+        let end = offset + src.len() as u64;
         // Phase 1: decide where each cluster goes, allocating as needed.
         while pos < end {
             let gc = pos >> cb;
@@ -117,11 +142,11 @@ impl Qcow2 {
                     gc,
                     l2,
                     host: h.0 + in_off,
-                    in_off,
                     n,
                     buf: None,
                     new_entry,
                     old: None,
+                    fresh: None,
                 });
             } else {
                 let full = in_off == 0 && n == cs;
@@ -137,8 +162,9 @@ impl Qcow2 {
                 } else {
                     let mut b = self.cluster_contents(m, gc, ct)?;
                     let s = (pos - offset) as usize;
-                    b[in_off as usize..(in_off + n) as usize]
-                        .copy_from_slice(&data[s..s + n as usize]);
+                    let part = &mut b[in_off as usize..(in_off + n) as usize];
+                    src.with_bytes(s, n as usize, &mut |d| part.copy_from_slice(d))
+                        .map_err(FormatError::Payload)?;
                     Some(b)
                 };
                 let old = match ct {
@@ -151,53 +177,69 @@ impl Qcow2 {
                     gc,
                     l2,
                     host: if buf.is_some() { host } else { host + in_off },
-                    in_off,
                     n,
                     buf,
                     new_entry: Some(host | COPIED),
                     old,
+                    fresh: Some(HostOffset(host)),
                 });
             }
             pos += n;
         }
-        // Phase 2: write the data, coalescing contiguous pieces.
-        let mut run: Option<(u64, usize, usize)> = None; // (host, data start, len)
-        let mut data_pos = 0usize;
-        let flush_run = |run: &mut Option<(u64, usize, usize)>| -> Result<()> {
-            if let Some((h, s, l)) = run.take() {
-                self.data.write_at(h, &data[s..s + l])?;
+        // Phase 2: write the data, coalescing contiguous pieces. If that
+        // fails (I/O, or the payload's source), nothing was published: the
+        // clusters allocated for it go back at the next flush rather than
+        // leak. Part of them may hold some of the data by then, so they
+        // count as written (`file_len`): a partial write reusing one writes
+        // it whole.
+        let mut write_data = || -> Result<()> {
+            let mut run: Option<(u64, usize, usize)> = None; // (host, data start, len)
+            let mut data_pos = 0usize;
+            let flush_run = |run: &mut Option<(u64, usize, usize)>| -> Result<()> {
+                if let Some((h, s, l)) = run.take() {
+                    self.put(src, s, l, h)?;
+                }
+                Ok(())
+            };
+            let mut max_end = m.file_len;
+            for st in &steps {
+                match &st.buf {
+                    Some(b) => {
+                        flush_run(&mut run)?;
+                        self.data.write_at(st.host, b)?;
+                        max_end = max_end.max(st.host + cs);
+                    }
+                    None => {
+                        let n = st.n as usize;
+                        match &mut run {
+                            Some((h, s, l)) if *h + *l as u64 == st.host && *s + *l == data_pos => {
+                                *l += n
+                            }
+                            _ => {
+                                flush_run(&mut run)?;
+                                run = Some((st.host, data_pos, n));
+                            }
+                        }
+                        max_end = max_end.max(st.host + st.n);
+                    }
+                }
+                data_pos += st.n as usize;
             }
+            flush_run(&mut run)?;
+            m.file_len = max_end;
             Ok(())
         };
-        let mut max_end = m.file_len;
-        for st in &steps {
-            match &st.buf {
-                Some(b) => {
-                    flush_run(&mut run)?;
-                    self.data.write_at(st.host, b)?;
-                    max_end = max_end.max(st.host + cs);
-                }
-                None => {
-                    let n = st.n as usize;
-                    match &mut run {
-                        Some((h, s, l)) if *h + *l as u64 == st.host && *s + *l == data_pos => {
-                            *l += n
-                        }
-                        _ => {
-                            flush_run(&mut run)?;
-                            run = Some((st.host, data_pos, n));
-                        }
-                    }
-                    max_end = max_end.max(st.host + st.n);
+        if let Err(e) = write_data() {
+            for st in &steps {
+                if let Some(h) = st.fresh {
+                    m.file_len = m.file_len.max(h.0 + cs);
+                    self.queue_decrement(m, ClusterType::Normal(h));
                 }
             }
-            data_pos += st.n as usize;
+            return Err(e);
         }
-        flush_run(&mut run)?;
-        m.file_len = max_end;
         // Phase 3: publish the mappings.
         for st in steps {
-            let _ = st.in_off;
             if let Some(e) = st.new_entry {
                 self.l2_set(m, st.l2, st.gc % self.p.l2_entries, e)?;
             }
