@@ -240,8 +240,9 @@ pub struct Qcow2 {
     /// Virtual size; changes only by [`Qcow2::resize`].
     size: AtomicU64,
     /// A duplicate of `store`'s file descriptor, for [`Qcow2::read_direct`]
-    /// (only read through); None for images opened on a store or with an
-    /// external data file.
+    /// and for a [`Payload`] that stores a write's bytes itself
+    /// ([`Qcow2::write_from`]; this code never writes through it); None
+    /// for images opened on a store or with an external data file.
     direct: Option<std::fs::File>,
     /// Metadata overlap found at a read-only open (a read-write open is
     /// refused instead).

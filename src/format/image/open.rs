@@ -118,7 +118,8 @@ impl Qcow2 {
                 source: e,
             })
         })?;
-        // The store's own file, for zero-copy reads (`read_direct`).
+        // The store's own file, for zero-copy reads (`read_direct`) and
+        // payloads that store their bytes themselves (`write_from`).
         let direct = store.try_clone_file().ok();
         let store: Arc<dyn Storage> = Arc::new(store);
         let header = read_header(store.as_ref(), opts)?;
