@@ -228,6 +228,19 @@ fn a_payload_the_driver_cannot_deliver_fails_the_write() {
     let req = Request::new(Op::Write, zs, (IO / 512) as u32, false);
     let c = execute_write(r.dev.as_ref(), &r.lay, &req, &src);
     assert_eq!(c.result, -libc::EIO);
+    // A 4 KiB write fills part of a reused cluster: its bytes are fetched
+    // while the write is planned, into the cluster's old contents; that
+    // fails too, after the cluster was taken.
+    let short = CdevPayload {
+        cdev: r.cdev.as_raw_fd(),
+        pos: POS + IO as u64 / 2 - 2048,
+        len: 4096,
+        map: &r.map,
+        buf: RefCell::new(&mut r.buf),
+    };
+    let req = Request::new(Op::Write, zs, 8, false);
+    let c = execute_write(r.dev.as_ref(), &r.lay, &req, &short);
+    assert_eq!(c.result, -libc::EIO);
     // Nothing moved: the zone is still empty, and takes the next write.
     assert_eq!(r.wp(1), ZONE);
     r.cdev.set_len(0).unwrap();

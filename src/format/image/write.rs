@@ -96,25 +96,58 @@ impl Qcow2 {
         Ok(Some(runs))
     }
 
+    /// Write with allocation: plan each cluster (allocating where needed),
+    /// write the data, then publish the mappings. A failure before
+    /// publishing gives the clusters allocated for it back (at the next
+    /// flush) instead of leaking them; once writing began, part of them
+    /// may hold some of the data, so they count as written (`file_len`)
+    /// and a partial write reusing one writes it whole.
     pub(super) fn write_slow(&self, m: &mut Meta, offset: u64, src: &dyn Payload) -> Result<()> {
+        let mut fresh = Vec::new();
+        let mut began = false;
+        let planned = self.plan_write(m, offset, src, &mut fresh);
+        let written = planned.and_then(|steps| {
+            began = true;
+            self.write_steps(m, src, &steps)?;
+            Ok(steps)
+        });
+        let steps = match written {
+            Ok(steps) => steps,
+            Err(e) => {
+                for h in fresh {
+                    if began {
+                        m.file_len = m.file_len.max(h.0 + self.p.cs);
+                    }
+                    self.queue_decrement(m, ClusterType::Normal(h));
+                }
+                return Err(e);
+            }
+        };
+        for st in steps {
+            if let Some(e) = st.new_entry {
+                self.l2_set(m, st.l2, st.gc % self.p.l2_entries, e)?;
+            }
+            if let Some(old) = st.old {
+                self.queue_decrement(m, old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decide where each cluster of the write goes, allocating as needed
+    /// (each new cluster is recorded in `fresh` as soon as it is taken).
+    fn plan_write(
+        &self,
+        m: &mut Meta,
+        offset: u64,
+        src: &dyn Payload,
+        fresh: &mut Vec<HostOffset>,
+    ) -> Result<Vec<Step>> {
         let cs = self.p.cs;
         let cb = self.p.cluster_bits;
-        struct Step {
-            gc: u64,
-            l2: HostOffset,
-            host: u64,
-            n: u64,
-            // Full-cluster buffer to write instead of the caller's slice.
-            buf: Option<Vec<u8>>,
-            new_entry: Option<u64>,
-            old: Option<ClusterType>,
-            // Allocated for this write (given back if it fails).
-            fresh: Option<HostOffset>,
-        }
         let mut steps: Vec<Step> = Vec::new();
         let mut pos = offset;
         let end = offset + src.len() as u64;
-        // Phase 1: decide where each cluster goes, allocating as needed.
         while pos < end {
             let gc = pos >> cb;
             let in_off = pos & (cs - 1);
@@ -146,12 +179,12 @@ impl Qcow2 {
                     buf: None,
                     new_entry,
                     old: None,
-                    fresh: None,
                 });
             } else {
                 let full = in_off == 0 && n == cs;
                 let c = self.alloc(m)?;
                 let host = c << cb;
+                fresh.push(HostOffset(host));
                 let base_zero = match ct {
                     ClusterType::ZeroPlain | ClusterType::ZeroAlloc(_) => true,
                     ClusterType::Unallocated => self.backing.is_none(),
@@ -181,72 +214,62 @@ impl Qcow2 {
                     buf,
                     new_entry: Some(host | COPIED),
                     old,
-                    fresh: Some(HostOffset(host)),
                 });
             }
             pos += n;
         }
-        // Phase 2: write the data, coalescing contiguous pieces. If that
-        // fails (I/O, or the payload's source), nothing was published: the
-        // clusters allocated for it go back at the next flush rather than
-        // leak. Part of them may hold some of the data by then, so they
-        // count as written (`file_len`): a partial write reusing one writes
-        // it whole.
-        let mut write_data = || -> Result<()> {
-            let mut run: Option<(u64, usize, usize)> = None; // (host, data start, len)
-            let mut data_pos = 0usize;
-            let flush_run = |run: &mut Option<(u64, usize, usize)>| -> Result<()> {
-                if let Some((h, s, l)) = run.take() {
-                    self.put(src, s, l, h)?;
-                }
-                Ok(())
-            };
-            let mut max_end = m.file_len;
-            for st in &steps {
-                match &st.buf {
-                    Some(b) => {
-                        flush_run(&mut run)?;
-                        self.data.write_at(st.host, b)?;
-                        max_end = max_end.max(st.host + cs);
-                    }
-                    None => {
-                        let n = st.n as usize;
-                        match &mut run {
-                            Some((h, s, l)) if *h + *l as u64 == st.host && *s + *l == data_pos => {
-                                *l += n
-                            }
-                            _ => {
-                                flush_run(&mut run)?;
-                                run = Some((st.host, data_pos, n));
-                            }
-                        }
-                        max_end = max_end.max(st.host + st.n);
-                    }
-                }
-                data_pos += st.n as usize;
+        Ok(steps)
+    }
+
+    /// Write the planned data, coalescing contiguous pieces.
+    fn write_steps(&self, m: &mut Meta, src: &dyn Payload, steps: &[Step]) -> Result<()> {
+        let cs = self.p.cs;
+        let mut run: Option<(u64, usize, usize)> = None; // (host, data start, len)
+        let mut data_pos = 0usize;
+        let flush_run = |run: &mut Option<(u64, usize, usize)>| -> Result<()> {
+            if let Some((h, s, l)) = run.take() {
+                self.put(src, s, l, h)?;
             }
-            flush_run(&mut run)?;
-            m.file_len = max_end;
             Ok(())
         };
-        if let Err(e) = write_data() {
-            for st in &steps {
-                if let Some(h) = st.fresh {
-                    m.file_len = m.file_len.max(h.0 + cs);
-                    self.queue_decrement(m, ClusterType::Normal(h));
+        let mut max_end = m.file_len;
+        for st in steps {
+            match &st.buf {
+                Some(b) => {
+                    flush_run(&mut run)?;
+                    self.data.write_at(st.host, b)?;
+                    max_end = max_end.max(st.host + cs);
+                }
+                None => {
+                    let n = st.n as usize;
+                    match &mut run {
+                        Some((h, s, l)) if *h + *l as u64 == st.host && *s + *l == data_pos => {
+                            *l += n
+                        }
+                        _ => {
+                            flush_run(&mut run)?;
+                            run = Some((st.host, data_pos, n));
+                        }
+                    }
+                    max_end = max_end.max(st.host + st.n);
                 }
             }
-            return Err(e);
+            data_pos += st.n as usize;
         }
-        // Phase 3: publish the mappings.
-        for st in steps {
-            if let Some(e) = st.new_entry {
-                self.l2_set(m, st.l2, st.gc % self.p.l2_entries, e)?;
-            }
-            if let Some(old) = st.old {
-                self.queue_decrement(m, old);
-            }
-        }
+        flush_run(&mut run)?;
+        m.file_len = max_end;
         Ok(())
     }
+}
+
+/// One cluster of an allocating write.
+struct Step {
+    gc: u64,
+    l2: HostOffset,
+    host: u64,
+    n: u64,
+    // Full-cluster buffer to write instead of the caller's bytes.
+    buf: Option<Vec<u8>>,
+    new_entry: Option<u64>,
+    old: Option<ClusterType>,
 }
