@@ -86,14 +86,20 @@ impl Rig {
     /// A write or append of `data` as the driver would hand it over.
     fn write_op(&mut self, op: Op, sector: u64, data: &[u8]) -> Completion {
         self.cdev.write_all_at(data, POS).unwrap();
+        self.submit(op, sector, POS, data.len())
+    }
+
+    /// A write or append of `len` bytes whose payload the driver holds at
+    /// `pos` of its char device.
+    fn submit(&mut self, op: Op, sector: u64, pos: u64, len: usize) -> Completion {
         let src = CdevPayload {
             cdev: self.cdev.as_raw_fd(),
-            pos: POS,
-            len: data.len(),
+            pos,
+            len,
             map: &self.map,
             buf: RefCell::new(&mut self.buf),
         };
-        let req = Request::new(op, sector, (data.len() / 512) as u32, false);
+        let req = Request::new(op, sector, (len / 512) as u32, false);
         execute_write(self.dev.as_ref(), &self.lay, &req, &src)
     }
 
@@ -218,29 +224,12 @@ fn a_payload_the_driver_cannot_deliver_fails_the_write() {
     // The "driver" holds only half the request: both ways (the mapping,
     // then the buffer) come up short, and the write fails with EIO.
     r.cdev.set_len(POS + IO as u64 / 2).unwrap();
-    let src = CdevPayload {
-        cdev: r.cdev.as_raw_fd(),
-        pos: POS,
-        len: IO,
-        map: &r.map,
-        buf: RefCell::new(&mut r.buf),
-    };
-    let req = Request::new(Op::Write, zs, (IO / 512) as u32, false);
-    let c = execute_write(r.dev.as_ref(), &r.lay, &req, &src);
-    assert_eq!(c.result, -libc::EIO);
+    assert_eq!(r.submit(Op::Write, zs, POS, IO).result, -libc::EIO);
     // A 4 KiB write fills part of a reused cluster: its bytes are fetched
     // while the write is planned, into the cluster's old contents; that
     // fails too, after the cluster was taken.
-    let short = CdevPayload {
-        cdev: r.cdev.as_raw_fd(),
-        pos: POS + IO as u64 / 2 - 2048,
-        len: 4096,
-        map: &r.map,
-        buf: RefCell::new(&mut r.buf),
-    };
-    let req = Request::new(Op::Write, zs, 8, false);
-    let c = execute_write(r.dev.as_ref(), &r.lay, &req, &short);
-    assert_eq!(c.result, -libc::EIO);
+    let at = POS + IO as u64 / 2 - 2048;
+    assert_eq!(r.submit(Op::Write, zs, at, 4096).result, -libc::EIO);
     // Nothing moved: the zone is still empty, and takes the next write.
     assert_eq!(r.wp(1), ZONE);
     r.cdev.set_len(0).unwrap();
